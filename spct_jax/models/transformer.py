@@ -1,0 +1,271 @@
+"""One flax.nnx decoder for the Gemma-2 and Llama/Qwen2 families, with a KV cache.
+
+The block layout is chosen by `ModelConfig.family`; parity with transformers' eager implementation is the
+definition of correct (tests/test_transformer_parity.py). Batches are LEFT-padded: every row's last token sits in
+the last column, so one decode step appends one column for all rows at the same cache slot.
+
+Positions vs slots. A *slot* is a column of the padded batch (and of the KV cache); a *position* is the RoPE
+index of a real token in its own row. They differ by each row's padding:
+
+    slots      0   1   2   3   4   5
+    row 0      .   .   a   b   c   d      positions: -, -, 0, 1, 2, 3
+    row 1      e   f   g   h   i   j      positions: 0, 1, 2, 3, 4, 5
+
+Causality and Gemma-2's sliding window are measured in slots (as transformers does), RoPE in positions.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from spct_jax.models.config import ModelConfig
+
+_MASKED = -1e30  # finite, so a row with no visible key (a pad query) softmaxes to uniform instead of NaN.
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Keys and values of every layer for S slots, plus which slots hold real tokens.
+
+    k, v:     per layer [B, S, K, Dh] (K = kv heads)
+    valid:    [B, S] bool, True where the slot holds a real (non-pad) token that has been written
+    length:   [] int32, slots written so far; the same for all rows because padding is on the left
+    next_pos: [B] int32, RoPE position the next real token of each row gets
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    valid: jax.Array
+    length: jax.Array
+    next_pos: jax.Array
+
+    @classmethod
+    def empty(cls, config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
+        shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+        return cls(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
+                   valid=jnp.zeros((batch, max_len), bool), length=jnp.zeros((), jnp.int32),
+                   next_pos=jnp.zeros((batch,), jnp.int32))
+
+    @property
+    def max_len(self) -> int:
+        return self.valid.shape[1]
+
+    def repeat(self, k: int) -> "KVCache":
+        """Fan each row out to k consecutive rows (row i -> rows i*k .. i*k+k-1) without recomputing anything."""
+        rep = lambda x: jnp.repeat(x, k, axis=0)
+        return KVCache(k=tuple(map(rep, self.k)), v=tuple(map(rep, self.v)), valid=rep(self.valid),
+                       length=self.length, next_pos=rep(self.next_pos))
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel (+ bias), kernel stored [in, out] (transformers stores Linear weights [out, in])."""
+
+    def __init__(self, din: int, dout: int, *, use_bias: bool, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.kernel = nnx.Param(jax.random.normal(rngs.params(), (din, dout), param_dtype) * 0.02)
+        self.bias = nnx.Param(jnp.zeros((dout,), param_dtype)) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x @ self.kernel[...].astype(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm in float32. Gemma scales by (1 + w) and casts after; Llama casts first, then scales by w."""
+
+    def __init__(self, dim: int, *, eps: float, gemma: bool, param_dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.zeros((dim,), param_dtype) if gemma else jnp.ones((dim,), param_dtype))
+        self.eps = eps
+        self.gemma = gemma
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        w = self.scale[...].astype(jnp.float32)
+        if self.gemma:
+            return (normed * (1.0 + w)).astype(x.dtype)
+        return (w.astype(x.dtype)) * normed.astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, 'rotate half' layout as in transformers.  x: [B, T, H, Dh], positions: [B, T]."""
+    dh = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))  # [Dh/2]
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, Dh]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    x1, x2 = x[..., : dh // 2], x[..., dh // 2 :]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        d, h, k, dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = Dense(d, h * dh, use_bias=cfg.qkv_bias, rngs=rngs, param_dtype=param_dtype)
+        self.k_proj = Dense(d, k * dh, use_bias=cfg.qkv_bias, rngs=rngs, param_dtype=param_dtype)
+        self.v_proj = Dense(d, k * dh, use_bias=cfg.qkv_bias, rngs=rngs, param_dtype=param_dtype)
+        self.o_proj = Dense(h * dh, d, use_bias=False, rngs=rngs, param_dtype=param_dtype)
+        self.cfg = cfg
+        self.window = cfg.window_of(layer)
+
+    def __call__(self, x, positions, q_slots, kv: tuple[jax.Array, jax.Array] | None, kv_valid, write_at):
+        """x: [B, T, D]; positions, q_slots: [B, T] / [T]; kv: cached (k, v) [B, S, K, Dh] or None (no cache).
+
+        Returns (out [B, T, D], (k, v) after writing this call's T keys at slot `write_at`).
+        """
+        cfg = self.cfg
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k_new = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v_new = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        q = rope(q, positions, cfg.rope_theta)
+        k_new = rope(k_new, positions, cfg.rope_theta)
+        if kv is None:
+            k_all, v_all = k_new, v_new  # [B, S=T, K, Dh]
+        else:
+            k_all = jax.lax.dynamic_update_slice_in_dim(kv[0], k_new.astype(kv[0].dtype), write_at, axis=1)
+            v_all = jax.lax.dynamic_update_slice_in_dim(kv[1], v_new.astype(kv[1].dtype), write_at, axis=1)
+        s = k_all.shape[1]
+        groups = cfg.num_heads // cfg.num_kv_heads
+        qg = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)  # [B, T, K, G, Dh]
+        logits = jnp.einsum("btkgd,bskd->bkgts", qg, k_all.astype(q.dtype)) * jnp.asarray(cfg.attn_scale, q.dtype)
+        logits = logits.astype(jnp.float32)
+        if cfg.attn_logit_softcap is not None:
+            logits = jnp.tanh(logits / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
+        k_slots = jnp.arange(s)
+        visible = k_slots[None, :] <= q_slots[:, None]  # [T, S] causal in slot space
+        if self.window is not None:
+            visible &= k_slots[None, :] > q_slots[:, None] - self.window
+        mask = visible[None, None, None] & kv_valid[:, None, None, None, :]  # [B, 1, 1, T, S]
+        logits = jnp.where(mask, logits, _MASKED)
+        probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v_all.astype(q.dtype)).reshape(b, t, -1)
+        return self.o_proj(out), (k_all, v_all)
+
+
+class MLP(nnx.Module):
+    """Gated MLP: GeGLU (gelu-tanh) for Gemma-2, SwiGLU for Llama/Qwen2."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = Dense(d, f, use_bias=False, rngs=rngs, param_dtype=param_dtype)
+        self.up_proj = Dense(d, f, use_bias=False, rngs=rngs, param_dtype=param_dtype)
+        self.down_proj = Dense(f, d, use_bias=False, rngs=rngs, param_dtype=param_dtype)
+        self.gemma = cfg.is_gemma
+
+    def __call__(self, x):
+        g = self.gate_proj(x)
+        act = jax.nn.gelu(g, approximate=True) if self.gemma else jax.nn.silu(g)
+        return self.down_proj(act * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        norm = lambda: RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, gemma=cfg.is_gemma, param_dtype=param_dtype)
+        self.input_norm = norm()
+        self.attn = Attention(cfg, layer, rngs=rngs, param_dtype=param_dtype)
+        self.post_attn_norm = norm()  # Llama: the pre-MLP norm; Gemma-2: the post-attention norm.
+        if cfg.is_gemma:  # Gemma-2 wraps both sub-blocks in pre AND post norms.
+            self.pre_mlp_norm = norm()
+            self.post_mlp_norm = norm()
+        else:
+            self.pre_mlp_norm = None
+            self.post_mlp_norm = None
+        self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(self, x, positions, q_slots, kv, kv_valid, write_at):
+        attn_out, kv = self.attn(self.input_norm(x), positions, q_slots, kv, kv_valid, write_at)
+        if self.pre_mlp_norm is not None:
+            x = x + self.post_attn_norm(attn_out)
+            x = x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x)))
+        else:
+            x = x + attn_out
+            x = x + self.mlp(self.post_attn_norm(x))
+        return x, kv
+
+
+class Decoder(nnx.Module):
+    """A causal LM.  `model(input_ids, attention_mask) -> logits [B, T, V]`; `model.config` is the ModelConfig."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+        self.config = config
+        self.dtype = dtype  # compute dtype; params may be kept wider (param_dtype) as master weights.
+        self.embed = nnx.Param(jax.random.normal(rngs.params(), (config.vocab_size, config.hidden_size), param_dtype) * 0.02)
+        self.layers = nnx.List([Block(config, i, rngs=rngs, param_dtype=param_dtype) for i in range(config.num_layers)])
+        self.final_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, gemma=config.is_gemma, param_dtype=param_dtype)
+        self.lm_head = None if config.tie_embeddings else Dense(
+            config.hidden_size, config.vocab_size, use_bias=False, rngs=rngs, param_dtype=param_dtype)
+
+    # -- pieces shared by the LM, the scalar head and chunked log-prob computation ------------------------------
+    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                      cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """Final-normed hidden states [B, T, D] and the updated cache (None when called without one)."""
+        b, t = input_ids.shape
+        mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+        start = jnp.zeros((b,), jnp.int32) if cache is None else cache.next_pos
+        positions = jnp.maximum(start[:, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)  # [B, T]
+        if cache is None:
+            write_at = jnp.zeros((), jnp.int32)
+            q_slots = jnp.arange(t)
+            kv_valid = mask
+        else:
+            write_at = cache.length
+            q_slots = write_at + jnp.arange(t)
+            kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, write_at, axis=1)
+
+        x = self.embed[...].astype(self.dtype)[input_ids]  # [B, T, D]
+        if self.config.is_gemma:
+            # Gemma multiplies by sqrt(d) rounded to the compute dtype, as transformers does.
+            x = x * jnp.asarray(self.config.hidden_size**0.5, self.dtype)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x, (k, v) = layer(x, positions, q_slots, kv, kv_valid, write_at)
+            new_k.append(k)
+            new_v.append(v)
+        x = self.final_norm(x)
+        if cache is None:
+            return x, None
+        new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=kv_valid, length=cache.length + t,
+                            next_pos=cache.next_pos + jnp.sum(mask, axis=1, dtype=jnp.int32))
+        return x, new_cache
+
+    def logits_from_hidden(self, h: jax.Array) -> jax.Array:
+        """h: [..., D] -> logits [..., V] in float32 (soft-capped for Gemma-2)."""
+        w = self.embed[...].astype(h.dtype).T if self.lm_head is None else self.lm_head.kernel[...].astype(h.dtype)
+        logits = (h @ w).astype(jnp.float32)
+        if self.config.final_logit_softcap is not None:
+            cap = self.config.final_logit_softcap
+            logits = jnp.tanh(logits / cap) * cap
+        return logits
+
+    # -- public entry points ------------------------------------------------------------------------------------
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        h, _ = self.hidden_states(input_ids, attention_mask)
+        return self.logits_from_hidden(h)
+
+    def extend(self, input_ids: jax.Array, attention_mask: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Run T new columns through the model, appending them to the cache. Prefill and decode both use this."""
+        h, cache = self.hidden_states(input_ids, attention_mask, cache)
+        return self.logits_from_hidden(h), cache
+
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        return KVCache.empty(self.config, batch, max_len, self.dtype)
+
+
+def init_model(config: ModelConfig, *, seed: int = 0, dtype=jnp.float32, param_dtype=jnp.float32) -> Decoder:
+    return Decoder(config, rngs=nnx.Rngs(params=seed), dtype=dtype, param_dtype=param_dtype)
+
+
+def count_params(config: ModelConfig) -> int:
+    """Parameter count from shapes only (jax.eval_shape: nothing is allocated)."""
+    abstract = nnx.eval_shape(lambda: init_model(config))
+    state = nnx.state(abstract, nnx.Param)
+    return sum(int(x.size) for x in jax.tree.leaves(state))

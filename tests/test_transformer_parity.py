@@ -1,0 +1,137 @@
+"""Logit parity with transformers (PyTorch CPU) for Gemma-2, Llama and Qwen2, plus cache and export checks."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hf_fixtures import hf_logits, left_padded_batch, tiny_hf_lm, torch, transformers
+from spct_jax.models import ConfigError, WeightsError, from_pretrained, save_pretrained
+
+FAMILIES = ["gemma2", "llama", "qwen2"]
+# Gemma-2's window is 6 slots; 14-token sequences cross it on every sliding layer.
+LENGTHS = [14, 9, 3, 12]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def pair(request, tmp_path_factory):
+    family = request.param
+    hf = tiny_hf_lm(family, seed=FAMILIES.index(family))
+    folder = tmp_path_factory.mktemp(family)
+    hf.save_pretrained(folder, safe_serialization=True)
+    return family, hf, folder
+
+
+def _valid_max_diff(a, b, mask):
+    m = mask.astype(bool)
+    return float(np.max(np.abs(a[m] - b[m])))
+
+
+def test_fp32_logits_match_transformers_with_left_padding(pair):
+    family, hf, folder = pair
+    ours = from_pretrained(folder, dtype=jnp.float32)
+    ids, mask, pos = left_padded_batch(LENGTHS, seed=1)
+    ref = hf_logits(hf, ids, mask, pos)
+    got = np.asarray(ours(jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
+    assert got.shape == ref.shape
+    assert _valid_max_diff(got, ref, mask) <= 1e-4
+
+
+def test_bf16_logits_close_to_fp32_reference(pair):
+    family, hf, folder = pair
+    ours = from_pretrained(folder, dtype=jnp.bfloat16)
+    ids, mask, pos = left_padded_batch(LENGTHS, seed=2)
+    ref = hf_logits(hf, ids, mask, pos)
+    got = np.asarray(ours(jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
+    # bf16 has ~3 significant digits; this bound only catches layout bugs, the measured value goes in the notes.
+    assert _valid_max_diff(got, ref, mask) < 0.35 * float(np.abs(ref).max())
+
+
+def test_prefill_then_decode_equals_full_forward(pair):
+    family, _, folder = pair
+    model = from_pretrained(folder, dtype=jnp.float32)
+    ids, mask, _ = left_padded_batch(LENGTHS, seed=3)
+    ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask)
+    full = np.asarray(model(ids, mask))
+    split = 5
+    cache = model.init_cache(ids.shape[0], ids.shape[1] + 2)
+    logits, cache = model.extend(ids[:, :split], mask[:, :split], cache)
+    steps = [np.asarray(logits)]
+    for t in range(split, ids.shape[1]):
+        logits, cache = model.extend(ids[:, t:t + 1], mask[:, t:t + 1], cache)
+        steps.append(np.asarray(logits))
+    stepped = np.concatenate(steps, axis=1)
+    assert _valid_max_diff(stepped, full, np.asarray(mask)) <= 1e-5
+
+
+def test_export_round_trip_reloads_in_transformers(pair, tmp_path):
+    family, hf, folder = pair
+    ours = from_pretrained(folder, dtype=jnp.float32)
+    save_pretrained(ours, tmp_path / "export")
+    reloaded = type(hf).from_pretrained(tmp_path / "export", attn_implementation="eager").eval()
+    ids, mask, pos = left_padded_batch(LENGTHS, seed=4)
+    assert _valid_max_diff(hf_logits(reloaded, ids, mask, pos), hf_logits(hf, ids, mask, pos), mask) <= 1e-5
+
+
+def test_sharded_export_round_trip(pair, tmp_path):
+    family, hf, folder = pair
+    ours = from_pretrained(folder, dtype=jnp.float32)
+    save_pretrained(ours, tmp_path / "sharded", max_shard_bytes=60_000)
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    again = from_pretrained(tmp_path / "sharded", dtype=jnp.float32)
+    ids, mask, _ = left_padded_batch(LENGTHS, seed=5)
+    a = np.asarray(ours(jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
+    b = np.asarray(again(jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
+    np.testing.assert_array_equal(a, b)
+
+
+def _copy_without(src, dst, drop=None, reshape=None):
+    from spct_jax.models.safetensors_io import SafetensorsFile, write_safetensors
+
+    dst.mkdir()
+    (dst / "config.json").write_text((src / "config.json").read_text())
+    f = SafetensorsFile(src / "model.safetensors")
+    items = []
+    for k in f.keys():
+        if k == drop:
+            continue
+        arr = f.get(k)
+        if k == reshape:
+            arr = arr[..., :-1]
+        items.append((k, arr.shape, arr.dtype, lambda a=arr: a))
+    write_safetensors(dst / "model.safetensors", items)
+
+
+def test_missing_tensor_is_named(pair, tmp_path):
+    _, _, folder = pair
+    name = "model.layers.1.mlp.up_proj.weight"
+    _copy_without(folder, tmp_path / "bad", drop=name)
+    with pytest.raises(WeightsError, match=name.replace(".", r"\.")):
+        from_pretrained(tmp_path / "bad")
+
+
+def test_shape_mismatch_is_named(pair, tmp_path):
+    _, _, folder = pair
+    name = "model.layers.0.self_attn.k_proj.weight"
+    _copy_without(folder, tmp_path / "bad", reshape=name)
+    with pytest.raises(WeightsError, match=name.replace(".", r"\.") + ".*shape"):
+        from_pretrained(tmp_path / "bad")
+
+
+def test_unknown_model_type_is_named(pair, tmp_path):
+    _, _, folder = pair
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model_type"] = "gpt_bigcode"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="model_type"):
+        from_pretrained(tmp_path)
+
+
+def test_missing_config_field_is_named(pair, tmp_path):
+    _, _, folder = pair
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["intermediate_size"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="intermediate_size"):
+        from_pretrained(tmp_path)
