@@ -1,0 +1,253 @@
+"""Batched sampling of k parallel continuations per prompt: one prefill, a fanned-out KV cache, a jitted loop.
+
+SPCT samples many critiques of one long prompt (Voting@k with k = 8 or 32, N_RFT = 3, GRPO's G = 4), so the prompt is
+prefilled ONCE and its cache is repeated along the batch before decoding:
+
+    prefill (B prompts, left-padded to bucket P)          fan-out (row i -> rows i*k .. i*k+k-1)
+    cache slots  0 ........ P-1 | P ......... P+N-1        cache slots  0 ........ P-1 | P ......... P+N-1
+    prompt 0    [ . . a b c d ] [ empty          ]         row 0*k+0   [ . . a b c d ] [ x1 x2 ...     ]
+    prompt 1    [ e f g h i j ] [ empty          ]   -->   row 0*k+1   [ . . a b c d ] [ y1 y2 ...     ]
+                                                           ...
+                                                           row 1*k+0   [ e f g h i j ] [ z1 z2 ...     ]
+                  ^ left pad, never visible                               shared prompt  ^ k different draws
+
+Every row writes its t-th new token at slot P + t, so one decode step is one column for the whole batch. Rows that
+have emitted a stop token keep running (the loop is batched) but their outputs are frozen and cut on the host.
+
+Randomness is per row: the key of (prompt, sample j, step t) is derived from `seed`, the prompt's own tokens (and
+its occurrence number among identical prompts), j and t. A row's draws therefore do not depend on what else is in
+the batch or where the prompt sits in the list.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from spct_jax.models.transformer import Decoder
+
+_TRACES = Counter()  # incremented at trace time only: one count per compiled (shape, static-config) bucket
+_BISECT_STEPS = 32
+
+
+def compile_count() -> int:
+    """How many times the sampling program has been traced (compiled) in this process."""
+    return sum(_TRACES.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """tokens[i][j]: ids generated for prompt i, sample j, up to and including the first stop token.
+    logprobs[i][j]: their log-probabilities under the sampling distribution (temperature, top-k/top-p applied;
+    for greedy decoding, under the model's own distribution)."""
+
+    tokens: list[list[list[int]]]
+    logprobs: list[list[list[float]]]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s) for row in self.tokens for s in row)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    num_samples: int
+    new_bucket: int
+    greedy: bool
+    top_k: int | None
+    use_top_p: bool
+    stop_tokens: tuple[int, ...]
+    pad_id: int
+    fan_out: bool = True  # False re-prefills each prompt k times (the baseline that fan-out replaces)
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """Round up to a power of two (at least `minimum`) so varied lengths share compiled programs."""
+    return max(minimum, 1 << max(0, int(n - 1).bit_length()))
+
+
+def _top_p_mask(logits: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Keep the smallest set of highest-probability tokens whose mass reaches top_p, without sorting V.
+
+    Bisection on a probability threshold tau: mass(p >= tau) is non-increasing in tau, so we search for the largest
+    tau whose mass still reaches top_p. 32 halvings of [0, max p] resolve it far below float32 spacing of any
+    realistic probability; ties at the threshold are kept.   logits: [R, V]
+    """
+    probs = jax.nn.softmax(logits, axis=-1)
+    lo = jnp.zeros(probs.shape[:-1], probs.dtype)
+    hi = jnp.max(probs, axis=-1)
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        mass = jnp.sum(jnp.where(probs >= mid[:, None], probs, 0.0), axis=-1)
+        ok = mass >= top_p
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, _BISECT_STEPS, step, (lo, hi))
+    return probs >= lo[:, None]
+
+
+def _choose(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array, st: _Static):
+    """One token per row.  logits: [R, V] float32, keys: [R] -> (tokens [R], logprobs [R])."""
+    if st.greedy:
+        tok = jnp.argmax(logits, axis=-1)
+        lp = jax.nn.log_softmax(logits, axis=-1)
+        return tok, jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
+    scaled = logits / temperature
+    if st.top_k is not None:
+        kth = jax.lax.top_k(scaled, st.top_k)[0][:, -1:]  # [R, 1]; lax.top_k is a partial selection, not a sort
+        scaled = jnp.where(scaled >= kth, scaled, -jnp.inf)
+    if st.use_top_p:
+        scaled = jnp.where(_top_p_mask(scaled, top_p), scaled, -jnp.inf)
+    tok = jax.vmap(jax.random.categorical)(keys, scaled)
+    lp = jax.nn.log_softmax(scaled, axis=-1)
+    return tok, jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
+
+
+def _generate(graphdef, state, ids, mask, row_keys, max_new, temperature, top_p, *, st: _Static, data_sharding):
+    """ids, mask: [B, P] left-padded prompts; row_keys: [B*k] -> (tokens [B*k, N], logprobs [B*k, N], lengths [B*k])."""
+    _TRACES[(ids.shape, st)] += 1
+    model: Decoder = nnx.merge(graphdef, state)
+    b, p = ids.shape
+    k, n = st.num_samples, st.new_bucket
+    rows = b * k
+    if st.fan_out:
+        cache = model.init_cache(b, p + n)
+        logits, cache = model.extend(ids, mask, cache)  # prefill once per prompt
+        cache = cache.repeat(k)  # fan out: [B*k, P+N, ...]; nothing is recomputed
+        last = jnp.repeat(logits[:, -1], k, axis=0)  # [B*k, V]
+    else:
+        cache = model.init_cache(rows, p + n)
+        logits, cache = model.extend(jnp.repeat(ids, k, axis=0), jnp.repeat(mask, k, axis=0), cache)
+        last = logits[:, -1]
+    if data_sharding is not None:
+        replicated = jax.sharding.NamedSharding(data_sharding.mesh, jax.sharding.PartitionSpec())
+        cache = jax.lax.with_sharding_constraint(
+            cache, jax.tree.map(lambda x: data_sharding if x.ndim else replicated, cache))
+        last = jax.lax.with_sharding_constraint(last, data_sharding)
+    stops = jnp.asarray(st.stop_tokens, jnp.int32)
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+
+    def cond(c):
+        step, _, _, done, _, _ = c
+        return (step < max_new) & ~jnp.all(done)
+
+    def body(c):
+        step, toks, lps, done, cache, logits = c
+        tok, lp = _choose(logits, fold(row_keys, step), temperature, top_p, st)
+        tok = jnp.where(done, st.pad_id, tok).astype(jnp.int32)  # finished rows stop changing
+        lp = jnp.where(done, 0.0, lp)
+        toks = jax.lax.dynamic_update_slice_in_dim(toks, tok[:, None], step, axis=1)
+        lps = jax.lax.dynamic_update_slice_in_dim(lps, lp[:, None], step, axis=1)
+        hit = jnp.any(tok[:, None] == stops[None, :], axis=-1) if st.stop_tokens else jnp.zeros_like(done)
+        done = done | hit
+        logits, cache = model.extend(tok[:, None], jnp.ones((rows, 1), bool), cache)
+        return step + 1, toks, lps, done, cache, logits[:, -1]
+
+    init = (jnp.zeros((), jnp.int32), jnp.full((rows, n), st.pad_id, jnp.int32), jnp.zeros((rows, n), jnp.float32),
+            jnp.zeros((rows,), bool), cache, last)
+    steps, toks, lps, _, _, _ = jax.lax.while_loop(cond, body, init)
+    return toks, lps, steps
+
+
+_jitted_generate = jax.jit(_generate, static_argnames=("st", "data_sharding"))
+
+
+def _row_seed(prompt: Sequence[int], occurrence: int) -> int:
+    digest = hashlib.blake2b(np.asarray(prompt, np.int64).tobytes() + occurrence.to_bytes(4, "little"), digest_size=4)
+    return int.from_bytes(digest.digest(), "little") & 0x7FFFFFFF
+
+
+def _pad_left(prompts: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.full((len(prompts), length), pad_id, np.int32)
+    mask = np.zeros((len(prompts), length), bool)
+    for r, p in enumerate(prompts):
+        ids[r, length - len(p):] = p
+        mask[r, length - len(p):] = True
+    return ids, mask
+
+
+def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int = 1, max_new_tokens: int,
+           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           stop_tokens: Sequence[int] = (), seed: int = 0, max_batch_prompts: int = 16,
+           mesh: jax.sharding.Mesh | None = None, data_axis: str | tuple[str, ...] = "data",
+           fan_out: bool = True, progress: bool | None = None) -> Samples:
+    """Sample `num_samples` continuations of each prompt; temperature 0 is greedy.
+
+    Prompts are grouped by length bucket (at most `max_batch_prompts` per call, the batch padded to a power of
+    two), so a job over prompts of many lengths compiles once per (length bucket, batch bucket, max_new bucket).
+    With `mesh`, the rows are sharded over `data_axis`; parameters keep whatever sharding they already have.
+    """
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ValueError("num_samples and max_new_tokens must be >= 1")
+    if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
+        raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 1")
+    prompts = [list(map(int, p)) for p in prompts]
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: every prompt needs at least one token (e.g. BOS)")
+    cfg = model.config
+    if any(t < 0 or t >= cfg.vocab_size for p in prompts for t in p):
+        raise ValueError(f"prompt token id out of range [0, {cfg.vocab_size})")
+    pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    greedy = temperature == 0 or top_k == 1
+    st = _Static(num_samples=num_samples, new_bucket=bucket(max_new_tokens), greedy=greedy,
+                 top_k=None if greedy or top_k is None else min(top_k, cfg.vocab_size),
+                 use_top_p=not greedy and top_p is not None and top_p < 1.0,
+                 stop_tokens=tuple(sorted(set(int(t) for t in stop_tokens))), pad_id=pad_id, fan_out=fan_out)
+
+    seen: Counter = Counter()
+    seeds = []
+    for p in prompts:
+        key = tuple(p)
+        seeds.append(_row_seed(p, seen[key]))
+        seen[key] += 1
+    base = jax.random.key(seed)
+
+    graphdef, state = nnx.split(model)
+    data_sharding = None
+    if mesh is not None:
+        data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
+    order = sorted(range(len(prompts)), key=lambda i: (bucket(len(prompts[i])), i))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(groups[-1]) < max_batch_prompts and bucket(len(prompts[groups[-1][0]])) == bucket(len(prompts[i])):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+
+    tokens: list = [None] * len(prompts)
+    logprobs: list = [None] * len(prompts)
+    show = progress if progress is not None else len(groups) > 1
+    for group in tqdm(groups, desc="sampling", unit="batch", disable=not show):
+        b = bucket(len(group), minimum=1)
+        if mesh is not None:
+            b = max(b, mesh.shape[data_axis] if isinstance(data_axis, str) else int(np.prod([mesh.shape[a] for a in data_axis])))
+        length = bucket(max(len(prompts[i]) for i in group))
+        batch_prompts = [prompts[i] for i in group] + [[pad_id]] * (b - len(group))  # filler rows are discarded
+        ids, mask = _pad_left(batch_prompts, length, pad_id)
+        row_seeds = [seeds[i] for i in group] + [0] * (b - len(group))
+        keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, s), j) for s in row_seeds for j in range(num_samples)])
+        ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
+        if data_sharding is not None:
+            ids_j, mask_j = jax.device_put(ids_j, data_sharding), jax.device_put(mask_j, data_sharding)
+        toks, lps, _ = _jitted_generate(graphdef, state, ids_j, mask_j, keys, jnp.int32(max_new_tokens),
+                                        jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p or 1.0),
+                                        st=st, data_sharding=data_sharding)
+        toks, lps = np.asarray(jax.device_get(toks)), np.asarray(jax.device_get(lps))
+        stop_set = set(st.stop_tokens)
+        for r, i in enumerate(group):
+            tokens[i], logprobs[i] = [], []
+            for j in range(num_samples):
+                row = toks[r * num_samples + j, :max_new_tokens].tolist()
+                end = next((t + 1 for t, tok in enumerate(row) if tok in stop_set), len(row))
+                tokens[i].append(row[:end])
+                logprobs[i].append(lps[r * num_samples + j, :end].tolist())
+    return Samples(tokens=tokens, logprobs=logprobs)

@@ -1,0 +1,157 @@
+"""The sampler: greedy parity with transformers' generate, determinism, batch invariance, compiles, sharding."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spct_jax import sampling
+from spct_jax.models import ModelConfig, from_pretrained, init_model
+
+TINY = ModelConfig(family="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                   num_kv_heads=2, head_dim=16)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return init_model(TINY, seed=0)
+
+
+def _prompts(lengths, seed=0, vocab=256):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, vocab, n).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("family", ["gemma2", "llama"])
+def test_greedy_matches_transformers_generate(family, tmp_path):
+    from hf_fixtures import tiny_hf_lm, torch
+
+    hf = tiny_hf_lm(family, seed=7)
+    hf.generation_config.eos_token_id = None  # generate exactly max_new_tokens on both sides
+    hf.save_pretrained(tmp_path)
+    ours = from_pretrained(tmp_path, dtype=jnp.float32)
+    prompts = _prompts([11, 4, 8], seed=3, vocab=128)
+    new = 40
+    got = sampling.sample(ours, prompts, max_new_tokens=new, temperature=0.0)
+    t = max(map(len, prompts))
+    ids = torch.tensor([[0] * (t - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (t - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new, pad_token_id=0)
+    for i in range(len(prompts)):
+        assert got.tokens[i][0] == out[i, t:].tolist()
+
+
+def test_top_k_1_is_greedy(tiny):
+    prompts = _prompts([5, 9])
+    greedy = sampling.sample(tiny, prompts, max_new_tokens=24, temperature=0.0)
+    k1 = sampling.sample(tiny, prompts, max_new_tokens=24, temperature=0.7, top_k=1, seed=5)
+    assert greedy.tokens == k1.tokens
+
+
+def test_same_seed_same_tokens_and_different_seed_differs(tiny):
+    prompts = _prompts([6, 3])
+    a = sampling.sample(tiny, prompts, num_samples=4, max_new_tokens=24, seed=11)
+    b = sampling.sample(tiny, prompts, num_samples=4, max_new_tokens=24, seed=11)
+    c = sampling.sample(tiny, prompts, num_samples=4, max_new_tokens=24, seed=12)
+    assert a.tokens == b.tokens and a.logprobs == b.logprobs
+    assert a.tokens != c.tokens
+    # k samples of one prompt are different draws, not copies
+    assert len({tuple(s) for s in a.tokens[0]}) == 4
+
+
+def test_batch_size_invariance(tiny):
+    prompts = _prompts([7, 12, 3, 9, 10], seed=1)
+    together = sampling.sample(tiny, prompts, num_samples=3, max_new_tokens=20, seed=3, top_p=0.9)
+    for i, p in enumerate(prompts):
+        alone = sampling.sample(tiny, [p], num_samples=3, max_new_tokens=20, seed=3, top_p=0.9)
+        assert alone.tokens[0] == together.tokens[i]
+        np.testing.assert_allclose(alone.logprobs[0][0], together.logprobs[i][0], atol=1e-5)
+
+
+def test_fan_out_equals_re_prefill(tiny):
+    prompts = _prompts([8, 5], seed=2)
+    kw = dict(num_samples=5, max_new_tokens=20, seed=9, temperature=0.8)
+    assert sampling.sample(tiny, prompts, fan_out=True, **kw).tokens == sampling.sample(tiny, prompts, fan_out=False, **kw).tokens
+
+
+def test_stop_tokens_end_rows_and_are_included(tiny):
+    prompts = _prompts([6, 6, 6], seed=4)
+    free = sampling.sample(tiny, prompts, num_samples=2, max_new_tokens=30, seed=1)
+    stop = free.tokens[0][0][3]  # a token that certainly appears in sample (0, 0)
+    got = sampling.sample(tiny, prompts, num_samples=2, max_new_tokens=30, seed=1, stop_tokens=[stop])
+    for row_free, row_stop in zip(free.tokens, got.tokens):
+        for f, s in zip(row_free, row_stop):
+            cut = f.index(stop) + 1 if stop in f else len(f)
+            assert s == f[:cut]
+    assert got.tokens[0][0][-1] == stop and len(got.tokens[0][0]) <= 4
+
+
+def test_logprobs_are_those_of_the_sampling_distribution(tiny):
+    prompt = _prompts([5], seed=8)
+    out = sampling.sample(tiny, prompt, max_new_tokens=6, temperature=0.5, seed=2)
+    ids = jnp.asarray([prompt[0] + out.tokens[0][0]], jnp.int32)
+    logits = np.asarray(tiny(ids))[0] / 0.5
+    lsm = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    want = [lsm[len(prompt[0]) - 1 + t, tok] for t, tok in enumerate(out.tokens[0][0])]
+    np.testing.assert_allclose(out.logprobs[0][0], want, atol=1e-4)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]]))
+    keep = np.asarray(sampling._top_p_mask(logits, jnp.float32(0.8)))
+    assert keep[0].tolist() == [True, True, False, False]
+    assert keep[1].all()  # ties at the threshold are kept
+
+
+def test_compiles_stay_within_bucket_bound(tiny):
+    rng = np.random.default_rng(0)
+    before = sampling.compile_count()
+    buckets = set()
+    for _ in range(20):
+        n = int(rng.integers(1, 3))
+        lengths = rng.integers(2, 60, n).tolist()
+        new = int(rng.integers(5, 30))
+        sampling.sample(tiny, _prompts(lengths, seed=int(rng.integers(1e6))), max_new_tokens=new, num_samples=2)
+        groups = {sampling.bucket(L) for L in lengths}
+        for g in groups:
+            size = sampling.bucket(sum(sampling.bucket(L) == g for L in lengths), minimum=1)
+            buckets.add((g, size, sampling.bucket(new)))
+    assert sampling.compile_count() - before <= len(buckets)
+
+
+SHARDED = textwrap.dedent("""
+    import os, json, sys
+    import jax, numpy as np
+    from spct_jax import sampling
+    from spct_jax.models import ModelConfig, init_model
+    cfg = ModelConfig(family="gemma2", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=16, query_pre_attn_scalar=16, attn_logit_softcap=50.0,
+                      final_logit_softcap=30.0, sliding_window=8, layer_types=("sliding", "full"))
+    model = init_model(cfg, seed=1)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, 256, n).tolist() for n in (5, 11, 7)]
+    mesh = None
+    if len(jax.devices()) > 1:
+        mesh = jax.make_mesh((len(jax.devices()),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    out = sampling.sample(model, prompts, num_samples=4, max_new_tokens=24, temperature=0.0, mesh=mesh)
+    print(json.dumps({"n": len(jax.devices()), "tokens": out.tokens}))
+""")
+
+
+def _run(devices):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import json
+
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_eight_sharded_devices_match_one_device():
+    one, eight = _run(1), _run(8)
+    assert eight["n"] == 8 and one["n"] == 1
+    assert one["tokens"] == eight["tokens"]
