@@ -11,7 +11,8 @@ prefilled ONCE and its cache is repeated along the batch before decoding:
                                                            row 1*k+0   [ e f g h i j ] [ z1 z2 ...     ]
                   ^ left pad, never visible                               shared prompt  ^ k different draws
 
-Every row writes its t-th new token at slot P + t, so one decode step is one column for the whole batch. Rows that
+Identical prompts (e.g. two samples that drew the same response order) are prefilled once too: the fan-out is
+a gather by a row -> prompt index, so it is not limited to k equal copies. Every row writes its t-th new token at slot P + t, so one decode step is one column for the whole batch. Rows that
 have emitted a stop token keep running (the loop is batched) but their outputs are frozen and cut on the host.
 
 Randomness is per row: the key of (prompt, sample j, step t) is derived from `seed`, the prompt's own tokens (and
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from spct_jax.models.transformer import Decoder
 
-_TRACES = Counter()  # incremented at trace time only: one count per compiled (shape, static-config) bucket
+_TRACES: Counter = Counter()  # incremented at trace time only: one count per compiled (shape, static-config) bucket
 _BISECT_STEPS = 32
 
 
@@ -112,21 +113,22 @@ def _choose(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: j
     return tok, jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
 
 
-def _generate(graphdef, state, ids, mask, row_keys, max_new, temperature, top_p, *, st: _Static, data_sharding):
-    """ids, mask: [B, P] left-padded prompts; row_keys: [B*k] -> (tokens [B*k, N], logprobs [B*k, N], lengths [B*k])."""
-    _TRACES[(ids.shape, st)] += 1
+def _generate(graphdef, state, ids, mask, row_src, row_keys, max_new, temperature, top_p, *, st: _Static,
+              data_sharding):
+    """ids, mask: [U, P] unique left-padded prompts; row_src: [R] which prompt each output row continues;
+    row_keys: [R] -> (tokens [R, N], logprobs [R, N], steps run)."""
+    _TRACES[(ids.shape, row_src.shape, st)] += 1
     model: Decoder = nnx.merge(graphdef, state)
-    b, p = ids.shape
-    k, n = st.num_samples, st.new_bucket
-    rows = b * k
+    u, p = ids.shape
+    rows, n = row_src.shape[0], st.new_bucket
     if st.fan_out:
-        cache = model.init_cache(b, p + n)
-        logits, cache = model.extend(ids, mask, cache)  # prefill once per prompt
-        cache = cache.repeat(k)  # fan out: [B*k, P+N, ...]; nothing is recomputed
-        last = jnp.repeat(logits[:, -1], k, axis=0)  # [B*k, V]
+        cache = model.init_cache(u, p + n)
+        logits, cache = model.extend(ids, mask, cache)  # prefill each distinct prompt once
+        cache = cache.take(row_src)  # fan out: [R, P+N, ...]; nothing is recomputed
+        last = jnp.take(logits[:, -1], row_src, axis=0)  # [R, V]
     else:
         cache = model.init_cache(rows, p + n)
-        logits, cache = model.extend(jnp.repeat(ids, k, axis=0), jnp.repeat(mask, k, axis=0), cache)
+        logits, cache = model.extend(jnp.take(ids, row_src, axis=0), jnp.take(mask, row_src, axis=0), cache)
         last = logits[:, -1]
     if data_sharding is not None:
         replicated = jax.sharding.NamedSharding(data_sharding.mesh, jax.sharding.PartitionSpec())
@@ -179,11 +181,14 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            stop_tokens: Sequence[int] = (), seed: int = 0, max_batch_prompts: int = 16,
            mesh: jax.sharding.Mesh | None = None, data_axis: str | tuple[str, ...] = "data",
-           fan_out: bool = True, progress: bool | None = None) -> Samples:
+           fan_out: bool = True, prompt_seeds: Sequence[int] | None = None,
+           progress: bool | None = None) -> Samples:
     """Sample `num_samples` continuations of each prompt; temperature 0 is greedy.
 
     Prompts are grouped by length bucket (at most `max_batch_prompts` per call, the batch padded to a power of
     two), so a job over prompts of many lengths compiles once per (length bucket, batch bucket, max_new bucket).
+    Identical prompts in a call are prefilled once. `prompt_seeds` (one int per prompt) replaces the default
+    per-prompt seed (a hash of the prompt's tokens and its occurrence number) when callers have stable ids.
     With `mesh`, the rows are sharded over `data_axis`; parameters keep whatever sharding they already have.
     """
     if num_samples < 1 or max_new_tokens < 1:
@@ -203,18 +208,22 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
                  use_top_p=not greedy and top_p is not None and top_p < 1.0,
                  stop_tokens=tuple(sorted(set(int(t) for t in stop_tokens))), pad_id=pad_id, fan_out=fan_out)
 
-    seen: Counter = Counter()
-    seeds = []
-    for p in prompts:
-        key = tuple(p)
-        seeds.append(_row_seed(p, seen[key]))
-        seen[key] += 1
+    if prompt_seeds is None:
+        seen: Counter = Counter()
+        prompt_seeds = []
+        for p in prompts:
+            prompt_seeds.append(_row_seed(p, seen[tuple(p)]))
+            seen[tuple(p)] += 1
+    elif len(prompt_seeds) != len(prompts):
+        raise ValueError("prompt_seeds needs one seed per prompt")
     base = jax.random.key(seed)
 
     graphdef, state = nnx.split(model)
-    data_sharding = None
+    data_sharding, min_rows = None, 1
     if mesh is not None:
         data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
+        axes = (data_axis,) if isinstance(data_axis, str) else data_axis
+        min_rows = int(np.prod([mesh.shape[a] for a in axes]))
     order = sorted(range(len(prompts)), key=lambda i: (bucket(len(prompts[i])), i))
     groups: list[list[int]] = []
     for i in order:
@@ -225,24 +234,33 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
 
     tokens: list = [None] * len(prompts)
     logprobs: list = [None] * len(prompts)
+    stop_set = set(st.stop_tokens)
     show = progress if progress is not None else len(groups) > 1
     for group in tqdm(groups, desc="sampling", unit="batch", disable=not show):
-        b = bucket(len(group), minimum=1)
-        if mesh is not None:
-            b = max(b, mesh.shape[data_axis] if isinstance(data_axis, str) else int(np.prod([mesh.shape[a] for a in data_axis])))
-        length = bucket(max(len(prompts[i]) for i in group))
-        batch_prompts = [prompts[i] for i in group] + [[pad_id]] * (b - len(group))  # filler rows are discarded
+        # Identical prompts (e.g. the same shuffle of one item) share a single prefill.
+        unique: dict[tuple[int, ...], int] = {}
+        row_src, row_keys = [], []
+        for i in group:
+            u = unique.setdefault(tuple(prompts[i]), len(unique))
+            for j in range(num_samples):
+                row_src.append(u)
+                row_keys.append((prompt_seeds[i], j))
+        n_rows = len(row_src)
+        r_pad = max(bucket(n_rows, minimum=1), min_rows)
+        u_pad = bucket(len(unique), minimum=1)
+        length = bucket(max(len(p) for p in unique))
+        batch_prompts = list(unique) + [(pad_id,)] * (u_pad - len(unique))  # filler rows are discarded
         ids, mask = _pad_left(batch_prompts, length, pad_id)
-        row_seeds = [seeds[i] for i in group] + [0] * (b - len(group))
-        keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, s), j) for s in row_seeds for j in range(num_samples)])
-        ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
+        row_src += [0] * (r_pad - n_rows)
+        row_keys += [(0, 0)] * (r_pad - n_rows)
+        keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, s), j) for s, j in row_keys])
+        ids_j, mask_j, src_j = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(row_src, jnp.int32)
         if data_sharding is not None:
-            ids_j, mask_j = jax.device_put(ids_j, data_sharding), jax.device_put(mask_j, data_sharding)
-        toks, lps, _ = _jitted_generate(graphdef, state, ids_j, mask_j, keys, jnp.int32(max_new_tokens),
+            src_j, keys = jax.device_put(src_j, data_sharding), jax.device_put(keys, data_sharding)
+        toks, lps, _ = _jitted_generate(graphdef, state, ids_j, mask_j, src_j, keys, jnp.int32(max_new_tokens),
                                         jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p or 1.0),
                                         st=st, data_sharding=data_sharding)
         toks, lps = np.asarray(jax.device_get(toks)), np.asarray(jax.device_get(lps))
-        stop_set = set(st.stop_tokens)
         for r, i in enumerate(group):
             tokens[i], logprobs[i] = [], []
             for j in range(num_samples):

@@ -55,11 +55,14 @@ class KVCache:
     def max_len(self) -> int:
         return self.valid.shape[1]
 
-    def repeat(self, k: int) -> "KVCache":
-        """Fan each row out to k consecutive rows (row i -> rows i*k .. i*k+k-1) without recomputing anything."""
-        rep = lambda x: jnp.repeat(x, k, axis=0)
-        return KVCache(k=tuple(map(rep, self.k)), v=tuple(map(rep, self.v)), valid=rep(self.valid),
-                       length=self.length, next_pos=rep(self.next_pos))
+    def take(self, rows: jax.Array) -> "KVCache":
+        """Fan out: new row r is a copy of old row rows[r] (e.g. [0,0,0,1,1,1] gives each prompt 3 rows).
+
+        A gather along the batch; nothing is recomputed.  rows: [R] int32.
+        """
+        take = lambda x: jnp.take(x, rows, axis=0)
+        return KVCache(k=tuple(map(take, self.k)), v=tuple(map(take, self.v)), valid=take(self.valid),
+                       length=self.length, next_pos=take(self.next_pos))
 
 
 class Dense(nnx.Module):
