@@ -1,0 +1,144 @@
+"""Row converters for the evaluation formats (SPEC section 10) and for the schema's own JSONL.
+
+Each converter takes one `Row` and the location-derived uid (unused where the format has an id) and returns a
+PreferenceItem or a `Drop`. Pairwise benchmarks keep the benchmark's own response order with `best` pointing at
+the preferred one; `rewards` stay None where the source gives only an order, so no invented scale leaks into
+Eq. 10 (PreferenceItem.gt_rewards() synthesises 1/0 from `best` when asked).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from spct_jax.data.readers.fields import Drop, Row, make_item, prompt_context, turns
+from spct_jax.data.schema import PreferenceItem, Turn, best_from_rewards
+
+
+def _meta(row: Row, **fields: str) -> dict[str, Any]:
+    """Optional string fields copied into meta under new names; absent ones are left out, not set to None."""
+    out: dict[str, Any] = {}
+    for key, name in fields.items():
+        v = row.opt_text(name)
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def rewardbench(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
+    return make_item(row, "prompt", context=prompt_context(row, "prompt"),
+                     responses=[row.text("chosen"), row.text("rejected")], rewards=None, best=0,
+                     source="rewardbench", uid=row.ident("id"),
+                     meta=_meta(row, subset="subset", chosen_model="chosen_model", rejected_model="rejected_model"))
+
+
+def _rmb_meta(row: Row, models: list[str | None]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"models": models}
+    path = row.opt_text("category_path")
+    if path is not None:
+        # "Pairwise_set/Helpfulness/Chat/Discussion": RMB scores each goal (Helpfulness/Harmlessness) separately.
+        meta["subset"] = path
+        parts = path.split("/")
+        if len(parts) > 1:
+            meta["goal"] = parts[1]
+    return meta
+
+
+def llmbar(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
+    label = row.raw("label")
+    if label not in (1, 2) or isinstance(label, bool):
+        row.fail("label", f"expected 1 or 2 (the better output), got {label!r}")
+    return make_item(row, "input", context=[Turn(role="user", content=row.text("input"))],
+                     responses=[row.text("output_1"), row.text("output_2")], rewards=None, best=label - 1,
+                     source="llmbar", uid=fallback_uid)
+
+
+def rmb_pairwise(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
+    chosen, reject = row.sub("chosen"), row.sub("reject")
+    return make_item(row, "conversation_input", context=turns(row, "conversation_input"),
+                     responses=[chosen.text("answer"), reject.text("answer")], rewards=None, best=0,
+                     source="rmb_pairwise", uid=row.ident("pair_uid"),
+                     meta=_rmb_meta(row, [chosen.opt_text("llm_name"), reject.opt_text("llm_name")]))
+
+
+def rmb_bon(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
+    best = row.sub("bon_best")
+    losers = [row.element("loser_list", i, v) for i, v in enumerate(row.seq("loser_list"))]
+    return make_item(row, "conversation_input", context=turns(row, "conversation_input"),
+                     responses=[best.text("answer")] + [r.text("answer") for r in losers], rewards=None, best=0,
+                     source="rmb_bon", uid=row.ident("bon_uid"),
+                     meta=_rmb_meta(row, [best.opt_text("llm_name")] + [r.opt_text("llm_name") for r in losers]))
+
+
+def ppe_human(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
+    winner = row.text("winner")
+    responses = [row.text("response_1"), row.text("response_2")]
+    if winner.startswith("tie"):  # "tie", "tie (bothbad)": PPE's consumers skip them, so do we (and count them)
+        return Drop("tie")
+    if winner not in ("model_a", "model_b"):
+        row.fail("winner", f"expected 'model_a', 'model_b' or a tie, got {winner!r}")
+    return make_item(row, "prompt", context=prompt_context(row, "prompt"), responses=responses, rewards=None,
+                     best=0 if winner == "model_a" else 1, source="ppe_human", uid=row.ident("question_id"),
+                     meta=_meta(row, model_a="model_a", model_b="model_b", language="language"))
+
+
+def ppe_correctness(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
+    responses: list[str] = []
+    while f"response_{len(responses) + 1}" in row.value:
+        responses.append(row.text(f"response_{len(responses) + 1}"))
+    if not responses:
+        row.fail("response_1", "missing (no responses)")
+    n = len(responses)
+    scores = row.seq("scores")
+    if len(scores) != n:
+        row.fail("scores", f"has {len(scores)} values for {n} responses (response_1..response_{n})")
+    rewards = []
+    for i, s in enumerate(scores):
+        v = float(s) if isinstance(s, bool) else row.as_number(f"scores[{i}]", s)
+        if v not in (0.0, 1.0):
+            row.fail(f"scores[{i}]", f"expected a 0/1 correctness label, got {s!r}")
+        rewards.append(v)
+    pairs = []
+    for k, p in enumerate(row.seq("sampled_conflict_pairs", nonempty=False)):
+        if (not isinstance(p, list) or len(p) != 2
+                or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in p)):
+            row.fail(f"sampled_conflict_pairs[{k}]", f"expected [i, j] with 0 <= i, j < {n}, got {p!r}")
+        if rewards[p[0]] == rewards[p[1]]:
+            row.fail(f"sampled_conflict_pairs[{k}]", f"pair {p} is not a conflict (both scores are {rewards[p[0]]:g})")
+        pairs.append([p[0], p[1]])
+    meta: dict[str, Any] = {"conflict_pairs": pairs, **_meta(row, model_name="model_name")}
+    return make_item(row, "prompt", context=prompt_context(row, "prompt"), responses=responses, rewards=rewards,
+                     best=best_from_rewards(rewards), source="ppe_correctness", uid=row.ident("question_id"),
+                     meta=meta)
+
+
+def realmistake(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
+    md = row.sub("metadata")
+    label = row.text("error_label")
+    if label not in ("error", "no_error"):
+        row.fail("error_label", f"expected 'error' or 'no_error', got {label!r}")
+    meta: dict[str, Any] = {"error_label": label, **_meta(md, subset="task_name", model="llm_response_model")}
+    cats = row.value.get("error_categories")
+    if isinstance(cats, list):
+        meta["error_categories"] = [c for c in cats if isinstance(c, str)]
+    # App. C.1: single responses are labelled 1 when correct and 0 otherwise; "no_error" is the correct case.
+    return make_item(row, "input", context=[Turn(role="user", content=row.text("input"))],
+                     responses=[row.text("llm_response")], rewards=[1.0 if label == "no_error" else 0.0], best=None,
+                     source="realmistake", uid=md.ident("id"), meta=meta)
+
+
+def schema(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
+    responses = row.seq("responses")
+    for i, r in enumerate(responses):
+        if not isinstance(r, str):
+            row.fail(f"responses[{i}]", f"expected a string, got {type(r).__name__}")
+    rewards = None
+    if row.has("rewards"):
+        rewards = [row.as_number(f"rewards[{i}]", v) for i, v in enumerate(row.seq("rewards", nonempty=False))]
+    best = row.value.get("best")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, int)):
+        row.fail("best", f"expected an integer index or null, got {best!r}")
+    meta = row.value.get("meta") or {}
+    if not isinstance(meta, dict):
+        row.fail("meta", f"expected an object, got {type(meta).__name__}")
+    # The schema's own files round-trip whatever PreferenceItem accepts, so the context need not end on a user turn.
+    return make_item(row, "context", require_query=False, context=turns(row, "context"), responses=list(responses),
+                     rewards=rewards, best=best, source=row.text("source"), uid=row.ident("uid"), meta=dict(meta))

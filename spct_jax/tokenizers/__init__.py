@@ -1,0 +1,1 @@
+"""Tokenizer implementations behind `spct_jax.tokenizer`; import from there."""
