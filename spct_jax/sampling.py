@@ -36,6 +36,7 @@ from spct_jax.models.transformer import Decoder
 
 _TRACES: Counter = Counter()  # incremented at trace time only: one count per compiled (shape, static-config) bucket
 _BISECT_STEPS = 32
+PREFILL_CHUNK = 512  # prompt buckets are powers of two, so longer prompts split evenly
 
 
 def compile_count() -> int:
@@ -113,6 +114,25 @@ def _choose(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: j
     return tok, jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
 
 
+def _prefill(model: Decoder, ids: jax.Array, mask: jax.Array, cache):
+    """Prefill in chunks of PREFILL_CHUNK columns so attention scores are [chunk, S], never [P, S] at once.
+
+    ids, mask: [U, P] -> (cache, logits of the last column [U, V]).
+    """
+    u, p = ids.shape
+    if p <= PREFILL_CHUNK:
+        logits, cache = model.extend(ids, mask, cache)
+        return cache, logits[:, -1]
+    split = lambda x: x.reshape(u, p // PREFILL_CHUNK, PREFILL_CHUNK).swapaxes(0, 1)  # [chunks, U, C]
+
+    def one(cache, chunk):
+        logits, cache = model.extend(chunk[0], chunk[1], cache)
+        return cache, logits[:, -1]
+
+    cache, lasts = jax.lax.scan(one, cache, (split(ids), split(mask)))
+    return cache, lasts[-1]
+
+
 def _generate(graphdef, state, ids, mask, row_src, row_keys, max_new, temperature, top_p, *, st: _Static,
               data_sharding):
     """ids, mask: [U, P] unique left-padded prompts; row_src: [R] which prompt each output row continues;
@@ -122,14 +142,12 @@ def _generate(graphdef, state, ids, mask, row_src, row_keys, max_new, temperatur
     u, p = ids.shape
     rows, n = row_src.shape[0], st.new_bucket
     if st.fan_out:
-        cache = model.init_cache(u, p + n)
-        logits, cache = model.extend(ids, mask, cache)  # prefill each distinct prompt once
+        cache, last = _prefill(model, ids, mask, model.init_cache(u, p + n))  # each distinct prompt once
         cache = cache.take(row_src)  # fan out: [R, P+N, ...]; nothing is recomputed
-        last = jnp.take(logits[:, -1], row_src, axis=0)  # [R, V]
+        last = jnp.take(last, row_src, axis=0)  # [R, V]
     else:
-        cache = model.init_cache(rows, p + n)
-        logits, cache = model.extend(jnp.take(ids, row_src, axis=0), jnp.take(mask, row_src, axis=0), cache)
-        last = logits[:, -1]
+        cache, last = _prefill(model, jnp.take(ids, row_src, axis=0), jnp.take(mask, row_src, axis=0),
+                               model.init_cache(rows, p + n))
     if data_sharding is not None:
         replicated = jax.sharding.NamedSharding(data_sharding.mesh, jax.sharding.PartitionSpec())
         cache = jax.lax.with_sharding_constraint(

@@ -70,3 +70,14 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def cli(argv: Sequence[str]) -> int:
+    """`spct data SUBCOMMAND`: currently `check`."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: spct data check PATH [--format F] [--skip]")
+        return 0 if argv else 2
+    if argv[0] != "check":
+        print(f"spct data: unknown subcommand {argv[0]!r} (known: check)", file=sys.stderr)
+        return 2
+    return main(list(argv[1:]))

@@ -110,3 +110,19 @@ def score_main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(score_main())
+
+
+def main(argv: Sequence[str]) -> int:
+    """`spct eval score ...` (score predictions) or `spct eval run ...` (run a GRM, then score)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: spct eval score --benchmark B --data PATH --predictions F [--json]\n"
+              "       spct eval run --model M --benchmark B --data PATH --k 8 --out DIR")
+        return 0 if argv else 2
+    if argv[0] == "score":
+        return score_main(list(argv[1:]))
+    if argv[0] == "run":
+        from spct_jax.eval.run import run_main
+
+        return run_main(list(argv[1:]))
+    print(f"spct eval: unknown subcommand {argv[0]!r} (known: score, run)", file=sys.stderr)
+    return 2

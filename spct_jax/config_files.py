@@ -1,0 +1,87 @@
+"""Load ml_collections config files the JAX/TPU way: `--config path.py --config.a.b=value` overrides.
+
+A config file defines `get_config()` returning a `ml_collections.ConfigDict`. Overrides are parsed against the
+existing field's type (bool, int, float, str, tuple/list via Python literals), so a typo in a key or a value of the
+wrong type fails with an error naming the key instead of silently adding a field.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+
+
+class ConfigFileError(ValueError):
+    pass
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigFileError(f"--config {path}: no such file")
+    spec = importlib.util.spec_from_file_location(f"spct_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    get_config = getattr(module, "get_config", None)
+    if get_config is None:
+        raise ConfigFileError(f"{path}: defines no get_config()")
+    cfg = get_config()
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigFileError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    return cfg
+
+
+def _coerce(key: str, old, raw: str):
+    if isinstance(old, bool):
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigFileError(f"--config.{key}={raw}: expected a bool")
+    if isinstance(old, (int, float)) and not isinstance(old, bool):
+        try:
+            value = type(old)(ast.literal_eval(raw)) if isinstance(old, int) else float(raw)
+        except (ValueError, SyntaxError):
+            raise ConfigFileError(f"--config.{key}={raw}: expected a {type(old).__name__}") from None
+        return value
+    if isinstance(old, (tuple, list)):
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            raise ConfigFileError(f"--config.{key}={raw}: expected a Python list/tuple literal") from None
+        return type(old)(value if isinstance(value, (list, tuple)) else [value])
+    if old is None:
+        try:
+            return ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return raw
+    return raw
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """Apply `--config.a.b=value` strings (the `--config.` prefix is optional)."""
+    for item in overrides:
+        body = item[len("--config."):] if item.startswith("--config.") else item
+        if "=" not in body:
+            raise ConfigFileError(f"override {item!r}: expected --config.key=value")
+        key, raw = body.split("=", 1)
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if p not in node:
+                raise ConfigFileError(f"--config.{key}: unknown field {p!r}")
+            node = node[p]
+        leaf = parts[-1]
+        if leaf not in node:
+            raise ConfigFileError(f"--config.{key}: unknown field {leaf!r}; known: {sorted(node.keys())}")
+        with node.unlocked():
+            node[leaf] = _coerce(key, node[leaf], raw)
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    return apply_overrides(load_config_file(path), overrides)
