@@ -27,6 +27,10 @@ class ByteTokenizer:
         text = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages)
         return text + ("<assistant>" if add_generation_prompt else "")
 
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        ids = self.encode(self.apply_chat_template(messages, add_generation_prompt))
+        return ids if self.bos_id is None else [self.bos_id] + ids
+
 
 TOK = ByteTokenizer()
 

@@ -171,10 +171,10 @@ def test_every_template_file_cites_the_paper():
     folder = importlib.resources.files("spct_jax.grm").joinpath("templates")
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".txt"))
     assert names == ["default.txt", "hint.txt", "judge.txt", "metarm.txt", "no_principles.txt", "reference.txt",
-                     "single.txt"]
+                     "single.txt", "toy.txt", "toy_no_principles.txt"]
     for name in names:
         lines = folder.joinpath(name).read_text(encoding="utf-8").splitlines()
         header = [line for line in lines if line.startswith("%%")]
         assert any("2504.02495" in line for line in header), name
-    for ours in ("no_principles.txt", "reference.txt"):
+    for ours in ("no_principles.txt", "reference.txt", "toy.txt", "toy_no_principles.txt"):
         assert "OUR wording" in folder.joinpath(ours).read_text(encoding="utf-8")

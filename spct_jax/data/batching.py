@@ -1,8 +1,8 @@
 """Tokenise (prompt messages, target text) pairs for SFT, then bucket, pad and collate them deterministically.
 
 Token layout of one example:
-    input_ids = [bos]? + encode(apply_chat_template(messages, add_generation_prompt=True)) + encode(target) + [eos]
-BOS is prepended only when the tokenizer has one and the templated prompt did not already encode to it. The
+    input_ids = encode_chat(messages, add_generation_prompt=True) + encode(target) + [eos]
+encode_chat adds BOS where the chat format wants it, exactly as for sampling prompts. The
 prompt and the target are encoded separately, so the prompt/target boundary is exactly where the model starts
 generating at inference time.
 
@@ -41,7 +41,7 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str: ...
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +83,9 @@ class TokenizeReport:
 
 
 def _encode_prompt(tok: Tokenizer, messages: list[dict]) -> list[int]:
-    ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
-    if tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
-        ids = [tok.bos_id] + ids
-    return ids
+    # The same call the sampler's prompts go through (GenerativeRewardModel.prompt_ids), so training prompts and
+    # inference prompts are token-identical, BOS included exactly when the chat format wants it.
+    return list(tok.encode_chat(list(messages), add_generation_prompt=True))
 
 
 def _drop_one_exchange(messages: list[dict]) -> int:

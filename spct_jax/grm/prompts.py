@@ -2,8 +2,9 @@
 
 Every template file cites its source in a `%%` header; the text itself is the paper's, typos included
 ("The Begin of", "responeses"), because the released checkpoints were trained on exactly these strings.
-Two pieces are OUR wording, documented as such in their files: the reference-answer section
-(`reference.txt`, the paper does not print it) and the `no_principles` ablation (`no_principles.txt`).
+Some pieces are OUR wording, documented as such in their files: the reference-answer section
+(`reference.txt`, the paper does not print it), the `no_principles` ablation (`no_principles.txt`) and the two
+short templates of the embedded CPU demo (`toy.txt`, `toy_no_principles.txt`).
 
 Template names accepted by `build_prompt`:
 
@@ -12,6 +13,9 @@ Template names accepted by `build_prompt`:
   "single"         App. G (b): exactly 1 response, score 0 or 1 (single-response RM training data, App. C.1).
   "judge"          App. G (d): LLM-as-a-Judge baseline, n >= 2, outputs the 1-based index of the best response.
   "no_principles"  ours: the default template without principle generation (the 'w/o Principle Generation' ablation).
+  "toy"            ours: "default" with its instruction block cut to one line, for the CPU demo's synthetic task
+                   (spct_jax/data/toy.py), where the ~600-token block would dominate a tiny model's compute.
+  "toy_no_principles"  ours: "toy" without principle generation (the demo's ablation).
 
 The meta-RM template (App. G (c)) has two turns and its own builder, `build_metarm_prompt`.
 The model's chat template is applied by the caller (tokenizer), not here.
@@ -39,13 +43,15 @@ from typing import Union
 CITATION = ('Liu, Wang, Xu, Ma, Ruan, Li, Liu, Wu. "Inference-Time Scaling for Generalist Reward Modeling". '
             "arXiv 2504.02495 (v3, 2025), Appendix G (prompt templates).")
 
-TEMPLATES = ("default", "single", "judge", "no_principles")
+TEMPLATES = ("default", "single", "judge", "no_principles", "toy", "toy_no_principles")
 
 # Score range printed in each pointwise template: App. G (a) "an integer between 1 and 10",
 # App. G (b) "The score is 0 or 1". The judge template outputs an index, so it has no score range.
 _SCORE_RANGES: dict[str, tuple[int, int]] = {
     "default": (1, 10),
     "no_principles": (1, 10),
+    "toy": (1, 10),
+    "toy_no_principles": (1, 10),
     "single": (0, 1),
 }
 

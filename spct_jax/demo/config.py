@@ -1,0 +1,64 @@
+"""The embedded demo's configuration: a complete SPCT run on CPU with a tiny model on the toy task.
+
+Paper values are used where the toy scale allows (N_RFT = 3, G = 4, beta = 0.08, eps = 0.2, T = 0.5 at inference,
+k_meta = k/2); sizes, learning rates and step counts are ours, chosen so the whole run fits ~10 CPU minutes.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from spct_jax.data.toy import ToyConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    seed: int = 0
+    workdir: str = "runs/demo"
+    # Items per split (query-disjoint; "eval" is held out from every training stage).
+    sizes: tuple[tuple[str, int], ...] = (("sft", 2400), ("rft", 400), ("rl", 400), ("metarm", 240), ("eval", 300))
+    toy: ToyConfig = ToyConfig(num_responses=(2, 3))
+    # The tiny decoder (Llama block; ~1M params).
+    d_model: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    d_ff: int = 384
+    # Stage 0: the "pretrained GRM" cold start on imperfect teacher trajectories.
+    teacher_error_rate: float = 0.3
+    no_principles_fraction: float = 0.25  # cold-start examples in the no-principles format (for the ablation)
+    cold_start_steps: int = 300
+    cold_start_lr: float = 2e-3
+    batch_size: int = 32
+    # Stage 1: RFT.
+    n_rft: int = 3  # paper, App. C.1
+    rft_steps: int = 100
+    rft_lr: float = 5e-4
+    rft_teacher_mix: int = 400  # teacher examples mixed in, as the paper mixes general instruction data
+    # Stage 2: GRPO.
+    grpo_steps: int = 40
+    grpo_prompts_per_step: int = 16  # x G = 4 rollouts = 64 sequences per update
+    grpo_lr: float = 2e-4
+    grpo_beta: float = 0.08  # paper, 27B (App. C.1)
+    rollout_temperature: float = 1.0  # ours (GRPO practice; the paper is silent)
+    # Stage 3: meta RM.
+    metarm_steps: int = 150
+    metarm_lr: float = 5e-4
+    # Stage 4: evaluation.
+    eval_temperature: float = 0.5  # paper, App. D.1
+    ks: tuple[int, ...] = (1, 8, 32)
+    metarm_ks: tuple[int, ...] = (8, 32)
+    ablation_k: int = 8
+    max_new_tokens: int = 128
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return dict(self.sizes)
+
+    @classmethod
+    def quick(cls, workdir: str, seed: int = 0) -> "DemoConfig":
+        """Seconds, not minutes: the same pipeline for CI (numbers are meaningless at this size)."""
+        return cls(seed=seed, workdir=workdir,
+                   sizes=(("sft", 64), ("rft", 8), ("rl", 8), ("metarm", 8), ("eval", 8)),
+                   d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, d_ff=64, cold_start_steps=4,
+                   batch_size=8, rft_steps=2, rft_teacher_mix=8, grpo_steps=2, grpo_prompts_per_step=2,
+                   metarm_steps=2, ks=(1, 2, 4), metarm_ks=(2, 4), ablation_k=2, max_new_tokens=24)

@@ -1,0 +1,185 @@
+"""`spct demo`: the whole SPCT pipeline on CPU with a tiny model on the toy task, reported like the paper's Table 3.
+
+    stage 0  cold start   SFT on imperfect teacher trajectories (the paper's "pretrained GRM")
+    stage 1  RFT          N_RFT = 3 own samples per item, reject wrong / too easy, hinted sampling, SFT
+    stage 2  GRPO         +-1 rule reward (Eq. 11), G = 4, k3 KL (beta = 0.08) to the RFT model
+    stage 3  meta RM      scalar head on the cold-start backbone, BCE on Eq.-10 labels of sampled trajectories
+    stage 4  evaluation   held-out split: greedy per stage; Voting@k and MetaRM@k at T = 0.5; no-principles ablation
+
+Outputs in `workdir`: report.md, results.json, scaling.png, learning_curves.png, log.txt, per-stage checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spct_jax.data.batching import SFTRecord
+from spct_jax.data.toy import TEMPLATE, TEMPLATE_NO_PRINCIPLES, teacher_trajectory, toy_prompt, toy_splits, train_toy_tokenizer
+from spct_jax.demo.config import DemoConfig
+from spct_jax.demo.report import write_outputs
+from spct_jax.grm.scorer import GenerativeRewardModel, item_seed
+from spct_jax.grm.voting import vote
+from spct_jax.models.config import ModelConfig
+from spct_jax.models.scalar_head import ScalarRM
+from spct_jax.models.transformer import init_model
+from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
+from spct_jax.train.grpo import GRPOConfig
+from spct_jax.train.metarm import evaluate_metarm, metarm_examples
+from spct_jax.train.rft import RFTConfig, rejective_sampling, write_rft_dataset
+from spct_jax.train.rollout import RolloutConfig, sample_trajectories
+from spct_jax.train.stages import StageRun, grpo, sft, train_metarm
+
+log = logging.getLogger("spct.demo")
+
+
+def teacher_records(items, rng: np.random.Generator, cfg: DemoConfig, *, no_principles_fraction: float) -> list[SFTRecord]:
+    out = []
+    for item in items:
+        perm = [int(i) for i in rng.permutation(item.num_responses)]
+        principles = rng.random() >= no_principles_fraction
+        out.append(SFTRecord(uid=f"{item.uid}#t", messages=[{"role": "user", "content": toy_prompt(item, perm, principles=principles)}],
+                             target=teacher_trajectory(item, perm, rng, error_rate=cfg.teacher_error_rate,
+                                                       principles=principles)))
+    return out
+
+
+def accuracy(judgements, items) -> float:
+    return float(np.mean([j.best == it.best for j, it in zip(judgements, items)]))
+
+
+def voted_accuracy(judgements, items, k: int, *, seed: int, meta: bool = False) -> float:
+    """Voting@k (or MetaRM@k with k_meta = k/2) over the first k of the samples already drawn per item."""
+    hits = []
+    for j, it in zip(judgements, items):
+        samples = j.samples[:k]
+        v = vote([s.scores for s in samples], meta_scores=[s.meta_score for s in samples] if meta else None,
+                 k_meta=max(1, k // 2) if meta else None, seed=(seed, k, item_seed(it)),
+                 num_responses=it.num_responses)
+        hits.append(v.best == it.best)
+    return float(np.mean(hits))
+
+
+def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
+    t_start = time.perf_counter()
+    work = Path(cfg.workdir)
+    if work.exists():
+        shutil.rmtree(work)  # a demo run always starts clean; training stages resume only within one run
+    work.mkdir(parents=True)
+    handler = logging.FileHandler(work / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    splits = toy_splits(cfg.seed, cfg.split_sizes, cfg.toy)
+    tok = train_toy_tokenizer(work / "tokenizer", seed=cfg.seed, config=cfg.toy)
+    mcfg = ModelConfig(family="llama", vocab_size=tok.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+                       num_layers=cfg.num_layers, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+                       head_dim=cfg.d_model // cfg.num_heads, tie_embeddings=True, pad_token_id=tok.pad_id,
+                       bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, max_position_embeddings=1024)
+    log.info("splits %s; vocab %d", {k: len(v) for k, v in splits.items()}, tok.vocab_size)
+    rng = np.random.default_rng([cfg.seed, 17])
+    bs = cfg.batch_size
+
+    def stage_run(name, steps, lr, batch_size=bs, seed_offset=0):
+        return StageRun(workdir=str(work / name), steps=steps, batch_size=batch_size, seed=cfg.seed + seed_offset,
+                        optimizer=OptimizerConfig(learning_rate=lr, total_steps=steps, warmup_steps=min(10, steps // 5),
+                                                  schedule="cosine", end_lr_ratio=0.1, weight_decay=0.0),
+                        progress_bar=progress)
+
+    rollout = RolloutConfig(temperature=cfg.rollout_temperature, max_new_tokens=cfg.max_new_tokens, template=TEMPLATE)
+    results: dict = {"stages": {}, "scaling": {"voting": {}, "metarm": {}}, "ablation": {}, "seed": cfg.seed,
+                     "config": dataclasses.asdict(cfg), "stats": {}}
+
+    def greedy(model, name):
+        grm = GenerativeRewardModel(model, tok, template=TEMPLATE)
+        js = grm.score(splits["eval"], k=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                       progress=False)
+        acc = accuracy(js, splits["eval"])
+        results["stages"][name] = {"greedy": acc,
+                                   "parse_rate": float(np.mean([j.num_valid for j in js]))}
+        log.info("%s greedy accuracy %.3f", name, acc)
+
+    # -- stage 0: cold start ------------------------------------------------------------------------------------
+    log.info("stage 0: cold-start SFT on teacher trajectories (error rate %.2f)", cfg.teacher_error_rate)
+    model = init_model(mcfg, seed=cfg.seed)
+    records = teacher_records(splits["sft"], rng, cfg, no_principles_fraction=cfg.no_principles_fraction)
+    cold, info = sft(model, tok, records, stage_run("cold_start", cfg.cold_start_steps, cfg.cold_start_lr))
+    results["stats"]["cold_start"] = info
+    greedy(cold, "cold_start")
+
+    # -- stage 1: RFT ---------------------------------------------------------------------------------------------
+    log.info("stage 1: rejective sampling (N_RFT = %d) + SFT", cfg.n_rft)
+    rft_res = rejective_sampling(GenerativeRewardModel(cold, tok, template=TEMPLATE), splits["rft"],
+                                 RFTConfig(n_rft=cfg.n_rft, rollout=rollout, seed=cfg.seed), progress=progress)
+    write_rft_dataset(rft_res, work / "rft" / "rft_data.jsonl")
+    results["stats"]["rft"] = rft_res.stats.as_dict()
+    log.info("RFT stats %s", rft_res.stats.as_dict())
+    mix = teacher_records(splits["sft"][: cfg.rft_teacher_mix], rng, dataclasses.replace(cfg, teacher_error_rate=0.0),
+                          no_principles_fraction=cfg.no_principles_fraction)
+    rft_model, _ = sft(cold, tok, [e.sft_record() for e in rft_res.examples] + mix,
+                       stage_run("rft", cfg.rft_steps, cfg.rft_lr, seed_offset=1))
+    greedy(rft_model, "rft")
+
+    # -- stage 2: GRPO -------------------------------------------------------------------------------------------
+    log.info("stage 2: GRPO (G = 4, beta = %.3f)", cfg.grpo_beta)
+    gcfg = GRPOConfig(prompts_per_step=cfg.grpo_prompts_per_step, loss=GRPOLossConfig(beta=cfg.grpo_beta),
+                      rollout=rollout, seed=cfg.seed)
+    rl_model, _ = grpo(rft_model, tok, splits["rl"], stage_run("grpo", cfg.grpo_steps, cfg.grpo_lr, seed_offset=2),
+                       gcfg, template=TEMPLATE)
+    greedy(rl_model, "rl")
+
+    # -- stage 3: meta RM ----------------------------------------------------------------------------------------
+    log.info("stage 3: meta RM")
+    guided = sample_trajectories(GenerativeRewardModel(rl_model, tok, template=TEMPLATE), splits["metarm"], cfg.n_rft,
+                                 seed=cfg.seed, cfg=dataclasses.replace(rollout, temperature=cfg.eval_temperature),
+                                 salt=7, progress=progress)
+    ex_rft, bal_rft = metarm_examples(splits["rft"], rft_res.plain, tok, origin="rft", max_len=1024)
+    ex_guided, bal_guided = metarm_examples(splits["metarm"], guided, tok, origin="guided", max_len=1024)
+    held = max(1, len(ex_guided) // 4)  # hold out the last quarter of guided samples for AUC
+    train_ex, held_ex = ex_rft + ex_guided[:-held], ex_guided[-held:]
+    results["stats"]["metarm_balance"] = {"rft": dataclasses.asdict(bal_rft), "guided": dataclasses.asdict(bal_guided)}
+    rm = ScalarRM.from_decoder(cold, seed=cfg.seed)
+    rm, _ = train_metarm(rm, train_ex, stage_run("metarm", cfg.metarm_steps, cfg.metarm_lr, seed_offset=3),
+                         pad_id=tok.pad_id)
+    results["metarm"] = evaluate_metarm(rm, held_ex, pad_id=tok.pad_id)
+    log.info("meta RM held-out %s", results["metarm"])
+
+    # -- stage 4: inference-time scaling --------------------------------------------------------------------------
+    log.info("stage 4: Voting@k / MetaRM@k on %d held-out items", len(splits["eval"]))
+    kmax = max(cfg.ks)
+    grm = GenerativeRewardModel(rl_model, tok, meta_rm=rm, template=TEMPLATE)
+    js = grm.score(splits["eval"], k=kmax, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
+                   seed=cfg.seed + 100, progress=progress)
+    for k in cfg.ks:
+        results["scaling"]["voting"][str(k)] = voted_accuracy(js, splits["eval"], k, seed=cfg.seed)
+    for k in cfg.metarm_ks:
+        results["scaling"]["metarm"][str(k)] = voted_accuracy(js, splits["eval"], k, seed=cfg.seed, meta=True)
+    results["parse_rate_sampled"] = float(np.mean([s.scores is not None for j in js for s in j.samples]))
+    ablation = GenerativeRewardModel(rl_model, tok, template=TEMPLATE_NO_PRINCIPLES).score(
+        splits["eval"], k=cfg.ablation_k, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed + 100, progress=progress)
+    results["ablation"][f"no_principles_voting_{cfg.ablation_k}"] = voted_accuracy(
+        ablation, splits["eval"], cfg.ablation_k, seed=cfg.seed)
+    results["wall_seconds"] = time.perf_counter() - t_start
+    write_outputs(work, results, js[:20], splits["eval"][:20])
+    return results
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="spct demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default="runs/demo")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="a seconds-long reduced run (what CI tests)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    cfg = DemoConfig.quick(args.workdir, args.seed) if args.quick else DemoConfig(seed=args.seed, workdir=args.workdir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    results = run(cfg, progress=not args.no_progress)
+    print((Path(args.workdir) / "report.md").read_text())
+    print(json.dumps({k: results[k] for k in ("stages", "scaling", "ablation", "wall_seconds", "seed")}, indent=1))
+    return 0

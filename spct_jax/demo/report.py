@@ -1,0 +1,99 @@
+"""The demo's outputs: report.md (shaped like the paper's Table 3), results.json, scaling.png, learning_curves.png."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from spct_jax.train.metrics import read_jsonl_metrics  # noqa: E402
+
+STAGES = (("cold_start", "Cold start (\"pretrained GRM\")"), ("rft", "RFT"), ("rl", "RFT + GRPO"))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def report_markdown(results: dict) -> str:
+    cfg = results["config"]
+    lines = [
+        "# spct demo: SPCT on the toy task (held-out accuracy, %)", "",
+        f"seed {results['seed']}; {cfg['sizes']}; tiny Llama-block decoder d={cfg['d_model']}, "
+        f"{cfg['num_layers']} layers; wall {results['wall_seconds']:.0f} s", "",
+        "## Training stages (greedy, T = 0)", "", "| stage | accuracy | parse rate |", "|---|---|---|",
+    ]
+    for key, name in STAGES:
+        s = results["stages"][key]
+        lines.append(f"| {name} | {_pct(s['greedy'])} | {_pct(s['parse_rate'])} |")
+    lines += ["", "## Inference-time scaling (RFT + GRPO model, T = 0.5), cf. the paper's Table 3", "",
+              "| method | k | accuracy | vs Voting@1 |", "|---|---|---|---|"]
+    base = results["scaling"]["voting"].get("1")
+    for k, acc in results["scaling"]["voting"].items():
+        delta = "" if base is None else f"{100 * (acc - base):+.1f}"
+        lines.append(f"| Voting | {k} | {_pct(acc)} | {delta} |")
+    for k, acc in results["scaling"]["metarm"].items():
+        delta = "" if base is None else f"{100 * (acc - base):+.1f}"
+        lines.append(f"| MetaRM (k_meta = k/2) | {k} | {_pct(acc)} | {delta} |")
+    for name, acc in results["ablation"].items():
+        k = name.rsplit("_", 1)[-1]
+        lines.append(f"| Voting w/o principle generation | {k} | {_pct(acc)} | "
+                     f"{'' if base is None else f'{100 * (acc - base):+.1f}'} |")
+    m = results.get("metarm", {})
+    st = results["stats"]
+    lines += ["", "## Details", "",
+              f"- meta RM held-out ROC-AUC {m.get('auc', float('nan')):.3f}, accuracy {m.get('accuracy', float('nan')):.3f} "
+              f"on {int(m.get('n', 0))} trajectories; class balance {json.dumps(st.get('metarm_balance'))}",
+              f"- RFT rejective sampling: {json.dumps(st.get('rft'))}",
+              f"- parse rate of T = 0.5 samples: {_pct(results.get('parse_rate_sampled', 0.0))}",
+              "- accuracy = the voted best response equals the ground-truth best; ties are broken by a seeded "
+              "shuffle (the paper's rule); Voting@k / MetaRM@k use the first k of the " f"{max(int(k) for k in results['scaling']['voting'])} samples drawn per item."]
+    return "\n".join(lines) + "\n"
+
+
+def scaling_plot(results: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    v = results["scaling"]["voting"]
+    ax.plot([int(k) for k in v], [100 * x for x in v.values()], "o-", label="Voting@k")
+    m = results["scaling"]["metarm"]
+    if m:
+        ax.plot([int(k) for k in m], [100 * x for x in m.values()], "s-", label="MetaRM@k (k_meta = k/2)")
+    for key, name in STAGES:
+        ax.axhline(100 * results["stages"][key]["greedy"], ls=":", lw=1, color="gray")
+        ax.text(1, 100 * results["stages"][key]["greedy"], f" {name} greedy", fontsize=7, va="bottom")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (samples)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def learning_curves(workdir: Path, path: Path) -> None:
+    panels = (("cold_start", "loss"), ("rft", "loss"), ("grpo", "reward_mean"), ("metarm", "loss"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 3))
+    for ax, (stage, key) in zip(axes, panels):
+        f = workdir / stage / "metrics.jsonl"
+        if f.exists():
+            rows = read_jsonl_metrics(f)
+            steps = sorted(s for s in rows if key in rows[s])
+            ax.plot(steps, [rows[s][key] for s in steps])
+        ax.set_title(f"{stage}: {key}", fontsize=9)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(workdir: Path, results: dict, judgements, items) -> None:
+    (workdir / "results.json").write_text(json.dumps(results, indent=1))
+    (workdir / "report.md").write_text(report_markdown(results))
+    scaling_plot(results, workdir / "scaling.png")
+    learning_curves(workdir, workdir / "learning_curves.png")
+    with open(workdir / "judgements_sample.jsonl", "w", encoding="utf-8") as f:
+        for j in judgements:
+            f.write(json.dumps(j.to_json()) + "\n")

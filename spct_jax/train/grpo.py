@@ -1,0 +1,107 @@
+"""Stage 2 of SPCT: rule-based online RL with the original GRPO (SPEC §3, Eq. 11 and 15).
+
+One update = sample G rollouts per prompt with the current policy (responses shuffled per rollout), reward each
++1/-1 by Eq. 10 (no format reward), normalise rewards within each group, compute the frozen RFT reference's
+per-token log-probs outside the update (chunked, never [B, T, V] at once), then take the GRPO step.
+
+The rollout lives inside the step function handed to `run_training`, so the shared loop's resume, checkpoint,
+SIGTERM and metrics machinery applies unchanged: the data source only yields which prompts to use, and every
+random draw is seeded by (seed, update number), so a resumed run replays exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from spct_jax.data.schema import PreferenceItem
+from spct_jax.grm.scorer import GenerativeRewardModel
+from spct_jax.sampling import bucket
+from spct_jax.tokenizer import Tokenizer
+from spct_jax.train.config import GRPOLossConfig
+from spct_jax.train.losses import group_advantages
+from spct_jax.train.rollout import RolloutConfig, Trajectory, sample_trajectories
+from spct_jax.train.state import TrainState
+from spct_jax.train.steps import TrainStep, make_logprob_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    prompts_per_step: int = 128  # ours; [P] batch 512 without saying prompts or rollouts (SPEC §3): 128 x G=4 = 512
+    loss: GRPOLossConfig = dataclasses.field(default_factory=GRPOLossConfig)  # G=4, beta=0.08, eps=0.2
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)  # T=1.0 (ours, GRPO practice)
+    inner_epochs: int = 1  # "original GRPO" (DeepSeekMath): one update per rollout batch
+    seed: int = 0
+    logprob_chunk: int = 512
+
+    @property
+    def group_size(self) -> int:
+        return self.loss.group_size
+
+
+def rollout_batch(trajs: Sequence[Sequence[Trajectory]], pad_id: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Right-padded [B, T] arrays for B = prompts x G rollouts, and the rewards [B].
+
+    loss_mask[t] = 1 where token t is a generated token (the convention of data/batching.py), so only the
+    completion is trained; T is bucketed (powers of two) to bound recompiles.
+    """
+    flat = [t for group in trajs for t in group]
+    length = bucket(max(len(t.prompt_ids) + len(t.completion_ids) for t in flat))
+    b = len(flat)
+    ids = np.full((b, length), pad_id, np.int32)
+    attn = np.zeros((b, length), np.int32)
+    loss = np.zeros((b, length), np.float32)
+    for r, t in enumerate(flat):
+        p, c = len(t.prompt_ids), len(t.completion_ids)
+        ids[r, :p + c] = list(t.prompt_ids) + list(t.completion_ids)
+        attn[r, :p + c] = 1
+        loss[r, p:p + c] = 1.0
+    rewards = np.asarray([t.reward for t in flat], np.float32)
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}, rewards
+
+
+class GRPOUpdate:
+    """`update(state, prompt_indices) -> (state, metrics)`: rollout, rewards, reference log-probs, GRPO step(s)."""
+
+    def __init__(self, graphdef: nnx.GraphDef, tokenizer: Tokenizer, items: Sequence[PreferenceItem],
+                 step: TrainStep, reference_params: nnx.State, cfg: GRPOConfig, *, template: str = "default"):
+        self.graphdef, self.tokenizer, self.items, self.step, self.cfg = graphdef, tokenizer, list(items), step, cfg
+        self.reference_params = reference_params
+        self.template = template
+        self.logprobs = make_logprob_fn(graphdef, chunk=cfg.logprob_chunk, mesh=step.mesh,
+                                        param_shardings=step.param_shardings)
+
+    def rollouts(self, params: nnx.State, prompts: Sequence[PreferenceItem], salt: int) -> list[list[Trajectory]]:
+        grm = GenerativeRewardModel(nnx.merge(self.graphdef, params), self.tokenizer, template=self.template)
+        return sample_trajectories(grm, prompts, self.cfg.group_size, seed=self.cfg.seed, cfg=self.cfg.rollout,
+                                   salt=salt, progress=False)
+
+    def __call__(self, state: TrainState, prompt_indices: np.ndarray) -> tuple[TrainState, dict[str, float]]:
+        update = int(jax.device_get(state.step))
+        prompts = [self.items[int(i)] for i in prompt_indices]
+        trajs = self.rollouts(state.params, prompts, salt=1_000 + update)
+        batch, rewards = rollout_batch(trajs, self.tokenizer.pad_id)
+        g = self.cfg.group_size
+        batch["advantages"] = np.asarray(group_advantages(jnp.asarray(rewards), g))
+        batch["ref_logp"] = np.asarray(self.logprobs(self.reference_params, batch))
+        if self.cfg.inner_epochs > 1:  # keep pi_old fixed across inner epochs; with one epoch pi_old = pi_theta
+            batch["old_logp"] = np.asarray(self.logprobs(state.params, batch))
+        metrics: dict[str, float] = {}
+        for _ in range(self.cfg.inner_epochs):
+            state, m = self.step(state, batch)
+            m = jax.device_get(m)  # sync every step: see MACHINE-NOTES (CPU collectives deadlock trap)
+            metrics.update({k: float(v) for k, v in m.items()})
+        flat = [t for group in trajs for t in group]
+        grouped = rewards.reshape(-1, g)
+        metrics.update(
+            reward_mean=float(rewards.mean()),
+            accuracy=float(np.mean([t.correct for t in flat])),
+            parse_failure_rate=float(np.mean([t.error is not None for t in flat])),
+            rollout_length=float(np.mean([len(t.completion_ids) for t in flat])),
+            zero_variance_groups=float(np.mean(grouped.std(axis=1) == 0)),
+        )
+        return state, metrics

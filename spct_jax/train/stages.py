@@ -1,0 +1,95 @@
+"""Stage drivers: SFT (cold start and RFT), GRPO and meta-RM training on top of `run_training`.
+
+Each takes a model and data, builds the pure step, runs the shared resumable loop in `workdir`, and returns the
+trained model. They are what `spct rft|grpo|metarm` and the demo call; nothing here is demo-specific.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+from flax import nnx
+
+from spct_jax.data.batching import SFTRecord, collate, tokenize_all
+from spct_jax.data.schema import PreferenceItem
+from spct_jax.sampling import bucket
+from spct_jax.tokenizer import Tokenizer
+from spct_jax.train.config import LoopConfig, OptimizerConfig
+from spct_jax.train.grpo import GRPOConfig, GRPOUpdate
+from spct_jax.train.loop import epoch_batches, run_training
+from spct_jax.train.metarm import MetaRMExample, metarm_batch
+from spct_jax.train.state import create_train_state
+from spct_jax.train.steps import make_bce_step, make_grpo_step, make_sft_step
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRun:
+    """How long and where: steps, batch size, optimizer, and the loop's bookkeeping."""
+
+    workdir: str
+    steps: int
+    batch_size: int
+    optimizer: OptimizerConfig
+    seed: int = 0
+    checkpoint_every: int | None = None  # default: only at the end
+    progress_bar: bool = True
+    num_microbatches: int = 1
+    mesh: object | None = None
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(workdir=self.workdir, total_steps=self.steps,
+                          checkpoint_every=self.checkpoint_every or self.steps, progress_bar=self.progress_bar)
+
+
+def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], run: StageRun, *,
+        max_len: int = 1024) -> tuple[nnx.Module, dict]:
+    """Supervised fine-tuning on (prompt messages, target) records; loss on assistant tokens only."""
+    examples, report = tokenize_all(records, tokenizer, max_len=max_len)
+    if not examples:
+        raise ValueError(f"no SFT example fits max_len={max_len} ({len(report.dropped)} dropped)")
+    graphdef, state = create_train_state(model, run.optimizer, run.seed)
+    step = make_sft_step(graphdef, optimizer=run.optimizer, num_microbatches=run.num_microbatches, mesh=run.mesh)
+    state = step.place(state)
+    batch_size = min(run.batch_size, len(examples))
+
+    def get_batch(idx: np.ndarray):
+        chosen = [examples[int(i)] for i in idx]
+        return collate(chosen, bucket(max(len(e) for e in chosen), minimum=64), pad_id=tokenizer.pad_id)
+
+    result = run_training(step, state, epoch_batches(len(examples), batch_size, seed=run.seed, get_batch=get_batch),
+                          config=run.loop())
+    info = {"examples": len(examples), "dropped": len(report.dropped), "truncated": len(report.truncated),
+            "steps": result.step, "preempted": result.preempted}
+    return nnx.merge(graphdef, result.state.params), info
+
+
+def grpo(model: nnx.Module, tokenizer: Tokenizer, items: Sequence[PreferenceItem], run: StageRun, cfg: GRPOConfig,
+         *, template: str = "default", reference: nnx.Module | None = None) -> tuple[nnx.Module, dict]:
+    """GRPO from `model`; the KL reference is `reference` (default: `model` itself, i.e. the RFT checkpoint)."""
+    graphdef, state = create_train_state(model, run.optimizer, run.seed)
+    step = make_grpo_step(graphdef, optimizer=run.optimizer, loss=cfg.loss, chunk=cfg.logprob_chunk,
+                          num_microbatches=run.num_microbatches, mesh=run.mesh)
+    state = step.place(state)
+    ref_params = nnx.state(reference if reference is not None else model, nnx.Param)
+    update = GRPOUpdate(graphdef, tokenizer, items, step, ref_params, cfg, template=template)
+    source = epoch_batches(len(items), cfg.prompts_per_step, seed=run.seed, get_batch=lambda idx: idx)
+    result = run_training(update, state, source, config=run.loop())
+    return nnx.merge(graphdef, result.state.params), {"steps": result.step, "preempted": result.preempted}
+
+
+def train_metarm(rm: nnx.Module, examples: Sequence[MetaRMExample], run: StageRun, *, pad_id: int
+                 ) -> tuple[nnx.Module, dict]:
+    """BCE on correct/incorrect trajectories (label from Eq. 10)."""
+    graphdef, state = create_train_state(rm, run.optimizer, run.seed)
+    step = make_bce_step(graphdef, optimizer=run.optimizer, num_microbatches=run.num_microbatches, mesh=run.mesh)
+    state = step.place(state)
+    batch_size = min(run.batch_size, len(examples))
+
+    def get_batch(idx: np.ndarray):
+        return metarm_batch(examples, idx, pad_id=pad_id,
+                            length=bucket(max(len(examples[int(i)].ids) for i in idx), minimum=64))
+
+    result = run_training(step, state, epoch_batches(len(examples), batch_size, seed=run.seed, get_batch=get_batch),
+                          config=run.loop())
+    return nnx.merge(graphdef, result.state.params), {"steps": result.step, "preempted": result.preempted}

@@ -1,0 +1,201 @@
+"""The demo's synthetic GRM task: seeded disjoint splits, unique bests, a teacher whose mistakes are exactly its
+errors, the short toy templates, and token budgets with the in-process tokenizer."""
+import itertools
+
+import numpy as np
+import pytest
+
+from spct_jax.data import toy
+from spct_jax.data.schema import PreferenceItem, best_from_rewards
+from spct_jax.grm.parse import parse_scores, split_sections
+from spct_jax.grm.prompts import build_prompt, score_range
+from spct_jax.grm.rules import is_correct, rule_reward
+from spct_jax.grm.voting import permute, presented_position, sample_permutations, unpermute
+
+SIZES = {"sft": 60, "rft": 30, "rl": 30, "metarm": 30, "eval": 30}
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return toy.toy_splits(0, SIZES)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return toy.train_toy_tokenizer(tmp_path_factory.mktemp("toy_tok"), seed=0)
+
+
+def _perms(item, limit=6):
+    perms = list(itertools.permutations(range(item.num_responses)))
+    return perms[:: max(1, len(perms) // limit)]
+
+
+def _correct(text, item, perm, template="toy"):
+    parsed = parse_scores(text, item.num_responses)
+    assert rule_reward(text, permute(item.rewards, perm), template=template) == (
+        1.0 if parsed.ok and is_correct(unpermute(parsed.scores, perm), item.rewards) else -1.0)
+    return parsed.ok and is_correct(unpermute(parsed.scores, perm), item.rewards)
+
+
+def test_splits_are_seeded_and_reproducible(splits):
+    again = toy.toy_splits(0, SIZES)
+    assert {k: [i.to_json() for i in v] for k, v in splits.items()} == \
+        {k: [i.to_json() for i in v] for k, v in again.items()}
+    other = toy.toy_splits(1, SIZES)
+    assert [i.query for i in other["eval"]] != [i.query for i in splits["eval"]]
+    assert {k: len(v) for k, v in splits.items()} == SIZES
+
+
+def test_a_split_does_not_depend_on_other_splits_and_grows_by_extension(splits):
+    alone = toy.toy_splits(0, {"eval": 45})["eval"]
+    assert [i.to_json() for i in alone[:30]] == [i.to_json() for i in splits["eval"]]
+
+
+def test_splits_are_disjoint_by_query(splits):
+    queries = [item.query for items in splits.values() for item in items]
+    assert len(queries) == len(set(queries))
+    uids = [item.uid for items in splits.values() for item in items]
+    assert len(uids) == len(set(uids))
+
+
+def test_every_kind_appears_and_each_item_has_a_unique_best(splits):
+    items = [i for v in splits.values() for i in v]
+    assert {i.meta["kind"] for i in items} == set(toy.KINDS)
+    for item in items:
+        assert 2 <= item.num_responses <= 4
+        assert item.best is not None and best_from_rewards(item.rewards) == item.best
+        assert item.rewards[item.best] == 1.0 and all(0 < r < 1 for i, r in enumerate(item.rewards) if i != item.best)
+        assert len(set(map(str, item.meta["answers"]))) == item.num_responses  # no duplicate candidates
+        assert PreferenceItem.from_json(item.to_json()) == item
+
+
+def test_error_free_teacher_is_always_correct(splits):
+    rng = np.random.default_rng(0)
+    for item in splits["sft"] + splits["eval"]:
+        for perm in _perms(item):
+            text = toy.teacher_trajectory(item, perm, rng, error_rate=0.0)
+            assert _correct(text, item, perm), (item.query, perm, text)
+            principles, critique = split_sections(text)
+            assert principles.endswith("%).") and critique.count("Response ") == item.num_responses
+            bare = toy.teacher_trajectory(item, perm, rng, error_rate=0.0, principles=False)
+            assert _correct(bare, item, perm, template="toy_no_principles")
+            assert "Specific Criteria" not in bare and split_sections(bare) == ("", critique)
+
+
+def test_the_key_fact_is_in_the_principles():
+    items = toy.toy_splits(0, {"eval": 3})["eval"]
+    arith, sort, constraint = items
+    rng = np.random.default_rng(0)
+    p = arith.meta
+    value = p["a"] + p["b"] if p["op"] == "+" else p["a"] - p["b"]
+    perm = tuple(range(arith.num_responses))
+    assert f"{p['a']} {p['op']} {p['b']} = {value} (Weight" in toy.teacher_trajectory(arith, perm, rng, error_rate=0.0)
+    digits = "".join(map(str, sorted(sort.meta["digits"], reverse=sort.meta["descending"])))
+    perm = tuple(range(sort.num_responses))
+    assert f": {digits} (Weight" in toy.teacher_trajectory(sort, perm, rng, error_rate=0.0)
+    perm = tuple(range(constraint.num_responses))
+    c = constraint.meta
+    assert f"From {c['low']} to {c['high']}" in toy.teacher_trajectory(constraint, perm, rng, error_rate=0.0)
+
+
+@pytest.mark.parametrize("error", toy.ERROR_TYPES)
+def test_every_teacher_mistake_is_wrong_by_eq10(splits, error):
+    rng = np.random.default_rng(1)
+    for item in splits["rft"] + splits["rl"]:
+        for perm in _perms(item, limit=3):
+            for principles in (True, False):
+                text = toy.teacher_trajectory(item, perm, rng, error_rate=1.0, error_types=(error,),
+                                              principles=principles)
+                assert parse_scores(text, item.num_responses).ok
+                assert not _correct(text, item, perm), (error, item.query, perm, text)
+
+
+def test_error_rate_is_the_teachers_error_fraction():
+    items = toy.toy_splits(2, {"sft": 300})["sft"]
+    rng = np.random.default_rng(2)
+    hits = []
+    for item in items:
+        for perm in sample_permutations(item.num_responses, 3, (2, int(item.uid.rsplit("-", 1)[1]))):
+            hits.append(_correct(toy.teacher_trajectory(item, perm, rng, error_rate=0.3), item, perm))
+    assert abs(np.mean(hits) - 0.7) < 0.05
+
+
+def test_teacher_is_deterministic_given_the_rng(splits):
+    item = splits["eval"][4]
+    perm = tuple(reversed(range(item.num_responses)))
+    a = [toy.teacher_trajectory(item, perm, np.random.default_rng(7), error_rate=0.5) for _ in range(2)]
+    assert a[0] == a[1]
+
+
+def test_toy_prompt_shows_responses_in_presented_order(splits):
+    for item in splits["eval"][:12]:
+        for perm in _perms(item):
+            for principles in (True, False):
+                text = toy.toy_prompt(item, perm, principles=principles)
+                assert f"#### Conversation Context ####\n{item.query}\n" in text
+                starts = []
+                for p, original in enumerate(perm, start=1):
+                    block = f"[The Begin of Response {p}]\n{item.responses[original]}\n[The End of Response {p}]"
+                    assert text.count(block) == 1
+                    starts.append(text.index(block))
+                assert starts == sorted(starts)
+                assert ("Specific Criteria" in text) == principles
+                assert text.endswith("Scores: \\boxed{x, x}")
+            hinted = toy.toy_prompt(item, perm, hint=True)
+            assert hinted.endswith(f"\nThe best response is: Response {presented_position(perm, item.best) + 1}")
+
+
+def test_toy_templates_are_registered():
+    assert score_range("toy") == score_range("toy_no_principles") == (1, 10)
+    text = build_prompt("q", ["a", "b"], template="toy", reference="r")
+    assert "#### Reference Answer ####" in text and "%%" not in text and "{{" not in text
+    assert build_prompt("q", ["a", "b"], template="toy_no_principles").replace("Score each", "") == \
+        build_prompt("q", ["a", "b"], template="toy").replace("Score each", "").replace(
+            "Specific Criteria: <criteria with weights>\n", "")
+
+
+def test_tokenizer_splits_digits_and_round_trips(tokenizer, splits):
+    assert tokenizer.vocab_size <= toy.TOY_VOCAB_SIZE
+    ids = tokenizer.encode("12 + 345 = 357")
+    pieces = [tokenizer.processor.id_to_piece(i) for i in ids]
+    assert [p for p in pieces if any(c.isdigit() for c in p)] == list("12345357")
+    item = splits["eval"][0]
+    perm = tuple(reversed(range(item.num_responses)))
+    text = toy.toy_prompt(item, perm) + toy.teacher_trajectory(item, perm, np.random.default_rng(0), error_rate=0.0)
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_token_lengths_within_budget(tokenizer, splits):
+    rng = np.random.default_rng(3)
+    prompts, trajectories, bare = [], [], []
+    for item in [i for v in splits.values() for i in v]:
+        perm = tuple(int(i) for i in rng.permutation(item.num_responses))
+        user = [{"role": "user", "content": toy.toy_prompt(item, perm)}]
+        prompts.append(len(tokenizer.encode_chat(user)))
+        trajectories.append(len(tokenizer.encode(toy.teacher_trajectory(item, perm, rng, error_rate=0.3))))
+        bare.append(len(tokenizer.encode(toy.teacher_trajectory(item, perm, rng, error_rate=0.3, principles=False))))
+    assert 60 <= min(prompts) and max(prompts) <= 175 and np.mean(prompts) <= 150
+    assert 40 <= min(trajectories) and max(trajectories) <= 115 and np.mean(trajectories) <= 85
+    assert max(bare) <= 90 and np.mean(bare) < np.mean(trajectories) - 15
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        toy.toy_splits(0, {"train": 3})
+    with pytest.raises(ValueError):
+        toy.toy_splits(-1, {"eval": 3})
+    with pytest.raises(ValueError):
+        toy.ToyConfig(num_responses=(1, 3))
+    with pytest.raises(ValueError):
+        toy.ToyConfig(kinds=("poetry",))
+    item = toy.toy_splits(0, {"eval": 1})["eval"][0]
+    with pytest.raises(ValueError):
+        toy.teacher_trajectory(item, (0, 1), np.random.default_rng(0), error_rate=1.5)
+    with pytest.raises(ValueError):
+        toy.teacher_trajectory(item, (0, 1), np.random.default_rng(0), error_rate=0.1, error_types=("typo",))
+
+
+def test_exhausted_query_space_raises():
+    tiny = toy.ToyConfig(kinds=("arith",), arith_ops=("+",), arith_operands=(10, 12))
+    with pytest.raises(ValueError, match="no fresh arith query"):
+        toy.toy_splits(0, {"eval": 20}, tiny)
