@@ -5,3 +5,6 @@ from spct_jax.models.weights import WeightsError, from_pretrained, save_pretrain
 
 __all__ = ["PRESETS", "ConfigError", "ModelConfig", "preset", "Decoder", "KVCache", "count_params", "init_model",
            "WeightsError", "from_pretrained", "save_pretrained"]
+from spct_jax.models.scalar_head import ScalarRM, load_scalar_rm, save_scalar_rm  # noqa: E402
+
+__all__ += ["ScalarRM", "load_scalar_rm", "save_scalar_rm"]
