@@ -115,22 +115,21 @@ def _choose(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: j
 
 
 def _prefill(model: Decoder, ids: jax.Array, mask: jax.Array, cache):
-    """Prefill in chunks of PREFILL_CHUNK columns so attention scores are [chunk, S], never [P, S] at once.
-
-    ids, mask: [U, P] -> (cache, logits of the last column [U, V]).
-    """
+    """Prefill in chunks of PREFILL_CHUNK columns so attention scores are [chunk, S], never [P, S] at once, and
+    project only the last column to the vocabulary (Gemma's 256k-wide logits for every prompt token would dwarf
+    the cache).  ids, mask: [U, P] -> (cache, logits of the last column [U, V])."""
     u, p = ids.shape
     if p <= PREFILL_CHUNK:
-        logits, cache = model.extend(ids, mask, cache)
-        return cache, logits[:, -1]
+        h, cache = model.hidden_states(ids, mask, cache)
+        return cache, model.logits_from_hidden(h[:, -1])
     split = lambda x: x.reshape(u, p // PREFILL_CHUNK, PREFILL_CHUNK).swapaxes(0, 1)  # [chunks, U, C]
 
     def one(cache, chunk):
-        logits, cache = model.extend(chunk[0], chunk[1], cache)
-        return cache, logits[:, -1]
+        h, cache = model.hidden_states(chunk[0], chunk[1], cache)
+        return cache, h[:, -1]
 
     cache, lasts = jax.lax.scan(one, cache, (split(ids), split(mask)))
-    return cache, lasts[-1]
+    return cache, model.logits_from_hidden(lasts[-1])
 
 
 def _generate(graphdef, state, ids, mask, row_src, row_keys, max_new, temperature, top_p, *, st: _Static,
@@ -197,14 +196,14 @@ def _pad_left(prompts: list[list[int]], length: int, pad_id: int) -> tuple[np.nd
 
 def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int = 1, max_new_tokens: int,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           stop_tokens: Sequence[int] = (), seed: int = 0, max_batch_prompts: int = 16,
+           stop_tokens: Sequence[int] = (), seed: int = 0, max_batch_rows: int = 256,
            mesh: jax.sharding.Mesh | None = None, data_axis: str | tuple[str, ...] = "data",
            fan_out: bool = True, prompt_seeds: Sequence[int] | None = None,
            progress: bool | None = None) -> Samples:
     """Sample `num_samples` continuations of each prompt; temperature 0 is greedy.
 
-    Prompts are grouped by length bucket (at most `max_batch_prompts` per call, the batch padded to a power of
-    two), so a job over prompts of many lengths compiles once per (length bucket, batch bucket, max_new bucket).
+    Prompts are grouped by length bucket (at most `max_batch_rows` = prompts x num_samples per call, at least one
+    prompt; rows padded to a power of two), so a job over prompts of many lengths compiles once per (length bucket, batch bucket, max_new bucket).
     Identical prompts in a call are prefilled once. `prompt_seeds` (one int per prompt) replaces the default
     per-prompt seed (a hash of the prompt's tokens and its occurrence number) when callers have stable ids.
     With `mesh`, the rows are sharded over `data_axis`; parameters keep whatever sharding they already have.
@@ -245,7 +244,8 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     order = sorted(range(len(prompts)), key=lambda i: (bucket(len(prompts[i])), i))
     groups: list[list[int]] = []
     for i in order:
-        if groups and len(groups[-1]) < max_batch_prompts and bucket(len(prompts[groups[-1][0]])) == bucket(len(prompts[i])):
+        if (groups and (len(groups[-1]) + 1) * num_samples <= max_batch_rows
+                and bucket(len(prompts[groups[-1][0]])) == bucket(len(prompts[i]))):
             groups[-1].append(i)
         else:
             groups.append([i])
