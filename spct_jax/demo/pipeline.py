@@ -75,6 +75,7 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     handler = logging.FileHandler(work / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
+    log.setLevel(logging.INFO)
     splits = toy_splits(cfg.seed, cfg.split_sizes, cfg.toy)
     tok = train_toy_tokenizer(work / "tokenizer", seed=cfg.seed, config=cfg.toy)
     mcfg = ModelConfig(family="llama", vocab_size=tok.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
@@ -178,7 +179,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     cfg = DemoConfig.quick(args.workdir, args.seed) if args.quick else DemoConfig(seed=args.seed, workdir=args.workdir)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # Our own handler: libraries (absl via orbax) may already own the root logger, so basicConfig can be a no-op.
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log.addHandler(console)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     results = run(cfg, progress=not args.no_progress)
     print((Path(args.workdir) / "report.md").read_text())
     print(json.dumps({k: results[k] for k in ("stages", "scaling", "ablation", "wall_seconds", "seed")}, indent=1))
