@@ -1,0 +1,84 @@
+"""Training metrics: TensorBoard event files (tensorboardX), a JSONL log, and a tqdm bar with loss and tokens/s.
+
+The JSONL log is appended to, so a resumed run continues the same file; steps that ran after the last checkpoint
+of an interrupted run appear twice, and the later record is the one that belongs to the finished run
+(`read_jsonl_metrics` keeps the last record per step).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import tqdm
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _to_float(x: Any) -> float:
+    return float(np.asarray(x))
+
+
+class MetricsLogger:
+    """`log(step, metrics, seconds)` writes one record; `close()` flushes. Files live under `workdir`:
+    `metrics.jsonl` and `tensorboard/` (event files)."""
+
+    def __init__(self, workdir: str | os.PathLike, *, total_steps: int, initial_step: int = 0,
+                 progress_bar: bool = True, prefix: str = "train"):
+        os.makedirs(workdir, exist_ok=True)
+        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        if self._jsonl.tell() > 0 and not _ends_with_newline(self.jsonl_path):
+            self._jsonl.write("\n")  # a run killed mid-write left half a line: keep the next record whole
+        from tensorboardX import SummaryWriter  # here, not at import: it pulls in torch when torch is installed
+
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, disable=not progress_bar, dynamic_ncols=True)
+        self.prefix = prefix
+
+    def log(self, step: int, metrics: Mapping[str, Any], *, seconds: float | None = None) -> dict[str, float]:
+        record = {k: _to_float(v) for k, v in metrics.items()}
+        if seconds is not None and seconds > 0:
+            record["step_seconds"] = seconds
+            if "tokens" in record:
+                record["tokens_per_s"] = record["tokens"] / seconds
+        for k, v in record.items():
+            if math.isfinite(v):
+                self._tb.add_scalar(f"{self.prefix}/{k}", v, step)
+        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **record}) + "\n")
+        self._jsonl.flush()
+        postfix = {k: f"{record[k]:.4g}" for k in ("loss", "tokens_per_s") if k in record}
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(1)
+        return record
+
+    def close(self) -> None:
+        self._bar.close()
+        self._tb.close()
+        self._jsonl.close()
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_jsonl_metrics(path: str | os.PathLike) -> dict[int, dict[str, float]]:
+    """step -> record; for a step logged more than once (a resumed run), the last record wins."""
+    out: dict[int, dict[str, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # blank, or the half line of a killed run
+            out[int(rec["step"])] = rec
+    return out
