@@ -1,0 +1,72 @@
+"""`spct grpo --config C [--config.key=value ...]`: SPCT stage 2, rule-based online RL with GRPO (SPEC §3).
+
+The policy starts from model.init_checkpoint (the RFT model, e.g. run_dir/rft/model) and the KL reference is
+that same checkpoint, frozen (the stage driver keeps the initial params). Each update samples grpo.group_size
+rollouts for each of grpo.batch_size / group_size prompts of grpo.data at grpo.temperature (<= grpo.max_new_tokens
+new tokens), rewards them +1/-1 by Eq. 10, and takes the GRPO step with grpo.beta, grpo.epsilon and
+grpo.learning_rate; grpo.steps updates, resumable under run_dir/grpo/train. Items Eq. 10 cannot judge, or whose
+prompt + max_new_tokens exceeds grpo.max_prompt_len + grpo.max_new_tokens, are dropped and counted.
+The policy is saved as run_dir/grpo/model (HF folder with tokenizer files).
+
+Not wired yet (the stage driver has no knob for them): grpo.rollout_batch_prompts (one sampler call per update),
+grpo.ref_dtype and grpo.kv_dtype (the reference and the KV cache use the param dtype).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import ml_collections
+
+from spct_jax.train.stage_common import (StageError, last_metrics, load_checkpoint, read_items, run_cli, save_model,
+                                         stage_dir, stage_run, usable_items, write_json)
+
+log = logging.getLogger("spct.grpo")
+
+
+def grpo_config(config: ml_collections.ConfigDict):
+    from spct_jax.train.config import GRPOLossConfig
+    from spct_jax.train.grpo import GRPOConfig
+    from spct_jax.train.rollout import RolloutConfig
+
+    g = config.grpo
+    return GRPOConfig(prompts_per_step=g.batch_size // g.group_size,
+                      loss=GRPOLossConfig(epsilon=g.epsilon, beta=g.beta, group_size=g.group_size),
+                      rollout=RolloutConfig(temperature=g.temperature, max_new_tokens=g.max_new_tokens),
+                      seed=config.seed)
+
+
+def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
+    from spct_jax.grm.scorer import GenerativeRewardModel
+    from spct_jax.train.stages import grpo
+
+    out = stage_dir(config, "grpo")
+    write_json(out / "config.json", json.loads(config.to_json()))
+    m, g = config.model, config.grpo
+    workdir = out / "train"
+    train = stage_run(config, "grpo", mesh, workdir)
+    model, tokenizer = load_checkpoint(m.init_checkpoint, "model.init_checkpoint", m.param_dtype)
+    cfg = grpo_config(config)
+    items, dropped = usable_items(read_items(g.data, "grpo.data"), GenerativeRewardModel(model, tokenizer),
+                                  cfg.rollout, max_tokens=g.max_prompt_len + g.max_new_tokens)
+    summary: dict[str, Any] = {"stage": "grpo", "init_checkpoint": m.init_checkpoint, "items": len(items),
+                               "dropped_items": dropped, "prompts_per_step": cfg.prompts_per_step,
+                               "group_size": cfg.group_size, "beta": g.beta, "epsilon": g.epsilon}
+    if len(items) < cfg.prompts_per_step:
+        raise StageError(f"config field 'grpo.batch_size': {g.batch_size} rollouts = {cfg.prompts_per_step} prompts "
+                         f"x G={cfg.group_size} per update, but grpo.data has {len(items)} usable items "
+                         f"(dropped: {dropped})")
+    log.info("GRPO: %d items, %d prompts x G=%d per update, %d updates, beta=%g", len(items),
+             cfg.prompts_per_step, cfg.group_size, g.steps, g.beta)
+    # reference=None: the driver uses the initial params, i.e. the frozen init_checkpoint, as the KL reference.
+    policy, info = grpo(model, tokenizer, items, train, cfg)
+    summary.update(info, final_metrics=last_metrics(workdir))
+    if not info["preempted"]:  # after SIGTERM the checkpoint is saved; the same command resumes
+        summary["model"] = save_model(policy, tokenizer, m.init_checkpoint, out / "model", m.param_dtype)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    return run_cli("spct grpo", argv, __doc__, run)

@@ -1,0 +1,113 @@
+"""`spct metarm --config C [--config.key=value ...]`: train the meta RM (SPEC §5).
+
+1. The GRM to be guided (model.init_checkpoint, normally the GRPO model) samples metarm.n_rft trajectories per
+   item of metarm.data at inference.temperature (<= inference.max_new_tokens new tokens; items whose prompt
+   exceeds inference.max_prompt_len, or that Eq. 10 cannot judge, are dropped and counted). Each trajectory is
+   labelled correct / incorrect by Eq. 10 and rendered with the meta-RM template (App. G (c)); examples longer
+   than metarm.max_seq_len are dropped and counted in the class balance.
+2. Hold-out: a seeded fraction of the ITEMS (metarm.holdout_fraction, default 0.1, ours; at least one item when
+   there are two or more) with all their trajectories, so no item is on both sides; the rest is trained on.
+3. The meta RM is ScalarRM.from_decoder of meta_rm.init_checkpoint's backbone ([P]: Gemma-2-27B base), or of
+   the GRM's own backbone when that field is empty; a fresh scalar head on the last token. BCE with metarm.*
+   (learning_rate, batch_size, steps, num_microbatches), resumable under run_dir/metarm/train.
+4. Reports the class balance of both splits and the held-out ROC-AUC and accuracy (at logit 0; AUC is NaN when
+   the held-out labels are all one class), and saves run_dir/metarm/model with save_scalar_rm (HF
+   XForSequenceClassification, num_labels=1) plus the meta RM's tokenizer files (`spct score --meta-rm`).
+
+Only the GRM's fresh samples are used; adding the non-hinted RFT trajectories ([P] §5) needs RFT to write them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from spct_jax.train.stage_common import (DTYPES, StageError, is_main_process, last_metrics, load_checkpoint,
+                                         read_items, run_cli, save_tokenizer, stage_dir, stage_run, usable_items,
+                                         write_json)
+
+log = logging.getLogger("spct.metarm")
+DEFAULT_HOLDOUT_FRACTION = 0.1  # ours: [P] reports no held-out split for the meta RM
+
+
+def holdout_split(n_items: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train item indices, held-out item indices): a seeded permutation, round(fraction * n) held out."""
+    held = 0 if fraction == 0 or n_items < 2 else min(n_items - 1, max(1, round(fraction * n_items)))
+    order = np.random.default_rng([seed, 5]).permutation(n_items).tolist()
+    return sorted(order[held:]), sorted(order[:held])
+
+
+def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
+    from spct_jax.grm.scorer import GenerativeRewardModel
+    from spct_jax.models.scalar_head import ScalarRM, save_scalar_rm
+    from spct_jax.train.metarm import evaluate_metarm, metarm_examples
+    from spct_jax.train.rollout import RolloutConfig, sample_trajectories
+    from spct_jax.train.stages import train_metarm
+
+    out = stage_dir(config, "metarm")
+    write_json(out / "config.json", json.loads(config.to_json()))
+    m, r, inf = config.model, config.metarm, config.inference
+    workdir = out / "train"
+    train = stage_run(config, "metarm", mesh, workdir)  # checks the batch split before sampling
+    fraction = float(r.get("holdout_fraction", DEFAULT_HOLDOUT_FRACTION))
+    if not 0 <= fraction < 1:
+        raise StageError(f"config field 'metarm.holdout_fraction' = {fraction}: must be in [0, 1)")
+    grm_model, tokenizer = load_checkpoint(m.init_checkpoint, "model.init_checkpoint", m.param_dtype)
+    grm = GenerativeRewardModel(grm_model, tokenizer)
+    rollout = RolloutConfig(temperature=inf.temperature, max_new_tokens=inf.max_new_tokens)
+    items, dropped = usable_items(read_items(r.data, "metarm.data"), grm, rollout,
+                                  max_tokens=inf.max_prompt_len + inf.max_new_tokens)
+    if not items:
+        raise StageError(f"config field 'metarm.data' = {r.data!r}: no usable item (dropped: {dropped})", exit_code=1)
+    log.info("sampling %d items x %d trajectories at T=%g", len(items), r.n_rft, rollout.temperature)
+    trajs = sample_trajectories(grm, items, r.n_rft, seed=config.seed, cfg=rollout, salt=7)
+
+    source = config.meta_rm.init_checkpoint or m.init_checkpoint
+    if config.meta_rm.init_checkpoint:
+        backbone, meta_tok = load_checkpoint(source, "meta_rm.init_checkpoint", m.param_dtype)
+    else:
+        # from_decoder shares the GRM's arrays; training copies params before its first (donating) step.
+        backbone, meta_tok = grm_model, tokenizer
+    train_idx, held_idx = holdout_split(len(items), fraction, config.seed)
+
+    def examples(idx: list[int]):
+        return metarm_examples([items[i] for i in idx], [trajs[i] for i in idx], meta_tok, origin="guided",
+                               max_len=r.max_seq_len)
+
+    train_ex, train_bal = examples(train_idx)
+    held_ex, held_bal = examples(held_idx)
+    summary: dict[str, Any] = {
+        "stage": "metarm", "init_checkpoint": m.init_checkpoint, "meta_rm_init": source, "items": len(items),
+        "dropped_items": dropped, "items_train": len(train_idx), "items_held_out": len(held_idx),
+        "balance": {"train": {**dataclasses.asdict(train_bal), "positive_fraction": train_bal.positive_fraction},
+                    "held_out": {**dataclasses.asdict(held_bal), "positive_fraction": held_bal.positive_fraction}}}
+    log.info("class balance %s", summary["balance"])
+    if not train_ex:
+        raise StageError(f"no meta-RM training example (balance {summary['balance']}); check metarm.data and "
+                         "metarm.max_seq_len", exit_code=1)
+
+    rm = ScalarRM.from_decoder(backbone, seed=config.seed)
+    if rm.config.pad_token_id is None:  # transformers picks the scored token by pad id; save_scalar_rm needs one
+        rm.config = rm.config.replace(pad_token_id=meta_tok.pad_id)
+    rm, info = train_metarm(rm, train_ex, train, pad_id=meta_tok.pad_id)
+    summary.update(info, final_metrics=last_metrics(workdir))
+    if info["preempted"]:  # SIGTERM: the checkpoint is saved; the same command resumes
+        write_json(out / "summary.json", summary)
+        return summary
+    summary["held_out"] = evaluate_metarm(rm, held_ex, pad_id=meta_tok.pad_id) if held_ex else {"n": 0.0}
+    log.info("held-out %s", summary["held_out"])
+    dest = out / "model"
+    if is_main_process():
+        save_scalar_rm(rm, dest, dtype=DTYPES[m.param_dtype])
+        save_tokenizer(meta_tok, source, dest)
+    summary["model"] = {"path": str(dest)}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    return run_cli("spct metarm", argv, __doc__, run)

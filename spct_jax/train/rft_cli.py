@@ -1,0 +1,122 @@
+"""`spct rft --config C [--config.key=value ...]`: SPCT stage 1, rejective fine-tuning (SPEC §2).
+
+1. The GRM is model.init_checkpoint (HF folder, .gguf, tiny-random, smollm2-135m); the items are rft.data (a
+   preference file or folder, any format `spct data check` reads). Items Eq. 10 cannot judge (no ground truth, no
+   unique best) or whose prompt + max_new_tokens exceeds rft.max_seq_len are dropped and counted.
+2. Rejective sampling (spct_jax.train.rft): rft.n_rft trajectories per item, responses shuffled per sample; wrong
+   ones rejected, all-correct items dropped as too easy, hinted sampling for items with none correct. Written to
+   run_dir/rft/rft_data.jsonl and rft_data.jsonl.stats.json. A rerun that finds both reuses them (sampling is the
+   expensive half; delete them to sample again).
+3. SFT on the kept trajectories, mixed with rft.general_data when set, with rft.learning_rate / batch_size / steps /
+   num_microbatches / max_seq_len, resumable under run_dir/rft/train. With nothing to train on (a random model
+   gets nothing right) the SFT is skipped, said so, and the unchanged model is saved.
+4. run_dir/rft/model: an HF causal-LM folder with tokenizer files, so `spct score --model run_dir/rft/model` and
+   `spct grpo --config.model.init_checkpoint=run_dir/rft/model` work. Tokenizer files are copied from a folder
+   checkpoint; tiny-random's byte tokenizer is exported as an equivalent tokenizer.json.
+
+Optional fields, read with defaults because configs/base.py does not define them: rft.temperature (1.0, ours: the
+paper gives no sampling temperature for RFT), rft.max_new_tokens (grpo.max_new_tokens: both are training
+rollouts), rft.hinted (True, [P] §3.2), rft.general_data ("" = none; JSONL of {"messages", "target"} or sharegpt).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from spct_jax.train.stage_common import (StageError, is_main_process, last_metrics, load_checkpoint, read_items,
+                                         run_cli, save_model, stage_dir, stage_run, usable_items, write_json)
+
+log = logging.getLogger("spct.rft")
+
+
+def rollout_config(config: ml_collections.ConfigDict):
+    from spct_jax.train.rollout import RolloutConfig
+
+    r = config.rft
+    return RolloutConfig(temperature=float(r.get("temperature", 1.0)),
+                         max_new_tokens=int(r.get("max_new_tokens", config.grpo.max_new_tokens)))
+
+
+def sample_dataset(config: ml_collections.ConfigDict, grm, summary: dict[str, Any]) -> list:
+    """The RFT examples: read back from run_dir/rft when a previous run wrote them, else sampled and written."""
+    from spct_jax.train.rft import RFTConfig, read_rft_dataset, rejective_sampling, write_rft_dataset
+
+    r = config.rft
+    dataset = stage_dir(config, "rft") / "rft_data.jsonl"
+    stats_path = dataset.with_name(dataset.name + ".stats.json")
+    summary["dataset"] = str(dataset)
+    if dataset.is_file() and stats_path.is_file():
+        log.info("reusing %s and its stats (delete them to sample again)", dataset)
+        summary["reused_dataset"] = True
+        summary["rft_stats"] = json.loads(stats_path.read_text())
+        return read_rft_dataset(dataset)
+    rollout = rollout_config(config)
+    hinted = bool(r.get("hinted", True))
+    items, dropped = usable_items(read_items(r.data, "rft.data"), grm, rollout, max_tokens=r.max_seq_len,
+                                  hinted=hinted)
+    summary.update(items=len(items), dropped_items=dropped)
+    if not items:
+        raise StageError(f"config field 'rft.data' = {r.data!r}: no usable item (dropped: {dropped})", exit_code=1)
+    log.info("rejective sampling: %d items x N_RFT=%d at T=%g, <= %d new tokens", len(items), r.n_rft,
+             rollout.temperature, rollout.max_new_tokens)
+    result = rejective_sampling(grm, items, RFTConfig(n_rft=r.n_rft, hinted=hinted, rollout=rollout,
+                                                      seed=config.seed))
+    if is_main_process():
+        write_rft_dataset(result, dataset)
+    summary["rft_stats"] = result.stats.as_dict()
+    log.info("RFT stats %s", summary["rft_stats"])
+    return result.examples
+
+
+def sft_records(config: ml_collections.ConfigDict, examples: list) -> list:
+    from spct_jax.train.rft import general_instruction_records
+
+    records = [e.sft_record() for e in examples]
+    general = config.rft.get("general_data", "")
+    if general:
+        try:
+            records += general_instruction_records(general)
+        except (OSError, ValueError, KeyError) as e:
+            raise StageError(f"config field 'rft.general_data' = {general!r}: {e!r}", exit_code=1) from None
+    return records
+
+
+def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
+    from spct_jax.grm.scorer import GenerativeRewardModel
+    from spct_jax.train.stages import sft
+
+    out = stage_dir(config, "rft")
+    write_json(out / "config.json", json.loads(config.to_json()))
+    m = config.model
+    train = stage_run(config, "rft", mesh, out / "train")  # checks the batch split before hours of sampling
+    model, tokenizer = load_checkpoint(m.init_checkpoint, "model.init_checkpoint", m.param_dtype)
+    summary: dict[str, Any] = {"stage": "rft", "init_checkpoint": m.init_checkpoint}
+    examples = sample_dataset(config, GenerativeRewardModel(model, tokenizer), summary)
+    records = sft_records(config, examples)
+    summary["sft_records"] = {"rft": len(examples), "general": len(records) - len(examples)}
+    if not records:
+        reason = "no trajectory was accepted and rft.general_data is not set"
+        log.warning("skipping the SFT: %s; saving the unchanged model", reason)
+        summary["sft"] = {"skipped": reason}
+        trained = model
+    else:
+        try:
+            trained, info = sft(model, tokenizer, records, train, max_len=config.rft.max_seq_len)
+        except ValueError as e:  # e.g. no record fits rft.max_seq_len
+            raise StageError(f"rft SFT: {e}") from None
+        summary["sft"] = {**info, "final_metrics": last_metrics(Path(train.workdir))}
+        if info["preempted"]:  # SIGTERM: the checkpoint is saved; the same command resumes
+            summary["preempted"] = True
+            write_json(out / "summary.json", summary)
+            return summary
+    summary["model"] = save_model(trained, tokenizer, m.init_checkpoint, out / "model", m.param_dtype)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    return run_cli("spct rft", argv, __doc__, run)

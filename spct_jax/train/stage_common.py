@@ -1,0 +1,318 @@
+"""What `spct rft|grpo|metarm` share: config loading, runtime setup, checkpoints in and out, data, and exit codes.
+
+Each stage CLI is `main(argv) = run_cli(prog, argv, run)` where `run(config, mesh) -> summary` does the stage's
+work; `run_cli` loads `--config FILE` with `--config.key=value` overrides (typed by the field they replace) and
+re-validates it, joins the multi-process runtime (a no-op on one process), builds the (data, fsdp, tensor) mesh,
+and prints the stage's JSON summary. Exit codes: 0 done (also after a SIGTERM that saved a checkpoint), 2 a bad
+config or command line (the message names the field), 1 an input that cannot be read (checkpoint, data).
+
+Outputs live under `run_dir/<stage>/`: `train/` (the shared loop's checkpoints, metrics.jsonl, TensorBoard), the
+stage's results, `config.json` and `summary.json`. A rerun with the same run_dir resumes from `train/`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import ml_dtypes
+import numpy as np
+
+from spct_jax.config_files import ConfigFileError, apply_overrides
+
+log = logging.getLogger("spct.train")
+
+# Tokenizer files of an HF / sentencepiece checkpoint folder, copied next to a trained model.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json")
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}  # model.param_dtype -> load / export dtype
+
+
+class StageError(Exception):
+    """A run that cannot proceed; the message says which field or file. exit_code 2 = config, 1 = input."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- config -------------------------------------------------------------------------------------------------------
+def load_run_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """get_config() of the file at `path`, overridden, then checked by the file's own `validate` when it has one
+    (the file's get_config validated the defaults; overrides can break them)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigFileError(f"--config {path}: no such file")
+    spec = importlib.util.spec_from_file_location(f"spct_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    members = vars(module)
+    if "get_config" not in members:
+        raise ConfigFileError(f"{path}: defines no get_config()")
+    config = members["get_config"]()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigFileError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    config = apply_overrides(config, overrides)
+    if "validate" in members:
+        members["validate"](config)
+    return config
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(`--config.key=value` overrides, other args); `--config.key value` becomes `--config.key=value`."""
+    overrides, rest, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config.") and "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            overrides.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        (overrides if arg.startswith("--config.") else rest).append(arg)
+        i += 1
+    return overrides, rest
+
+
+def stage_dir(config: ml_collections.ConfigDict, stage: str) -> Path:
+    if "://" in config.run_dir:
+        # The shared loop's metrics log and these outputs are plain local files; fail before hours of sampling.
+        raise StageError(f"config field 'run_dir' = {config.run_dir!r}: remote run dirs are not supported by the "
+                         "training CLIs yet; use a local or gcsfuse-mounted path")
+    return Path(config.run_dir) / stage
+
+
+def optimizer_config(config: ml_collections.ConfigDict, stage: str):
+    from spct_jax.train.config import OptimizerConfig
+
+    o, s = config.optimizer, config[stage]
+    try:
+        return OptimizerConfig(learning_rate=s.learning_rate, warmup_steps=o.warmup_steps, schedule=o.schedule,
+                               total_steps=s.steps, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
+                               clip_norm=o.clip_norm if o.clip_norm > 0 else None)
+    except ValueError as e:  # e.g. a cosine warmup as long as {stage}.steps
+        raise StageError(f"config fields 'optimizer' / '{stage}.steps': {e}") from None
+
+
+def stage_run(config: ml_collections.ConfigDict, stage: str, mesh, workdir: Path):
+    """The shared loop's settings for `stage`. Params are replicated over the mesh: StageRun has no param_shardings
+    field yet, so the partition rules (spct_jax.parallel.rules) do not reach the stage drivers."""
+    from spct_jax.train.stages import StageRun
+
+    s = config[stage]
+    check_batch(s.batch_size, s.num_microbatches, mesh, f"{stage}.batch_size")
+    return StageRun(workdir=str(workdir), steps=s.steps, batch_size=s.batch_size,
+                    optimizer=optimizer_config(config, stage), seed=config.seed,
+                    checkpoint_every=config.checkpoint.every, progress_bar=sys.stderr.isatty(),
+                    num_microbatches=s.num_microbatches, mesh=mesh)
+
+
+def check_batch(rows: int, microbatches: int, mesh, field: str) -> None:
+    # validate() checked the slice the config names; this checks the devices the process actually has.
+    from spct_jax.parallel.mesh import batch_shards
+
+    ways = microbatches * batch_shards(mesh)
+    if rows % ways:
+        raise StageError(f"config field {field!r}: {rows} rows do not split into {microbatches} micro-batches over "
+                         f"{batch_shards(mesh)} batch shards of mesh {dict(mesh.shape)}")
+
+
+# -- runtime ------------------------------------------------------------------------------------------------------
+def setup_runtime(config: ml_collections.ConfigDict):
+    """Join the multi-process run (before any other JAX call), then build the mesh from config.mesh."""
+    from spct_jax.parallel.mesh import MeshConfig, MeshError, initialize_distributed, make_mesh
+
+    setup = initialize_distributed()
+    try:
+        mesh = make_mesh(MeshConfig.from_mapping(config.mesh))
+    except MeshError as e:  # validate() checked the named slice; this is the devices actually present
+        raise StageError(f"config field 'mesh': {e}") from None
+    log.info("runtime: %s (%s); mesh %s", setup.mode, setup.reason, dict(mesh.shape))
+    return mesh
+
+
+def is_main_process() -> bool:
+    import jax
+
+    return jax.process_index() == 0  # every host computes the same outputs; one writes them
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------------
+def load_checkpoint(spec: str, field: str, param_dtype: str):
+    """(model, tokenizer) from a config's checkpoint field; the training CLIs need a real tokenizer, so "" is an
+    error. model.compute_dtype is not applied: load_model computes in the param dtype."""
+    from spct_jax.models.registry import NAMED, load_model
+
+    if not spec:
+        raise StageError(f"config field {field!r} is empty: this stage needs a checkpoint for its weights and "
+                         f"tokenizer (an HF folder, a .gguf file, or one of {NAMED})")
+    try:
+        return load_model(spec, dtype=DTYPES[param_dtype])
+    except (OSError, ValueError) as e:  # missing folder, bad config.json, missing tensor, unreadable tokenizer
+        raise StageError(f"config field {field!r} = {spec!r}: {e}", exit_code=1) from None
+
+
+def save_tokenizer(tokenizer, source: str, dest: Path) -> list[str]:
+    """Make `dest` loadable by `load_tokenizer`: copy a source folder's tokenizer files, or export the tokenizer
+    (byte tokenizer of tiny-random, or an HF tokenizer built from GGUF metadata) as tokenizer.json. -> files."""
+    from spct_jax.tokenizer import ByteTokenizer, HFTokenizer
+
+    src = Path(source)
+    if src.is_dir():
+        copied = [f for f in TOKENIZER_FILES if (src / f).is_file()]
+        for f in copied:
+            shutil.copy2(src / f, dest / f)
+        return copied
+    if isinstance(tokenizer, ByteTokenizer):
+        backend = byte_tokenizer_json()
+    elif isinstance(tokenizer, HFTokenizer):
+        backend = tokenizer.backend
+    else:
+        raise StageError(f"cannot save a {type(tokenizer).__name__} from {source!r}", exit_code=1)
+    backend.save(str(dest / "tokenizer.json"))
+
+    def name(token_id: int | None) -> str | None:
+        return None if token_id is None else backend.id_to_token(token_id)
+
+    fmt = tokenizer.chat_format
+    (dest / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name(tokenizer.bos_id),
+         "eos_token": name(tokenizer.eos_id), "pad_token": name(tokenizer.pad_id),
+         "chat_format": None if fmt is None else fmt.name}, indent=1))
+    return ["tokenizer.json", "tokenizer_config.json"]
+
+
+def byte_tokenizer_json():
+    """`ByteTokenizer` as an HF `tokenizers` byte-level BPE without merges: the same ids for every text (byte b ->
+    b + BYTE_OFFSET, chat markers -> their single ids; "<pad>"/"<bos>"/"<eos>" in text stay bytes because they are
+    plain vocabulary entries, not added tokens) and the same decoding. transformers' AutoTokenizer loads it too."""
+    import tokenizers
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+
+    from spct_jax.tokenizers.byte import _FIRST_MARKER, BYTE_OFFSET, SPECIAL_TOKENS
+    from spct_jax.tokenizers.gguf_tokenizer import _byte_alphabet
+
+    alphabet = _byte_alphabet()  # GPT-2's byte -> printable character map, how byte-level vocabularies spell bytes
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)} | {alphabet[b]: b + BYTE_OFFSET for b in range(256)}
+    tok = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS[_FIRST_MARKER:]])
+    return tok
+
+
+def save_model(model, tokenizer, source: str, dest: Path, param_dtype: str) -> dict[str, Any]:
+    """An HF causal-LM folder (weights in the param dtype) plus tokenizer files: `--model dest` works in score."""
+    from spct_jax.models.weights import save_pretrained
+
+    if is_main_process():
+        save_pretrained(model, dest, dtype=DTYPES[param_dtype])
+        save_tokenizer(tokenizer, source, dest)
+    return {"path": str(dest)}
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+def read_items(path: str, field: str) -> list:
+    """Every preference item under a file or folder (any format `spct data check` knows)."""
+    from spct_jax.data.formats import read_folder_with_report
+
+    if not path:
+        raise StageError(f"config field {field!r} is empty: give a preference file or folder")
+    try:
+        items, _ = read_folder_with_report(path)
+    except (OSError, ValueError) as e:
+        raise StageError(f"config field {field!r} = {path!r}: {e}", exit_code=1) from None
+    if not items:
+        raise StageError(f"config field {field!r} = {path!r}: no preference items found", exit_code=1)
+    return items
+
+
+def usable_items(items: Sequence, grm, rollout, *, max_tokens: int, hinted: bool = False
+                 ) -> tuple[list, dict[str, int]]:
+    """Items Eq. 10 can judge whose prompt (+ max_new_tokens) fits `max_tokens`; -> (kept, {reason: count}).
+
+    No ground truth, or no unique best among >= 2 responses (Eq. 10 needs one), or too long: dropped and counted.
+    """
+    kept, dropped = [], {"no_ground_truth": 0, "no_unique_best": 0, "too_long": 0}
+    for item in items:
+        if item.rewards is None and item.best is None:
+            dropped["no_ground_truth"] += 1
+            continue
+        if item.num_responses > 1 and item.best is None:
+            dropped["no_unique_best"] += 1
+            continue
+        identity = tuple(range(item.num_responses))
+        template = rollout.template_for(item.num_responses)
+        length = len(grm.prompt_ids(item, identity, template=template))
+        if hinted and item.num_responses > 1:  # the hint sentence makes the hinted prompt the longest one
+            length = max(length, len(grm.prompt_ids(item, identity, template=template, hint_best=item.best)))
+        if length + rollout.max_new_tokens > max_tokens:
+            dropped["too_long"] += 1
+            continue
+        kept.append(item)
+    return kept, dropped
+
+
+def last_metrics(workdir: Path) -> dict[str, float]:
+    """The final logged training metrics (metrics.jsonl of the shared loop), {} when none."""
+    from spct_jax.train.metrics import read_jsonl_metrics
+
+    path = workdir / "metrics.jsonl"
+    records = read_jsonl_metrics(path) if path.is_file() else {}
+    return records[max(records)] if records else {}
+
+
+def write_json(path: Path, obj: Any) -> None:
+    if is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(to_json(obj))
+
+
+def to_json(obj: Any) -> str:
+    """Strict JSON: NaN / inf (an undefined AUC) become null, numpy scalars plain numbers."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if dataclasses.is_dataclass(x):
+            return clean(dataclasses.asdict(x))
+        if isinstance(x, (float, np.floating)):
+            return float(x) if np.isfinite(x) else None
+        if isinstance(x, np.integer):
+            return int(x)
+        return x if isinstance(x, (str, int, bool, type(None))) else str(x)
+
+    return json.dumps(clean(obj), indent=1, allow_nan=False)
+
+
+# -- the entry point ----------------------------------------------------------------------------------------------
+def run_cli(prog: str, argv: Sequence[str], description: str,
+            run: Callable[[ml_collections.ConfigDict, Any], dict[str, Any]]) -> int:
+    overrides, rest = split_overrides(list(argv))
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="run config file, e.g. configs/gemma2_27b_v5p.py; "
+                        "override any field with --config.key=value")
+    args = parser.parse_args(rest)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("spct").setLevel(logging.INFO)  # absl (via orbax) may have configured the root at WARNING
+    try:
+        config = load_run_config(args.config, overrides)
+    except ValueError as e:  # ConfigFileError, the config's own validation error, MeshError: all name the field
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        mesh = setup_runtime(config)
+        summary = run(config, mesh)
+    except StageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(to_json(summary))
+    return 0
