@@ -101,8 +101,8 @@ def optimizer_config(config: ml_collections.ConfigDict, stage: str):
 
 
 def stage_run(config: ml_collections.ConfigDict, stage: str, mesh, workdir: Path):
-    """The shared loop's settings for `stage`. Params are replicated over the mesh: StageRun has no param_shardings
-    field yet, so the partition rules (spct_jax.parallel.rules) do not reach the stage drivers."""
+    """The shared loop's settings for `stage`; with a mesh, the stage drivers shard params by the partition rules
+    (spct_jax.parallel.rules) through `StageRun.shardings`."""
     from spct_jax.train.stages import StageRun
 
     s = config[stage]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -37,6 +38,14 @@ class StageRun:
     num_microbatches: int = 1
     mesh: object | None = None
 
+    def shardings(self, params):
+        """Param shardings from the partition rules when a mesh is given (FSDP/tensor), else None (replicated)."""
+        if self.mesh is None:
+            return None
+        from spct_jax.parallel.rules import param_shardings
+
+        return param_shardings(self.mesh, params)
+
     def loop(self) -> LoopConfig:
         return LoopConfig(workdir=self.workdir, total_steps=self.steps,
                           checkpoint_every=self.checkpoint_every or self.steps, progress_bar=self.progress_bar)
@@ -49,7 +58,8 @@ def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], r
     if not examples:
         raise ValueError(f"no SFT example fits max_len={max_len} ({len(report.dropped)} dropped)")
     graphdef, state = create_train_state(model, run.optimizer, run.seed)
-    step = make_sft_step(graphdef, optimizer=run.optimizer, num_microbatches=run.num_microbatches, mesh=run.mesh)
+    step = make_sft_step(graphdef, optimizer=run.optimizer, num_microbatches=run.num_microbatches, mesh=run.mesh,
+                         param_shardings=run.shardings(state.params))
     state = step.place(state)
     batch_size = min(run.batch_size, len(examples))
 
@@ -69,9 +79,12 @@ def grpo(model: nnx.Module, tokenizer: Tokenizer, items: Sequence[PreferenceItem
     """GRPO from `model`; the KL reference is `reference` (default: `model` itself, i.e. the RFT checkpoint)."""
     graphdef, state = create_train_state(model, run.optimizer, run.seed)
     step = make_grpo_step(graphdef, optimizer=run.optimizer, loss=cfg.loss, chunk=cfg.logprob_chunk,
-                          num_microbatches=run.num_microbatches, mesh=run.mesh)
+                          num_microbatches=run.num_microbatches, mesh=run.mesh,
+                          param_shardings=run.shardings(state.params))
     state = step.place(state)
     ref_params = nnx.state(reference if reference is not None else model, nnx.Param)
+    if step.param_shardings is not None:  # the frozen reference lives on the same layout as the policy
+        ref_params = jax.device_put(ref_params, step.param_shardings)
     update = GRPOUpdate(graphdef, tokenizer, items, step, ref_params, cfg, template=template)
     source = epoch_batches(len(items), cfg.prompts_per_step, seed=run.seed, get_batch=lambda idx: idx)
     result = run_training(update, state, source, config=run.loop())
@@ -82,7 +95,8 @@ def train_metarm(rm: nnx.Module, examples: Sequence[MetaRMExample], run: StageRu
                  ) -> tuple[nnx.Module, dict]:
     """BCE on correct/incorrect trajectories (label from Eq. 10)."""
     graphdef, state = create_train_state(rm, run.optimizer, run.seed)
-    step = make_bce_step(graphdef, optimizer=run.optimizer, num_microbatches=run.num_microbatches, mesh=run.mesh)
+    step = make_bce_step(graphdef, optimizer=run.optimizer, num_microbatches=run.num_microbatches, mesh=run.mesh,
+                         param_shardings=run.shardings(state.params))
     state = step.place(state)
     batch_size = min(run.batch_size, len(examples))
 
