@@ -17,32 +17,32 @@ class DemoConfig:
     # Items per split (query-disjoint; "eval" is held out from every training stage).
     sizes: tuple[tuple[str, int], ...] = (("sft", 2400), ("rft", 400), ("rl", 400), ("metarm", 240), ("eval", 300))
     toy: ToyConfig = ToyConfig(num_responses=(2, 3))
-    # The tiny decoder (Llama block; ~1M params).
-    d_model: int = 128
-    num_layers: int = 4
+    # The tiny decoder (Llama block; ~0.2M params: every extra FLOP is paid on 2 CPU cores).
+    d_model: int = 64
+    num_layers: int = 3
     num_heads: int = 4
     num_kv_heads: int = 2
-    d_ff: int = 384
+    d_ff: int = 256
     # Stage 0: the "pretrained GRM" cold start on imperfect teacher trajectories.
     teacher_error_rate: float = 0.3
     no_principles_fraction: float = 0.25  # cold-start examples in the no-principles format (for the ablation)
-    cold_start_steps: int = 300
-    cold_start_lr: float = 2e-3
-    batch_size: int = 32
+    cold_start_steps: int = 1200
+    cold_start_lr: float = 6e-3
+    batch_size: int = 16  # small batches, more updates: ~2x more sample-efficient than 32 for this model
     # Stage 1: RFT.
     n_rft: int = 3  # paper, App. C.1
-    rft_steps: int = 100
-    rft_lr: float = 5e-4
+    rft_steps: int = 150
+    rft_lr: float = 1e-3
     rft_teacher_mix: int = 400  # teacher examples mixed in, as the paper mixes general instruction data
     # Stage 2: GRPO.
-    grpo_steps: int = 40
+    grpo_steps: int = 30
     grpo_prompts_per_step: int = 16  # x G = 4 rollouts = 64 sequences per update
-    grpo_lr: float = 2e-4
+    grpo_lr: float = 1e-4
     grpo_beta: float = 0.08  # paper, 27B (App. C.1)
     rollout_temperature: float = 1.0  # ours (GRPO practice; the paper is silent)
     # Stage 3: meta RM.
-    metarm_steps: int = 150
-    metarm_lr: float = 5e-4
+    metarm_steps: int = 200
+    metarm_lr: float = 1e-3
     # Stage 4: evaluation.
     eval_temperature: float = 0.5  # paper, App. D.1
     ks: tuple[int, ...] = (1, 8, 32)

@@ -27,8 +27,9 @@ from spct_jax.demo.report import write_outputs
 from spct_jax.grm.scorer import GenerativeRewardModel, item_seed
 from spct_jax.grm.voting import vote
 from spct_jax.models.config import ModelConfig
-from spct_jax.models.scalar_head import ScalarRM
+from spct_jax.models.scalar_head import ScalarRM, save_scalar_rm
 from spct_jax.models.transformer import init_model
+from spct_jax.models.weights import save_pretrained
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
 from spct_jax.train.grpo import GRPOConfig
 from spct_jax.train.metarm import evaluate_metarm, metarm_examples
@@ -96,13 +97,23 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     results: dict = {"stages": {}, "scaling": {"voting": {}, "metarm": {}}, "ablation": {}, "seed": cfg.seed,
                      "config": dataclasses.asdict(cfg), "stats": {}}
 
+    def export(model, name):
+        """An HF folder with the tokenizer, so `spct score --model runs/demo/models/<stage>` works."""
+        folder = work / "models" / name
+        save_pretrained(model, folder)
+        for f in (work / "tokenizer").iterdir():
+            shutil.copy(f, folder / f.name)
+
     def greedy(model, name):
         grm = GenerativeRewardModel(model, tok, template=TEMPLATE)
         js = grm.score(splits["eval"], k=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                        progress=False)
         acc = accuracy(js, splits["eval"])
-        results["stages"][name] = {"greedy": acc,
-                                   "parse_rate": float(np.mean([j.num_valid for j in js]))}
+        kinds = sorted({it.meta["kind"] for it in splits["eval"]})
+        results["stages"][name] = {
+            "greedy": acc, "parse_rate": float(np.mean([j.num_valid for j in js])),
+            "by_kind": {kd: accuracy(*zip(*[(j, it) for j, it in zip(js, splits["eval"]) if it.meta["kind"] == kd]))
+                        for kd in kinds}}
         log.info("%s greedy accuracy %.3f", name, acc)
 
     # -- stage 0: cold start ------------------------------------------------------------------------------------
@@ -111,6 +122,7 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     records = teacher_records(splits["sft"], rng, cfg, no_principles_fraction=cfg.no_principles_fraction)
     cold, info = sft(model, tok, records, stage_run("cold_start", cfg.cold_start_steps, cfg.cold_start_lr))
     results["stats"]["cold_start"] = info
+    export(cold, "cold_start")
     greedy(cold, "cold_start")
 
     # -- stage 1: RFT ---------------------------------------------------------------------------------------------
@@ -124,6 +136,7 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
                           no_principles_fraction=cfg.no_principles_fraction)
     rft_model, _ = sft(cold, tok, [e.sft_record() for e in rft_res.examples] + mix,
                        stage_run("rft", cfg.rft_steps, cfg.rft_lr, seed_offset=1))
+    export(rft_model, "rft")
     greedy(rft_model, "rft")
 
     # -- stage 2: GRPO -------------------------------------------------------------------------------------------
@@ -132,6 +145,7 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
                       rollout=rollout, seed=cfg.seed)
     rl_model, _ = grpo(rft_model, tok, splits["rl"], stage_run("grpo", cfg.grpo_steps, cfg.grpo_lr, seed_offset=2),
                        gcfg, template=TEMPLATE)
+    export(rl_model, "rl")
     greedy(rl_model, "rl")
 
     # -- stage 3: meta RM ----------------------------------------------------------------------------------------
@@ -148,6 +162,7 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     rm, _ = train_metarm(rm, train_ex, stage_run("metarm", cfg.metarm_steps, cfg.metarm_lr, seed_offset=3),
                          pad_id=tok.pad_id)
     results["metarm"] = evaluate_metarm(rm, held_ex, pad_id=tok.pad_id)
+    save_scalar_rm(rm, work / "models" / "metarm")
     log.info("meta RM held-out %s", results["metarm"])
 
     # -- stage 4: inference-time scaling --------------------------------------------------------------------------

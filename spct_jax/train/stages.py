@@ -24,6 +24,11 @@ from spct_jax.train.state import create_train_state
 from spct_jax.train.steps import make_bce_step, make_grpo_step, make_sft_step
 
 
+def _round_up(n: int, multiple: int) -> int:
+    """Training lengths in multiples of 64 (not powers of two): a few compiled shapes, little padding waste."""
+    return -(-n // multiple) * multiple
+
+
 @dataclasses.dataclass(frozen=True)
 class StageRun:
     """How long and where: steps, batch size, optimizer, and the loop's bookkeeping."""
@@ -65,7 +70,7 @@ def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], r
 
     def get_batch(idx: np.ndarray):
         chosen = [examples[int(i)] for i in idx]
-        return collate(chosen, bucket(max(len(e) for e in chosen), minimum=64), pad_id=tokenizer.pad_id)
+        return collate(chosen, _round_up(max(len(e) for e in chosen), 64), pad_id=tokenizer.pad_id)
 
     result = run_training(step, state, epoch_batches(len(examples), batch_size, seed=run.seed, get_batch=get_batch),
                           config=run.loop())
