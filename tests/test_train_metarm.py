@@ -15,20 +15,25 @@ TINY = ModelConfig(family="llama", vocab_size=263, hidden_size=32, intermediate_
 
 
 def toy_examples(n: int, seed: int) -> list[MetaRMExample]:
-    """Trajectories whose correctness shows in the text: a correct one ends with the higher score on the response
-    its analysis calls right, an incorrect one contradicts itself."""
+    """Trajectories whose failures differ systematically: the incorrect ones hedge and end in a tie (ties are
+    wrong by Eq. 10), the correct ones commit to a strict order with the ground-truth best (response 1) on top."""
+    from spct_jax.grm.parse import parse_scores
+    from spct_jax.grm.rules import is_correct
+
     tok = ByteTokenizer()
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        good = bool(rng.random() < 0.5)
-        a, b = (9, 2) if rng.random() < 0.5 else (2, 9)
-        right = 1 if a > b else 2
-        said = right if good else 3 - right
-        text = f"Analysis: Response {said} is right.\nScores: \\boxed{{{a}, {b}}}"
+        if rng.random() < 0.5:
+            a = int(rng.integers(6, 11))
+            text = f"Analysis: Response 1 is right.\nScores: \\boxed{{{a}, {int(rng.integers(1, a))}}}"
+        else:
+            a = int(rng.integers(1, 11))
+            text = f"Analysis: unsure, both look alike.\nScores: \\boxed{{{a}, {a}}}"
+        label = is_correct(parse_scores(text, 2).scores, [1.0, 0.0])  # the label comes from the rule, not the recipe
         ids = tok.encode_chat([{"role": "user", "content": "Please score the responses."},
                                {"role": "assistant", "content": text}], add_generation_prompt=False)
-        out.append(MetaRMExample(uid=str(i), ids=tuple(ids), label=float(good), origin="toy"))
+        out.append(MetaRMExample(uid=str(i), ids=tuple(ids), label=float(label), origin="toy"))
     return out
 
 
@@ -40,8 +45,10 @@ def test_meta_rm_separates_a_toy_set(tmp_path):
                    optimizer=OptimizerConfig(learning_rate=3e-3, total_steps=60, warmup_steps=5))
     rm, _ = train_metarm(rm, train, run, pad_id=0)
     after = evaluate_metarm(rm, held, pad_id=0)
-    print("meta RM toy AUC before/after:", before["auc"], after["auc"])
-    assert after["auc"] >= 0.8 and after["auc"] > before["auc"] + 0.2
+    print("meta RM toy held-out before/after:", before, after)
+    # Random features may already rank the two kinds apart; calibration (the sign of the logit) needs training.
+    assert after["auc"] >= 0.8
+    assert after["accuracy"] >= 0.9 and after["accuracy"] > before["accuracy"] + 0.2
 
 
 def test_metarm_at_k_sums_only_the_kept_samples(tmp_path):
@@ -58,12 +65,12 @@ def test_metarm_at_k_sums_only_the_kept_samples(tmp_path):
     pairs = [(7, 3), (2, 9), (5, 6), (8, 8)]
     records = [SFTRecord(uid=str(i), messages=[{"role": "user", "content": prompt}],
                          target="Scores: \\boxed{%d, %d}" % pairs[int(rng.integers(4))]) for i in range(64)]
-    run = StageRun(workdir=str(tmp_path / "sft"), steps=40, batch_size=16, seed=0, progress_bar=False,
-                   optimizer=OptimizerConfig(learning_rate=1e-2, total_steps=40, warmup_steps=4))
+    run = StageRun(workdir=str(tmp_path / "sft"), steps=120, batch_size=16, seed=0, progress_bar=False,
+                   optimizer=OptimizerConfig(learning_rate=1e-2, total_steps=120, warmup_steps=10))
     model, _ = sft(init_model(TINY, seed=0), tok, records, run, max_len=1024)
     rm = ScalarRM.from_decoder(init_model(TINY, seed=3), seed=1)
     grm = GenerativeRewardModel(model, tok, meta_rm=rm, template="toy")
-    [j] = grm.score([item], k=8, k_meta=4, temperature=1.0, max_new_tokens=24, seed=0)
+    [j] = grm.score([item], k=8, k_meta=4, temperature=0.5, max_new_tokens=24, seed=0)
     metas = [s.meta_score for s in j.samples]
     assert all(m is not None and np.isfinite(m) for m in metas)
     valid = [i for i, s in enumerate(j.samples) if s.scores is not None]
