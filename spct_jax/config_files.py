@@ -19,17 +19,20 @@ class ConfigFileError(ValueError):
     pass
 
 
-def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+def _config_module(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise ConfigFileError(f"--config {path}: no such file")
     spec = importlib.util.spec_from_file_location(f"spct_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    get_config = getattr(module, "get_config", None)
-    if get_config is None:
+    if "get_config" not in vars(module):
         raise ConfigFileError(f"{path}: defines no get_config()")
-    cfg = get_config()
+    return module
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    cfg = vars(_config_module(path))["get_config"]()
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise ConfigFileError(f"{path}: get_config() must return an ml_collections.ConfigDict")
     return cfg
@@ -84,4 +87,13 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    return apply_overrides(load_config_file(path), overrides)
+    """get_config() of the file, overridden, then checked by the file's own `validate` when it defines one (its
+    get_config validated the defaults; overrides can break them)."""
+    members = vars(_config_module(path))
+    cfg = members["get_config"]()
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigFileError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    cfg = apply_overrides(cfg, overrides)
+    if "validate" in members:
+        members["validate"](cfg)
+    return cfg

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import logging
 import shutil
@@ -26,7 +25,7 @@ import ml_collections
 import ml_dtypes
 import numpy as np
 
-from spct_jax.config_files import ConfigFileError, apply_overrides
+from spct_jax.config_files import ConfigFileError, load_config
 
 log = logging.getLogger("spct.train")
 
@@ -46,24 +45,8 @@ class StageError(Exception):
 
 # -- config -------------------------------------------------------------------------------------------------------
 def load_run_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """get_config() of the file at `path`, overridden, then checked by the file's own `validate` when it has one
-    (the file's get_config validated the defaults; overrides can break them)."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigFileError(f"--config {path}: no such file")
-    spec = importlib.util.spec_from_file_location(f"spct_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    members = vars(module)
-    if "get_config" not in members:
-        raise ConfigFileError(f"{path}: defines no get_config()")
-    config = members["get_config"]()
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigFileError(f"{path}: get_config() must return an ml_collections.ConfigDict")
-    config = apply_overrides(config, overrides)
-    if "validate" in members:
-        members["validate"](config)
-    return config
+    """get_config() of the file at `path`, overridden, then checked by the file's own `validate` when it has one."""
+    return load_config(path, overrides)
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
