@@ -25,7 +25,7 @@ import ml_collections
 import ml_dtypes
 import numpy as np
 
-from spct_jax.config_files import ConfigFileError, load_config
+from spct_jax.config_files import load_config
 
 log = logging.getLogger("spct.train")
 
