@@ -14,7 +14,6 @@ from flax import nnx
 
 from spct_jax.data.batching import SFTRecord, collate, tokenize_all
 from spct_jax.data.schema import PreferenceItem
-from spct_jax.sampling import bucket
 from spct_jax.tokenizer import Tokenizer
 from spct_jax.train.config import LoopConfig, OptimizerConfig
 from spct_jax.train.grpo import GRPOConfig, GRPOUpdate
@@ -56,16 +55,21 @@ class StageRun:
                           checkpoint_every=self.checkpoint_every or self.steps, progress_bar=self.progress_bar)
 
 
+def _start(model: nnx.Module, run: StageRun, make_step, **step_kw):
+    """(graphdef, placed initial state, step): the set-up every stage shares, params sharded by the rules."""
+    graphdef, state = create_train_state(model, run.optimizer, run.seed)
+    step = make_step(graphdef, optimizer=run.optimizer, num_microbatches=run.num_microbatches, mesh=run.mesh,
+                     param_shardings=run.shardings(state.params), **step_kw)
+    return graphdef, step.place(state), step
+
+
 def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], run: StageRun, *,
         max_len: int = 1024) -> tuple[nnx.Module, dict]:
     """Supervised fine-tuning on (prompt messages, target) records; loss on assistant tokens only."""
     examples, report = tokenize_all(records, tokenizer, max_len=max_len)
     if not examples:
         raise ValueError(f"no SFT example fits max_len={max_len} ({len(report.dropped)} dropped)")
-    graphdef, state = create_train_state(model, run.optimizer, run.seed)
-    step = make_sft_step(graphdef, optimizer=run.optimizer, num_microbatches=run.num_microbatches, mesh=run.mesh,
-                         param_shardings=run.shardings(state.params))
-    state = step.place(state)
+    graphdef, state, step = _start(model, run, make_sft_step)
     batch_size = min(run.batch_size, len(examples))
 
     def get_batch(idx: np.ndarray):
@@ -82,11 +86,7 @@ def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], r
 def grpo(model: nnx.Module, tokenizer: Tokenizer, items: Sequence[PreferenceItem], run: StageRun, cfg: GRPOConfig,
          *, template: str = "default", reference: nnx.Module | None = None) -> tuple[nnx.Module, dict]:
     """GRPO from `model`; the KL reference is `reference` (default: `model` itself, i.e. the RFT checkpoint)."""
-    graphdef, state = create_train_state(model, run.optimizer, run.seed)
-    step = make_grpo_step(graphdef, optimizer=run.optimizer, loss=cfg.loss, chunk=cfg.logprob_chunk,
-                          num_microbatches=run.num_microbatches, mesh=run.mesh,
-                          param_shardings=run.shardings(state.params))
-    state = step.place(state)
+    graphdef, state, step = _start(model, run, make_grpo_step, loss=cfg.loss, chunk=cfg.logprob_chunk)
     ref_params = nnx.state(reference if reference is not None else model, nnx.Param)
     if step.param_shardings is not None:  # the frozen reference lives on the same layout as the policy
         ref_params = jax.device_put(ref_params, step.param_shardings)
@@ -99,15 +99,12 @@ def grpo(model: nnx.Module, tokenizer: Tokenizer, items: Sequence[PreferenceItem
 def train_metarm(rm: nnx.Module, examples: Sequence[MetaRMExample], run: StageRun, *, pad_id: int
                  ) -> tuple[nnx.Module, dict]:
     """BCE on correct/incorrect trajectories (label from Eq. 10)."""
-    graphdef, state = create_train_state(rm, run.optimizer, run.seed)
-    step = make_bce_step(graphdef, optimizer=run.optimizer, num_microbatches=run.num_microbatches, mesh=run.mesh,
-                         param_shardings=run.shardings(state.params))
-    state = step.place(state)
+    graphdef, state, step = _start(rm, run, make_bce_step)
     batch_size = min(run.batch_size, len(examples))
 
     def get_batch(idx: np.ndarray):
         return metarm_batch(examples, idx, pad_id=pad_id,
-                            length=bucket(max(len(examples[int(i)].ids) for i in idx), minimum=64))
+                            length=_round_up(max(len(examples[int(i)].ids) for i in idx), 64))
 
     result = run_training(step, state, epoch_batches(len(examples), batch_size, seed=run.seed, get_batch=get_batch),
                           config=run.loop())
