@@ -24,13 +24,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from spct_jax.parallel.mesh import BATCH_AXES, batch_axes, batch_sharding
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
 from spct_jax.train.losses import Weighted, bce_loss, grpo_diagnostic_sums, grpo_loss, nll_loss, sequence_logprobs
 from spct_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 
 Batch = Mapping[str, Any]  # name -> [B, ...] array (numpy or jax)
 LossFn = Callable[[nnx.Module, Batch], tuple[jax.Array, jax.Array, dict[str, Weighted]]]
-BATCH_AXES = ("data", "fsdp")
 
 
 # -- meshes and shardings -------------------------------------------------------------------------------------
@@ -38,14 +38,6 @@ def default_mesh() -> Mesh:
     """A 1-device mesh with the batch axes, so single-device code runs the same sharded program."""
     auto = jax.sharding.AxisType.Auto  # jax 0.10 make_mesh defaults to Explicit axes, which GSPMD code rejects.
     return jax.make_mesh((1, 1), BATCH_AXES, axis_types=(auto, auto), devices=jax.devices()[:1])
-
-
-def batch_axes(mesh: Mesh) -> tuple[str, ...]:
-    return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
