@@ -1,19 +1,21 @@
 """Batched sampling of k parallel continuations per prompt: one prefill, a fanned-out KV cache, a jitted loop.
 
 SPCT samples many critiques of one long prompt (Voting@k with k = 8 or 32, N_RFT = 3, GRPO's G = 4), so the prompt is
-prefilled ONCE and its cache is repeated along the batch before decoding:
+prefilled ONCE and its cache is fanned out to k rows. The fan-out does not even copy it: the prompt's keys and
+values stay one shared prefix (`SharedPrefix` in models/transformer.py) that its k rows read, and each row owns
+only the slots it generates:
 
-    prefill (B prompts, left-padded to bucket P)          fan-out (row i -> rows i*k .. i*k+k-1)
-    cache slots  0 ........ P-1 | P ......... P+N-1        cache slots  0 ........ P-1 | P ......... P+N-1
-    prompt 0    [ . . a b c d ] [ empty          ]         row 0*k+0   [ . . a b c d ] [ x1 x2 ...     ]
-    prompt 1    [ e f g h i j ] [ empty          ]   -->   row 0*k+1   [ . . a b c d ] [ y1 y2 ...     ]
-                                                           ...
-                                                           row 1*k+0   [ e f g h i j ] [ z1 z2 ...     ]
-                  ^ left pad, never visible                               shared prompt  ^ k different draws
+    prefill (U distinct prompts, left-padded to bucket P)    decode (Q prompt slots x k rows)
+    prefix slots 0 ........ P-1                              own slots 0 ...... N-1   (global slot P + s)
+    prompt 0    [ . . a b c d ]  <---- rows 0 .. k-1         row 0      [ x1 x2 ...      ]
+    prompt 1    [ e f g h i j ]  <---- rows k .. 2k-1        row 1      [ y1 y2 ...      ]
+                  ^ left pad, never visible                  ...          ^ k different draws per prompt
 
-Identical prompts (e.g. two samples that drew the same response order) are prefilled once too: the fan-out is
-a gather by a row -> prompt index, so it is not limited to k equal copies. Every row writes its t-th new token at slot P + t, so one decode step is one column for the whole batch. Rows that
-have emitted a stop token keep running (the loop is batched) but their outputs are frozen and cut on the host.
+Reading the prompt once per step for all k rows (one [k*G, Dh] x [Dh, P] matmul per KV head) instead of k
+copies is what makes k = 32 cheap. Identical prompts (e.g. two samples that drew the same response order) are
+prefilled once too: prompt slots gather their prefix by a slot -> distinct-prompt index. Every row writes its
+t-th new token at own slot t, so one decode step is one column for the whole batch. Rows that have emitted a
+stop token keep running (the loop is batched) but their outputs are frozen and cut on the host.
 
 Randomness is per row: the key of (prompt, sample j, step t) is derived from `seed`, the prompt's own tokens (and
 its occurrence number among identical prompts), j and t. A row's draws therefore do not depend on what else is in
@@ -97,6 +99,31 @@ def _top_p_mask(logits: jax.Array, top_p: jax.Array) -> jax.Array:
     return probs >= lo[:, None]
 
 
+_CDF_BLOCK = 256  # inverse-CDF search: one cumsum over V / 256 block sums, then one within the chosen block
+
+
+def _draw(probs: jax.Array, u: jax.Array) -> jax.Array:
+    """Inverse-CDF sampling: the first token whose cumulative probability reaches u * total.
+
+    One uniform per row instead of a Gumbel draw per vocabulary entry (the Gumbel noise was most of a decode
+    step's sampling cost at V = 32k). Two levels (block sums, then inside one block) keep the cumsums short.
+    A zero-probability token (masked by top-k/top-p) is never chosen: the first index whose running sum reaches
+    x > 0 always adds positive mass.   probs: [R, V] (need not be normalised), u: [R] in (0, 1] -> [R] int32.
+    """
+    r, v = probs.shape
+    nb = -(-v // _CDF_BLOCK)
+    blocks = jnp.pad(probs, ((0, 0), (0, nb * _CDF_BLOCK - v))).reshape(r, nb, _CDF_BLOCK)  # [R, NB, BLK]
+    ends = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # [R, NB] running mass at each block's end
+    x = u * ends[:, -1]  # [R]
+    blk = jnp.minimum(jnp.sum(ends < x[:, None], axis=-1), nb - 1)  # first block whose end reaches x
+    before = jnp.where(blk > 0, jnp.take_along_axis(ends, jnp.maximum(blk - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
+    inner = jnp.take_along_axis(blocks, blk[:, None, None], axis=1)[:, 0]  # [R, BLK]
+    within = jnp.sum(before[:, None] + jnp.cumsum(inner, axis=-1) < x[:, None], axis=-1)
+    # Rounding can leave x just above the block's own running sum: fall back to its last positive entry.
+    last_pos = jnp.max(jnp.where(inner > 0, jnp.arange(_CDF_BLOCK), -1), axis=-1)
+    return (blk * _CDF_BLOCK + jnp.minimum(within, last_pos)).astype(jnp.int32)
+
+
 def _choose(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array, st: _Static):
     """One token per row.  logits: [R, V] float32, keys: [R] -> (tokens [R], logprobs [R])."""
     if st.greedy:
@@ -109,8 +136,9 @@ def _choose(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: j
         scaled = jnp.where(scaled >= kth, scaled, -jnp.inf)
     if st.use_top_p:
         scaled = jnp.where(_top_p_mask(scaled, top_p), scaled, -jnp.inf)
-    tok = jax.vmap(jax.random.categorical)(keys, scaled)
     lp = jax.nn.log_softmax(scaled, axis=-1)
+    u = 1.0 - jax.vmap(lambda k: jax.random.uniform(k, ()))(keys)  # (0, 1]
+    tok = _draw(jnp.exp(lp), u)
     return tok, jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
 
 
@@ -132,25 +160,35 @@ def _prefill(model: Decoder, ids: jax.Array, mask: jax.Array, cache):
     return cache, model.logits_from_hidden(lasts[-1])
 
 
-def _generate(graphdef, state, ids, mask, row_src, row_keys, max_new, temperature, top_p, *, st: _Static,
+def _generate(graphdef, state, ids, mask, prompt_src, row_keys, max_new, temperature, top_p, *, st: _Static,
               data_sharding):
-    """ids, mask: [U, P] unique left-padded prompts; row_src: [R] which prompt each output row continues;
-    row_keys: [R] -> (tokens [R, N], logprobs [R, N], steps run)."""
-    _TRACES[(ids.shape, row_src.shape, st)] += 1
+    """ids, mask: [U, P] distinct left-padded prompts; prompt_src: [Q] which distinct prompt each prompt slot
+    is; row_keys: [R = Q * k], row q*k + j is sample j of prompt slot q -> (tokens [R, N], logprobs [R, N], steps).
+    """
+    _TRACES[(ids.shape, prompt_src.shape, st)] += 1
     model: Decoder = nnx.merge(graphdef, state)
     u, p = ids.shape
-    rows, n = row_src.shape[0], st.new_bucket
+    k, n = st.num_samples, st.new_bucket
+    rows = prompt_src.shape[0] * k
     if st.fan_out:
-        cache, last = _prefill(model, ids, mask, model.init_cache(u, p + n))  # each distinct prompt once
-        cache = cache.take(row_src)  # fan out: [R, P+N, ...]; nothing is recomputed
-        last = jnp.take(last, row_src, axis=0)  # [R, V]
+        cache, last = _prefill(model, ids, mask, model.init_cache(u, p))  # each distinct prompt once
+        cache = cache.take(prompt_src).shared_by(k, n)  # [Q, P] prefix read by k rows each; nothing recomputed
+        last = jnp.repeat(jnp.take(last, prompt_src, axis=0), k, axis=0)  # [R, V]
     else:
+        row_src = jnp.repeat(prompt_src, k)
         cache, last = _prefill(model, jnp.take(ids, row_src, axis=0), jnp.take(mask, row_src, axis=0),
                                model.init_cache(rows, p + n))
     if data_sharding is not None:
-        replicated = jax.sharding.NamedSharding(data_sharding.mesh, jax.sharding.PartitionSpec())
-        cache = jax.lax.with_sharding_constraint(
-            cache, jax.tree.map(lambda x: data_sharding if x.ndim else replicated, cache))
+        mesh = data_sharding.mesh
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        shards = int(np.prod([mesh.shape[a] for a in _axes(data_sharding.spec[0])]))
+        prefix_rows = cache.prefix.valid.shape[0] if cache.prefix is not None else 0
+        # A prefix of fewer prompts than shards (k=32 samples of one prompt on 8 devices) is replicated.
+        prefix_sharding = data_sharding if prefix_rows % shards == 0 else replicated
+        specs = dataclasses.replace(
+            jax.tree.map(lambda x: data_sharding if x.ndim else replicated, dataclasses.replace(cache, prefix=None)),
+            prefix=None if cache.prefix is None else jax.tree.map(lambda _: prefix_sharding, cache.prefix))
+        cache = jax.lax.with_sharding_constraint(cache, specs)
         last = jax.lax.with_sharding_constraint(last, data_sharding)
     stops = jnp.asarray(st.stop_tokens, jnp.int32)
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
@@ -175,6 +213,10 @@ def _generate(graphdef, state, ids, mask, row_src, row_keys, max_new, temperatur
             jnp.zeros((rows,), bool), cache, last)
     steps, toks, lps, _, _, _ = jax.lax.while_loop(cond, body, init)
     return toks, lps, steps
+
+
+def _axes(entry) -> tuple[str, ...]:
+    return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 _jitted_generate = jax.jit(_generate, static_argnames=("st", "data_sharding"))
@@ -257,24 +299,21 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     for group in tqdm(groups, desc="sampling", unit="batch", disable=not show):
         # Identical prompts (e.g. the same shuffle of one item) share a single prefill.
         unique: dict[tuple[int, ...], int] = {}
-        row_src, row_keys = [], []
-        for i in group:
-            u = unique.setdefault(tuple(prompts[i]), len(unique))
-            for j in range(num_samples):
-                row_src.append(u)
-                row_keys.append((prompt_seeds[i], j))
-        n_rows = len(row_src)
-        r_pad = max(bucket(n_rows, minimum=1), min_rows)
+        prompt_src = [unique.setdefault(tuple(prompts[i]), len(unique)) for i in group]
+        row_keys = [(prompt_seeds[i], j) for i in group for j in range(num_samples)]
+        q_pad = bucket(len(group), minimum=1)
+        while (q_pad * num_samples) % min_rows:  # rows must split evenly over the data axis
+            q_pad *= 2
         u_pad = bucket(len(unique), minimum=1)
         length = bucket(max(len(p) for p in unique))
         batch_prompts = list(unique) + [(pad_id,)] * (u_pad - len(unique))  # filler rows are discarded
         ids, mask = _pad_left(batch_prompts, length, pad_id)
-        row_src += [0] * (r_pad - n_rows)
-        row_keys += [(0, 0)] * (r_pad - n_rows)
+        prompt_src += [0] * (q_pad - len(group))
+        row_keys += [(0, 0)] * ((q_pad - len(group)) * num_samples)
         keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, s), j) for s, j in row_keys])
-        ids_j, mask_j, src_j = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(row_src, jnp.int32)
+        ids_j, mask_j, src_j = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(prompt_src, jnp.int32)
         if data_sharding is not None:
-            src_j, keys = jax.device_put(src_j, data_sharding), jax.device_put(keys, data_sharding)
+            keys = jax.device_put(keys, data_sharding)
         toks, lps, _ = _jitted_generate(graphdef, state, ids_j, mask_j, src_j, keys, jnp.int32(max_new_tokens),
                                         jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p or 1.0),
                                         st=st, data_sharding=data_sharding)

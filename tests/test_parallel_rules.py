@@ -98,7 +98,7 @@ def test_kv_cache_rows_over_batch_axes_heads_over_tensor():
     cfg = PRESETS["gemma2-27b"]
     cache = jax.eval_shape(lambda: KVCache.empty(cfg.replace(num_layers=2, layer_types=("sliding", "full")), 64, 128))
     sh = kv_cache_shardings(POD, cache)
-    assert sh.k[0].spec == P(("data", "fsdp"), None, "tensor", None) and sh.valid.spec == P(("data", "fsdp"))
+    assert sh.k[0].spec == P(("data", "fsdp"), "tensor", None, None) and sh.valid.spec == P(("data", "fsdp"))
     assert sh.length.spec == P()
     odd = AbstractMesh((1, 2, 32), AXES)  # 16 KV heads do not split 32 ways: heads stay whole
     assert kv_cache_shardings(odd, cache).v[1].spec == P(("data", "fsdp"), None, None, None)

@@ -65,6 +65,32 @@ def test_prefill_then_decode_equals_full_forward(pair):
     assert _valid_max_diff(stepped, full, np.asarray(mask)) <= 1e-5
 
 
+def test_shared_prefix_decode_equals_full_forward(pair):
+    """Prompts prefilled once and read as a SharedPrefix by 3 rows each: every row's decode logits equal a full
+    forward of (prompt + its own continuation). Continuations of 9 tokens cross Gemma-2's 6-slot window, so
+    the window's reach back into the prefix is checked too."""
+    family, _, folder = pair
+    model = from_pretrained(folder, dtype=jnp.float32)
+    c, new = 3, 9
+    ids, mask, _ = left_padded_batch([7, 4], seed=4)  # [U=2, P=7]
+    u, p = ids.shape
+    conts = np.random.default_rng(5).integers(3, model.config.vocab_size, (u * c, new))  # [R, N]
+    ids_j, mask_j = jnp.asarray(ids, jnp.int32), jnp.asarray(mask)
+    _, cache = model.extend(ids_j, mask_j, model.init_cache(u, p))
+    cache = cache.shared_by(c, new)
+    steps = []
+    for t in range(new):
+        logits, cache = model.extend(jnp.asarray(conts[:, t:t + 1], jnp.int32), jnp.ones((u * c, 1), bool), cache)
+        steps.append(np.asarray(logits[:, 0]))
+    stepped = np.stack(steps, axis=1)  # [R, N, V]
+    full_ids = np.concatenate([np.repeat(ids, c, axis=0), conts], axis=1)
+    full_mask = np.concatenate([np.repeat(mask, c, axis=0), np.ones_like(conts, bool)], axis=1)
+    full = np.asarray(model(jnp.asarray(full_ids, jnp.int32), jnp.asarray(full_mask)))[:, p:]
+    assert np.max(np.abs(stepped - full)) <= 1e-5
+    with pytest.raises(ValueError, match="shared prefix"):
+        cache.take(jnp.arange(u * c))
+
+
 def test_export_round_trip_reloads_in_transformers(pair, tmp_path):
     family, hf, folder = pair
     ours = from_pretrained(folder, dtype=jnp.float32)

@@ -28,10 +28,37 @@ _MASKED = -1e30  # finite, so a row with no visible key (a pad query) softmaxes 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
+class SharedPrefix:
+    """Prefilled prompt keys/values that C consecutive rows continue, stored once instead of C times.
+
+    Sampling k critiques of one long prompt reads the prompt's keys every step; with a copy per row that is
+    k times the memory traffic of the prompt and k tiny attention matmuls. Kept shared, the k rows' queries meet
+    the prompt's keys in one [k*G, Dh] x [Dh, P] matmul per KV head:
+
+        prefix (U=2 prompts, P slots)          own slots of the U*C rows (C=3), written by decode
+        u=0  [ . . a b c d ]  <-- rows 0,1,2    row 0 [ x1 x2 .. ]   global slot of own slot s = P + s
+        u=1  [ e f g h i j ]  <-- rows 3,4,5    row 1 [ y1 y2 .. ]
+                                                ...
+
+    k, v: per layer [U, K, P, Dh]; valid: [U, P]. Row r continues prefix r // C (C = rows / U).
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    valid: jax.Array
+
+    @property
+    def length(self) -> int:
+        return self.valid.shape[1]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
 class KVCache:
     """Keys and values of every layer for S slots, plus which slots hold real tokens.
 
-    k, v:     per layer [B, S, K, Dh] (K = kv heads)
+    k, v:     per layer [B, K, S, Dh] (K = kv heads; slots next to head_dim, so attention reads them without
+              a transpose each decode step)
     valid:    [B, S] bool, True where the slot holds a real (non-pad) token that has been written
     length:   [] int32, slots written so far; the same for all rows because padding is on the left
     next_pos: [B] int32, RoPE position the next real token of each row gets
@@ -42,10 +69,11 @@ class KVCache:
     valid: jax.Array
     length: jax.Array
     next_pos: jax.Array
+    prefix: "SharedPrefix | None" = None  # read-only slots in front of every row's own ones (see shared_by)
 
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
-        shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+        shape = (batch, config.num_kv_heads, max_len, config.head_dim)
         zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
         return cls(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
                    valid=jnp.zeros((batch, max_len), bool), length=jnp.zeros((), jnp.int32),
@@ -60,9 +88,25 @@ class KVCache:
 
         A gather along the batch; nothing is recomputed.  rows: [R] int32.
         """
+        if self.prefix is not None:
+            raise ValueError("take() gathers whole rows; a cache with a shared prefix keeps its rows grouped")
         take = lambda x: jnp.take(x, rows, axis=0)
         return KVCache(k=tuple(map(take, self.k)), v=tuple(map(take, self.v)), valid=take(self.valid),
                        length=self.length, next_pos=take(self.next_pos))
+
+    def shared_by(self, rows_per_prompt: int, new_slots: int) -> "KVCache":
+        """Fan out without copying: this prefilled cache of U prompts becomes the read-only prefix of
+        U * rows_per_prompt rows, each with `new_slots` slots of its own (see `SharedPrefix`). Every slot of
+        this cache must have been written (prefill into a cache of exactly the padded prompt length): the own
+        slots are numbered from its end, which Gemma-2's sliding window relies on."""
+        if self.prefix is not None:
+            raise ValueError("the cache already has a shared prefix")
+        u, dtype = self.valid.shape[0], self.k[0].dtype if self.k else jnp.float32
+        rows = u * rows_per_prompt
+        own = lambda: tuple(jnp.zeros((rows, x.shape[1], new_slots, x.shape[3]), dtype) for x in self.k)
+        return KVCache(k=own(), v=own(), valid=jnp.zeros((rows, new_slots), bool), length=jnp.zeros((), jnp.int32),
+                       next_pos=jnp.repeat(self.next_pos, rows_per_prompt, axis=0),
+                       prefix=SharedPrefix(k=self.k, v=self.v, valid=self.valid))
 
 
 class Dense(nnx.Module):
@@ -118,8 +162,10 @@ class Attention(nnx.Module):
         self.cfg = cfg
         self.window = cfg.window_of(layer)
 
-    def __call__(self, x, positions, q_slots, kv: tuple[jax.Array, jax.Array] | None, kv_valid, write_at):
-        """x: [B, T, D]; positions, q_slots: [B, T] / [T]; kv: cached (k, v) [B, S, K, Dh] or None (no cache).
+    def __call__(self, x, positions, q_slots, kv: tuple[jax.Array, jax.Array] | None, kv_valid, write_at,
+                 prefix: tuple[jax.Array, jax.Array, jax.Array] | None = None):
+        """x: [B, T, D]; positions, q_slots: [B, T] / [T]; kv: cached (k, v) [B, K, S, Dh] or None (no cache);
+        prefix: a SharedPrefix layer's (k, v [U, K, P, Dh], valid [U, P]) in front of the S own slots, or None.
 
         Returns (out [B, T, D], (k, v) after writing this call's T keys at slot `write_at`).
         """
@@ -129,28 +175,48 @@ class Attention(nnx.Module):
         k_new = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         v_new = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         q = rope(q, positions, cfg.rope_theta)
-        k_new = rope(k_new, positions, cfg.rope_theta)
+        k_new = rope(k_new, positions, cfg.rope_theta).swapaxes(1, 2)  # [B, K, T, Dh]
+        v_new = v_new.swapaxes(1, 2)
         if kv is None:
-            k_all, v_all = k_new, v_new  # [B, S=T, K, Dh]
+            k_all, v_all = k_new, v_new  # [B, K, S=T, Dh]
         else:
-            k_all = jax.lax.dynamic_update_slice_in_dim(kv[0], k_new.astype(kv[0].dtype), write_at, axis=1)
-            v_all = jax.lax.dynamic_update_slice_in_dim(kv[1], v_new.astype(kv[1].dtype), write_at, axis=1)
-        s = k_all.shape[1]
+            k_all = jax.lax.dynamic_update_slice_in_dim(kv[0], k_new.astype(kv[0].dtype), write_at, axis=2)
+            v_all = jax.lax.dynamic_update_slice_in_dim(kv[1], v_new.astype(kv[1].dtype), write_at, axis=2)
+        s = k_all.shape[2]
         groups = cfg.num_heads // cfg.num_kv_heads
         qg = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)  # [B, T, K, G, Dh]
-        logits = jnp.einsum("btkgd,bskd->bkgts", qg, k_all.astype(q.dtype)) * jnp.asarray(cfg.attn_scale, q.dtype)
-        logits = logits.astype(jnp.float32)
-        if cfg.attn_logit_softcap is not None:
-            logits = jnp.tanh(logits / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
+        scale = jnp.asarray(cfg.attn_scale, q.dtype)
+        logits = jnp.einsum("btkgd,bksd->bkgts", qg, k_all.astype(q.dtype)) * scale
         k_slots = jnp.arange(s)
         visible = k_slots[None, :] <= q_slots[:, None]  # [T, S] causal in slot space
         if self.window is not None:
             visible &= k_slots[None, :] > q_slots[:, None] - self.window
         mask = visible[None, None, None] & kv_valid[:, None, None, None, :]  # [B, 1, 1, T, S]
+        if prefix is not None:
+            pk, pv, p_valid = prefix  # [U, K, P, Dh], [U, P]
+            u, p = p_valid.shape
+            qu = qg.reshape(u, b // u, t, cfg.num_kv_heads, groups, cfg.head_dim)  # rows grouped by prompt
+            p_logits = jnp.einsum("uctkgd,ukpd->uckgtp", qu, pk.astype(q.dtype)) * scale
+            p_visible = jnp.ones((t, p), bool)  # every prefix slot precedes every own slot
+            if self.window is not None:  # own slot s sits at global slot P + s
+                p_visible &= jnp.arange(p)[None, :] > (p + q_slots)[:, None] - self.window
+            p_mask = p_visible[None, None, None, None] & p_valid[:, None, None, None, None, :]  # [U,1,1,1,T,P]
+            logits = jnp.concatenate([p_logits.reshape(b, *p_logits.shape[2:]), logits], axis=-1)  # [B,K,G,T,P+S]
+            mask = jnp.concatenate(
+                [jnp.broadcast_to(p_mask, (u, b // u, 1, 1, t, p)).reshape(b, 1, 1, t, p),
+                 jnp.broadcast_to(mask, (b, 1, 1, t, s))], axis=-1)
+        logits = logits.astype(jnp.float32)
+        if cfg.attn_logit_softcap is not None:
+            logits = jnp.tanh(logits / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
         logits = jnp.where(mask, logits, _MASKED)
         probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v_all.astype(q.dtype)).reshape(b, t, -1)
-        return self.o_proj(out), (k_all, v_all)
+        if prefix is not None:
+            p_probs = probs[..., :p].reshape(u, b // u, *probs.shape[1:-1], p)  # [U, C, K, G, T, P]
+            out = (jnp.einsum("uckgtp,ukpd->uctkgd", p_probs, pv.astype(q.dtype)).reshape(qg.shape)
+                   + jnp.einsum("bkgts,bksd->btkgd", probs[..., p:], v_all.astype(q.dtype)))
+        else:
+            out = jnp.einsum("bkgts,bksd->btkgd", probs, v_all.astype(q.dtype))
+        return self.o_proj(out.reshape(b, t, -1)), (k_all, v_all)
 
 
 class MLP(nnx.Module):
@@ -183,8 +249,8 @@ class Block(nnx.Module):
             self.post_mlp_norm = None
         self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
 
-    def __call__(self, x, positions, q_slots, kv, kv_valid, write_at):
-        attn_out, kv = self.attn(self.input_norm(x), positions, q_slots, kv, kv_valid, write_at)
+    def __call__(self, x, positions, q_slots, kv, kv_valid, write_at, prefix=None):
+        attn_out, kv = self.attn(self.input_norm(x), positions, q_slots, kv, kv_valid, write_at, prefix)
         if self.pre_mlp_norm is not None:
             x = x + self.post_attn_norm(attn_out)
             x = x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x)))
@@ -235,14 +301,16 @@ class Decoder(nnx.Module):
         run = nnx.remat(lambda layer, *args: layer(*args)) if self.remat else (lambda layer, *args: layer(*args))
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, (k, v) = run(layer, x, positions, q_slots, kv, kv_valid, write_at)
+            shared = None if cache is None or cache.prefix is None else (
+                cache.prefix.k[i], cache.prefix.v[i], cache.prefix.valid)
+            x, (k, v) = run(layer, x, positions, q_slots, kv, kv_valid, write_at, shared)
             new_k.append(k)
             new_v.append(v)
         x = self.final_norm(x)
         if cache is None:
             return x, None
         new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=kv_valid, length=cache.length + t,
-                            next_pos=cache.next_pos + jnp.sum(mask, axis=1, dtype=jnp.int32))
+                            next_pos=cache.next_pos + jnp.sum(mask, axis=1, dtype=jnp.int32), prefix=cache.prefix)
         return x, new_cache
 
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -176,6 +176,21 @@ def param_shardings(mesh: Mesh, tree: Any, rules: Iterable[Rule] = DEFAULT_RULES
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
 
 
+def rule_placer(mesh: Mesh, rules: Iterable[Rule] = DEFAULT_RULES
+                ) -> Callable[[Sequence[Any], np.ndarray], jax.Array]:
+    """`place(path, host_array)` for the weight loaders (`from_pretrained(..., place=...)`, `load_model`): each
+    tensor goes straight into the NamedSharding the rules give its path, the layout `param_shardings` gives the
+    loaded model, and each process copies only the shards its own devices hold. So no device ever holds a whole
+    model, and a host holds one tensor at a time."""
+
+    def place(path: Sequence[Any], host: np.ndarray) -> jax.Array:
+        name = "/".join(map(str, path))
+        spec = param_specs(mesh, {name: jax.ShapeDtypeStruct(host.shape, host.dtype)}, rules)[name]
+        return jax.make_array_from_callback(host.shape, NamedSharding(mesh, spec), lambda index: host[index])
+
+    return place
+
+
 def spec_ways(spec: P, mesh: Mesh | jax.sharding.AbstractMesh) -> int:
     """How many ways `spec` splits an array on `mesh` (1 = a full copy on every device)."""
     return int(np.prod([mesh.shape[a] for e in spec for a in _entry_axes(e) if a in mesh.axis_names]))
@@ -226,20 +241,28 @@ def kv_cache_shardings(mesh: Mesh, cache: Any) -> Any:
     """Shardings for a `KVCache` (or its eval_shape): rows over the batch axes, KV heads over "tensor" when the
     head count divides (else whole: GQA models can have fewer KV heads than tensor shards).
 
-    k, v [B, S, K, Dh]; valid [B, S]; next_pos [B]; length [] replicated. B must divide over the batch axes.
+    k, v [B, K, S, Dh]; valid [B, S]; next_pos [B]; length [] replicated. B must divide over the batch axes.
+    A shared prefix (k, v [U, K, P, Dh], valid [U, P]) splits its prompts the same way when U divides, else it
+    is replicated (k samples of one prompt on more devices than prompts).
     """
     rows = batch_axes(mesh)
     row_ways = int(np.prod([mesh.shape[a] for a in rows]))
     b = cache.valid.shape[0]
     if b % row_ways:
         raise ShardingRuleError(f"KV cache: {b} rows do not divide over the batch axes {rows} ({row_ways} ways)")
-    kv_heads = cache.k[0].shape[2] if cache.k else 0
+    kv_heads = cache.k[0].shape[1] if cache.k else 0
     tensor = "tensor" if "tensor" in mesh.axis_names and kv_heads % mesh.shape["tensor"] == 0 else None
     row_entry = rows if rows else None
-    kv = NamedSharding(mesh, P(row_entry, None, tensor, None))
+    kv = NamedSharding(mesh, P(row_entry, tensor, None, None))
     rows_only = NamedSharding(mesh, P(row_entry))
+    prefix = None
+    if cache.prefix is not None:
+        split = cache.prefix.valid.shape[0] % row_ways == 0
+        p_kv = NamedSharding(mesh, P(row_entry if split else None, tensor, None, None))
+        prefix = type(cache.prefix)(k=tuple(p_kv for _ in cache.prefix.k), v=tuple(p_kv for _ in cache.prefix.v),
+                                    valid=NamedSharding(mesh, P(row_entry if split else None)))
     return type(cache)(k=tuple(kv for _ in cache.k), v=tuple(kv for _ in cache.v), valid=rows_only,
-                       length=NamedSharding(mesh, P()), next_pos=rows_only)
+                       length=NamedSharding(mesh, P()), next_pos=rows_only, prefix=prefix)
 
 
 # -- activations --------------------------------------------------------------------------------------------------
@@ -278,6 +301,5 @@ def constrain(x: jax.Array, mesh: Mesh | None, kind: str) -> jax.Array:
 
 __all__ = ["Rule", "DECODER_RULES", "SCALAR_HEAD_RULES", "DEFAULT_RULES", "ShardingRuleError", "path_str",
            "named_leaves", "match_partition_rules", "unmatched_paths", "fit_spec_to_mesh", "param_specs",
-           "param_shardings", "spec_ways", "opt_state_specs", "opt_state_shardings", "kv_cache_shardings",
-           "ACTIVATION_SPECS",
-           "activation_spec", "constrain"]
+           "param_shardings", "rule_placer", "spec_ways", "opt_state_specs", "opt_state_shardings",
+           "kv_cache_shardings", "ACTIVATION_SPECS", "activation_spec", "constrain"]
