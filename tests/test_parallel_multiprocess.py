@@ -1,10 +1,18 @@
-"""Real multi-process JAX: two processes on localhost (4 fake CPU devices each) run RFT (SFT) steps on one global
-(2, 2, 2) mesh, each feeding only its own rows, and reach the one-process result."""
+"""Real multi-process JAX: two processes on localhost (4 fake CPU devices each, gloo collectives).
+
+- RFT (SFT) steps on one global (2, 2, 2) mesh, each process feeding only its own rows, reach the one-process result.
+- The stage drivers (SFT, meta-RM BCE, GRPO through the shared loop) with per-host feeding (`HostFeed`) reach the
+  one-process params and losses, for make_mesh's device order and for one where the processes' rows interleave.
+- A SIGTERM delivered to one process stops both after the same step, with one checkpoint of that step.
+Every process runs under a timeout: a hung collective must fail the test, not hang it."""
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -104,3 +112,207 @@ def test_two_processes_match_one_process(tmp_path):
     np.testing.assert_allclose(multi["losses"], ref["losses"], rtol=1e-5)
     worst = max(float(np.max(np.abs(multi[k] - ref[k]))) for k in ref.files if k != "losses")
     assert worst <= 1e-5, worst
+
+
+# -- the stage drivers with per-host feeding ---------------------------------------------------------------------
+STAGES_WORKER = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    out_dir, layout, stages = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+    import jax
+    from spct_jax.parallel import HostFeed, MeshConfig, initialize_distributed, make_mesh
+    initialize_distributed()  # SPCT_* variables, or one process
+    from flax import nnx
+    from jax.experimental import multihost_utils
+    from spct_jax.data.batching import SFTRecord
+    from spct_jax.data.toy import ToyConfig, toy_splits
+    from spct_jax.models.registry import load_model
+    from spct_jax.models.scalar_head import ScalarRM
+    from spct_jax.parallel.mesh import AXES
+    from spct_jax.parallel.rules import named_leaves
+    from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
+    from spct_jax.train.grpo import GRPOConfig
+    from spct_jax.train.metarm import MetaRMExample
+    from spct_jax.train.metrics import read_jsonl_metrics
+    from spct_jax.train.rollout import RolloutConfig
+    from spct_jax.train.stages import StageRun, grpo, sft, train_metarm
+
+    mesh = None  # layout "single": one process, one device, no mesh (the reference)
+    if layout == "blocks":  # make_mesh's order; tensor=1 because tiny-random's 263-token vocabulary cannot split
+        mesh = make_mesh(MeshConfig(2, 4, 1))
+    elif layout == "interleaved":  # the processes' devices alternate, so each process holds every other row block
+        mine = lambda p: [d for d in jax.devices() if d.process_index == p]
+        order = [d for pair in zip(mine(0), mine(1)) for d in pair]
+        auto = jax.sharding.AxisType.Auto
+        mesh = jax.sharding.Mesh(np.array(order).reshape(1, 8, 1), AXES, axis_types=(auto,) * 3)
+    if mesh is not None:
+        assert jax.process_count() == 2 and jax.device_count() == 8
+        feed = HostFeed(mesh)
+        want = {"blocks": [[0, 1, 2, 3], [4, 5, 6, 7]], "interleaved": [[0, 2, 4, 6], [1, 3, 5, 7]]}[layout]
+        assert feed.rows(8).tolist() == want[jax.process_index()], feed.rows(8)
+        # Each process builds only its rows of a known batch; together they are that batch, in order.
+        full = np.arange(8 * 3).reshape(8, 3)
+        assembled = feed.to_global({"x": full[feed.rows(8)]}, 8)["x"]
+        assert (multihost_utils.process_allgather(assembled, tiled=True) == full).all()
+
+    model, tok = load_model("tiny-random")
+    opt = OptimizerConfig(learning_rate=1e-3, total_steps=3)
+
+    def run(name, steps):
+        return StageRun(workdir=os.path.join(out_dir, name), steps=steps, batch_size=8, optimizer=opt, seed=0,
+                        progress_bar=False, mesh=mesh)
+
+    rng = np.random.default_rng(0)  # every process draws the same data
+    records = [SFTRecord(uid=str(i), messages=[{"role": "user", "content": "q" * int(rng.integers(3, 40))}],
+                         target="a" * int(rng.integers(2, 30))) for i in range(24)]
+    examples = [MetaRMExample(uid=str(i), ids=tuple(int(t) for t in rng.integers(3, 200, rng.integers(5, 90))),
+                              label=float(rng.random() < 0.5), origin="guided") for i in range(24)]
+    trained = {}
+    trained["sft"], _ = sft(model, tok, records, run("sft", 3), max_len=128)
+    if "metarm" in stages:
+        trained["metarm"], _ = train_metarm(ScalarRM.from_decoder(trained["sft"], seed=1), examples, run("metarm", 3),
+                                            pad_id=tok.pad_id)
+    if "grpo" in stages:
+        items = toy_splits(0, {"rl": 4}, ToyConfig(num_responses=(2, 2)))["rl"]
+        cfg = GRPOConfig(prompts_per_step=2, loss=GRPOLossConfig(group_size=4),
+                         rollout=RolloutConfig(max_new_tokens=4, template="toy"))
+        # A random model parses nothing, so every reward is -1 and the gradient is the KL term alone: another
+        # random model as the reference keeps it well away from 0.
+        trained["grpo"], _ = grpo(trained["sft"], tok, items, run("grpo", 2), cfg, template="toy",
+                                  reference=load_model("tiny-random", seed=1)[0])
+
+    out = {}
+    for name, module in trained.items():
+        params = multihost_utils.process_allgather(nnx.state(module, nnx.Param), tiled=True)
+        out.update({f"{name}/{k}": np.asarray(v) for k, v in named_leaves(params)})
+    if jax.process_index() == 0:
+        for name in trained:
+            recs = read_jsonl_metrics(os.path.join(out_dir, name, "metrics.jsonl"))
+            out[f"{name}:loss"] = np.asarray([recs[s]["loss"] for s in sorted(recs)])
+        np.savez(os.path.join(out_dir, "result.npz"), **out)
+    print("WORKER_DONE", jax.process_index(), flush=True)
+""")
+
+
+def _start_two(script: str, *args: str) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                                      SPCT_COORDINATOR=f"127.0.0.1:{port}", SPCT_NUM_PROCESSES="2",
+                                      SPCT_PROCESS_ID=str(pid)))
+            for pid in range(2)]
+
+
+def _finish(workers: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Each worker's stdout after asserting it exited 0; kills any still running (a hung collective)."""
+    outputs = []
+    try:
+        for w in workers:
+            outputs.append(w.communicate(timeout=timeout))
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, out[-2000:] + err[-4000:]
+    return [out for out, _ in outputs]
+
+
+def _max_diffs(got, ref, stage: str) -> tuple[float, float]:
+    """(max |loss difference|, max |param difference|) of one stage."""
+    keys = [k for k in ref.files if k.startswith(stage + "/")]
+    assert keys and sorted(k for k in got.files if k.startswith(stage + "/")) == sorted(keys)
+    loss = float(np.max(np.abs(got[f"{stage}:loss"] - ref[f"{stage}:loss"])))
+    return loss, max(float(np.max(np.abs(got[k] - ref[k]))) for k in keys)
+
+
+@pytest.mark.timeout(900)
+def test_stage_drivers_with_per_host_feeding_match_one_process(tmp_path):
+    single = subprocess.run([sys.executable, "-c", STAGES_WORKER, str(tmp_path / "single"), "single",
+                             "sft,metarm,grpo"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+    assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-4000:]
+    ref = np.load(tmp_path / "single" / "result.npz")
+
+    _finish(_start_two(STAGES_WORKER, str(tmp_path / "blocks"), "blocks", "sft,metarm,grpo"), timeout=400)
+    blocks = np.load(tmp_path / "blocks" / "result.npz")
+    for stage in ("sft", "metarm", "grpo"):
+        assert len(ref[f"{stage}:loss"]) == (2 if stage == "grpo" else 3)
+        loss, params = _max_diffs(blocks, ref, stage)
+        print(f"blocks {stage}: max |loss diff| {loss:.3g}, max |param diff| {params:.3g}")
+        assert loss <= 1e-5 * max(1.0, float(np.max(np.abs(ref[f"{stage}:loss"])))), (stage, loss)
+        # GRPO's gradient here is the small KL term alone; where two Adam steps of opposite sign nearly cancel,
+        # m / sqrt(v) magnifies rounding (measured: 2-3e-5 on 1 of 88k weights, against updates of 2e-3).
+        assert params <= (5e-5 if stage == "grpo" else 1e-5), (stage, params)
+
+    _finish(_start_two(STAGES_WORKER, str(tmp_path / "interleaved"), "interleaved", "sft,metarm"), timeout=400)
+    interleaved = np.load(tmp_path / "interleaved" / "result.npz")
+    for stage in ("sft", "metarm"):
+        loss, params = _max_diffs(interleaved, ref, stage)
+        print(f"interleaved {stage}: max |loss diff| {loss:.3g}, max |param diff| {params:.3g}")
+        assert loss <= 1e-5 * max(1.0, float(np.max(np.abs(ref[f"{stage}:loss"])))), (stage, loss)
+        assert params <= 1e-5, (stage, params)
+
+
+# -- SIGTERM on one host stops every host at the same step --------------------------------------------------------
+SIGTERM_WORKER = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    workdir = sys.argv[1]
+    import jax
+    from spct_jax.parallel import HostFeed, MeshConfig, initialize_distributed, make_mesh, param_shardings
+    initialize_distributed()
+    from spct_jax.models import ModelConfig, init_model
+    from spct_jax.train.config import LoopConfig, OptimizerConfig
+    from spct_jax.train.loop import epoch_batches, run_training
+    from spct_jax.train.state import create_train_state
+    from spct_jax.train.steps import make_sft_step
+
+    cfg = ModelConfig(family="llama", vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=1,
+                      num_heads=4, num_kv_heads=2, head_dim=8, tie_embeddings=False)
+    opt = OptimizerConfig(learning_rate=1e-3)
+    mesh = make_mesh(MeshConfig(2, 2, 2))
+    graphdef, state = create_train_state(init_model(cfg, seed=0), opt, seed=0)
+    step = make_sft_step(graphdef, optimizer=opt, chunk=4, mesh=mesh,
+                         param_shardings=param_shardings(mesh, state.params))
+    ids = np.random.default_rng(0).integers(1, 128, (64, 12)).astype(np.int32)
+    feed = HostFeed(mesh)
+
+    def get_batch(idx):
+        time.sleep(0.3)  # slow: the signal lands mid-training
+        x = ids[idx[feed.rows(len(idx))]]
+        return feed.to_global({"input_ids": x, "attention_mask": np.ones_like(x),
+                               "loss_mask": np.ones(x.shape, np.float32)}, len(idx))
+
+    loop = LoopConfig(workdir=workdir, total_steps=500, checkpoint_every=1000, progress_bar=False)
+    result = run_training(step, step.place(state), epoch_batches(64, 8, seed=0, get_batch=get_batch), config=loop)
+    print("DONE", json.dumps({"process": jax.process_index(), "step": result.step, "preempted": result.preempted}),
+          flush=True)
+""")
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+    workers = _start_two(SIGTERM_WORKER, str(tmp_path))
+    metrics = tmp_path / "metrics.jsonl"  # process 0 alone writes it
+    end = time.time() + 300
+    try:
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+            assert all(w.poll() is None for w in workers), "a worker ended before training"
+            assert time.time() < end, "no training progress"
+            time.sleep(0.1)
+    except AssertionError:
+        _finish(workers, timeout=1)
+        raise
+    workers[1].send_signal(signal.SIGTERM)  # only process 1 is told; process 0 must learn it from the loop
+    outs = _finish(workers, timeout=200)
+    done = [json.loads(out.split("DONE", 1)[1]) for out in outs]
+    assert [d["process"] for d in done] == [0, 1]
+    assert done[0]["preempted"] and done[1]["preempted"], done
+    assert done[0]["step"] == done[1]["step"], done
+    assert 3 <= done[0]["step"] < 500
+    # One checkpoint, of that step: both processes wrote their shards of the same save.
+    steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+    assert steps == [done[0]["step"]], (steps, done)

@@ -153,8 +153,9 @@ def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
     """Assemble global [B, ...] arrays from each host's own rows: a pytree of [B / num_processes, ...] numpy arrays.
 
     Every host passes only the rows it loaded (its data-loader shard); no host ever holds the global batch.
-    Host h's rows become global rows h*b .. h*b + b-1 (b = local rows), in process-index order. On one host this
-    is a plain device_put. Rows must divide evenly over the host's batch shards.
+    The rows land on this host's devices: global rows h*b .. h*b + b-1 (b = local rows) when, as with
+    `make_mesh` on CPU and GPU, host h's devices hold the h-th block of batch shards; `HostFeed` handles any
+    device order. On one host this is a plain device_put. Rows must divide evenly over the host's batch shards.
     """
     sharding = batch_sharding(mesh)
     n_proc = jax.process_count()
@@ -168,6 +169,57 @@ def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
 
     return jax.tree.map(one, batch)
 
+
+
+@dataclasses.dataclass(frozen=True)
+class HostFeed:
+    """Per-host batch feeding: which rows of a global batch this process builds, and how they become global arrays.
+
+    `batch_sharding` splits a [B, ...] batch into contiguous row blocks, one per batch shard. A process builds
+    exactly the rows its own devices hold (`rows(B)`: ascending global row indices; a block held by several of
+    its devices, replicas along "tensor", counted once), and `to_global` assembles every process's rows into
+    [B, ...] arrays with `jax.make_array_from_process_local_data`. No process builds the whole batch. Every
+    process must agree on the global batch (the same example indices, the same padded length); only the rows
+    each one builds differ. Without a mesh there is one device: `rows` is every row and `to_global` returns the
+    host batch unchanged.
+
+        B = 8, mesh data=2 fsdp=2 tensor=2 over 2 processes x 4 devices (make_mesh's order):
+        process 0 devices hold rows 0-1, 2-3 (each twice, along "tensor")  -> rows(8) = [0 1 2 3]
+        process 1 devices hold rows 4-5, 6-7                               -> rows(8) = [4 5 6 7]
+    """
+
+    mesh: Mesh | None = None
+
+    def rows(self, global_rows: int) -> np.ndarray:
+        """[local rows] int64: the global row indices this process builds, ascending."""
+        if self.mesh is None:
+            return np.arange(global_rows)
+        shards = batch_shards(self.mesh)
+        if global_rows % shards:
+            raise ValueError(f"a batch of {global_rows} rows does not split over the {shards} batch shards of "
+                             f"mesh {dict(self.mesh.shape)}")
+        index_map = batch_sharding(self.mesh).addressable_devices_indices_map((global_rows,))
+        spans = sorted({(index[0].start or 0, global_rows if index[0].stop is None else index[0].stop)
+                        for index in index_map.values()})
+        # make_array_from_process_local_data reads the local rows as these blocks concatenated in this order.
+        return np.concatenate([np.arange(start, stop) for start, stop in spans])
+
+    def to_global(self, local: Any, global_rows: int) -> Any:
+        """A pytree of [len(rows(global_rows)), ...] host arrays -> [global_rows, ...] arrays on the batch
+        sharding (unchanged without a mesh)."""
+        if self.mesh is None:
+            return local
+        sharding = batch_sharding(self.mesh)
+        local_rows = len(self.rows(global_rows))
+
+        def one(x: Any) -> jax.Array:
+            x = np.asarray(x)
+            if x.ndim == 0 or x.shape[0] != local_rows:
+                raise ValueError(f"HostFeed.to_global: expected {local_rows} local rows of a {global_rows}-row "
+                                 f"batch, got shape {x.shape}")
+            return jax.make_array_from_process_local_data(sharding, x, (global_rows, *x.shape[1:]))
+
+        return jax.tree.map(one, local)
 
 # -- the multi-host runtime ---------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +320,6 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
 
 __all__ = ["AXES", "BATCH_AXES", "MeshConfig", "MeshError", "Accelerator", "TPU_FAMILIES", "parse_accelerator",
            "make_mesh", "batch_axes", "batch_shards",
-           "batch_sharding", "host_local_to_global", "DistributedSetup", "resolve_distributed",
+           "batch_sharding", "host_local_to_global", "HostFeed", "DistributedSetup", "resolve_distributed",
            "initialize_distributed", "ENV_COORDINATOR", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID",
            "ENV_LOCAL_DEVICE_IDS"]

@@ -11,8 +11,13 @@ an interrupted save stays an invisible `*.orbax-checkpoint-tmp` and the previous
 SIGTERM is turned into a flag (`install_sigterm_handler`), never into work done inside the signal handler: the
 handler can run between any two bytecodes, including inside the dispatch of a step whose input state is already
 donated. The training loop checks the flag between steps, saves, waits for the write and returns, so the process
-exits 0. (Multi-host: every host must agree on the step to save at; the scale-out issue should route the flag
-through `jax.experimental.multihost_utils` before relying on this on a pod.)
+exits 0.
+
+Multi-host: a preempted slice may signal one host, or signal hosts at different moments, yet a checkpoint is a
+collective (every process writes its shards of the same step) and so is every later train step. After each step
+every process calls `agree_to_stop` with its own flag; it all-gathers the flags, so all processes see the same
+answer at the same step and stop together, and the SIGTERM of any one host saves the whole state. On one process
+it is the flag itself, with no communication.
 """
 from __future__ import annotations
 
@@ -23,7 +28,9 @@ import threading
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from spct_jax.train.state import TrainState
 
@@ -89,3 +96,14 @@ def install_sigterm_handler(callback: Callable[[], None]) -> Callable[[], None]:
 
     signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def agree_to_stop(requested: bool) -> bool:
+    """True on every process when any process has a stop request; every process must call it at the same step.
+
+    One tiny all-gather per call (an int32 per process), negligible next to a train step's own collectives.
+    """
+    if jax.process_count() == 1:
+        return requested
+    flags = multihost_utils.process_allgather(np.asarray(requested, np.int32))  # [num_processes]
+    return bool(np.any(flags))

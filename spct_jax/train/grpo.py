@@ -20,6 +20,7 @@ from flax import nnx
 
 from spct_jax.data.schema import PreferenceItem
 from spct_jax.grm.scorer import GenerativeRewardModel
+from spct_jax.parallel.mesh import HostFeed
 from spct_jax.sampling import bucket
 from spct_jax.tokenizer import Tokenizer
 from spct_jax.train.config import GRPOLossConfig
@@ -37,6 +38,12 @@ class GRPOConfig:
     inner_epochs: int = 1  # "original GRPO" (DeepSeekMath): one update per rollout batch
     seed: int = 0
     logprob_chunk: int = 512
+    rollout_batch_prompts: int | None = None  # prompts per sampler call (x G rows, bounds the KV cache); None = all
+    reference_dtype: str | None = None  # the frozen reference's params ("bfloat16" halves them); None = the policy's
+
+    def __post_init__(self):
+        if self.rollout_batch_prompts is not None and self.rollout_batch_prompts < 1:
+            raise ValueError(f"rollout_batch_prompts must be >= 1 or None, got {self.rollout_batch_prompts}")
 
     @property
     def group_size(self) -> int:
@@ -65,31 +72,46 @@ def rollout_batch(trajs: Sequence[Sequence[Trajectory]], pad_id: int) -> tuple[d
 
 
 class GRPOUpdate:
-    """`update(state, prompt_indices) -> (state, metrics)`: rollout, rewards, reference log-probs, GRPO step(s)."""
+    """`update(state, prompt_indices) -> (state, metrics)`: rollout, rewards, reference log-probs, GRPO step(s).
+
+    Multi-host: the sampler runs as one program over all devices with every row on every host (its mesh path
+    cannot take host data onto other hosts' devices), so every process holds all rollouts; each then feeds only
+    its own rows of the update batch (`feed`), and the log-probs stay on device, sharded like the batch.
+    """
 
     def __init__(self, graphdef: nnx.GraphDef, tokenizer: Tokenizer, items: Sequence[PreferenceItem],
-                 step: TrainStep, reference_params: nnx.State, cfg: GRPOConfig, *, template: str = "default"):
+                 step: TrainStep, reference_params: nnx.State, cfg: GRPOConfig, *, template: str = "default",
+                 feed: HostFeed = HostFeed()):
         self.graphdef, self.tokenizer, self.items, self.step, self.cfg = graphdef, tokenizer, list(items), step, cfg
         self.reference_params = reference_params
         self.template = template
+        self.feed = feed
         self.logprobs = make_logprob_fn(graphdef, chunk=cfg.logprob_chunk, mesh=step.mesh,
                                         param_shardings=step.param_shardings)
 
     def rollouts(self, params: nnx.State, prompts: Sequence[PreferenceItem], salt: int) -> list[list[Trajectory]]:
+        """G trajectories per prompt, `cfg.rollout_batch_prompts` prompts per sampler call. Every draw is seeded
+        per (item, salt, sample), so the grouping changes memory, not the trajectories."""
         grm = GenerativeRewardModel(nnx.merge(self.graphdef, params), self.tokenizer, template=self.template)
-        return sample_trajectories(grm, prompts, self.cfg.group_size, seed=self.cfg.seed, cfg=self.cfg.rollout,
-                                   salt=salt, progress=False)
+        per_call = self.cfg.rollout_batch_prompts or len(prompts)
+        out: list[list[Trajectory]] = []
+        for start in range(0, len(prompts), per_call):
+            out += sample_trajectories(grm, prompts[start:start + per_call], self.cfg.group_size, seed=self.cfg.seed,
+                                       cfg=self.cfg.rollout, salt=salt, progress=False)
+        return out
 
     def __call__(self, state: TrainState, prompt_indices: np.ndarray) -> tuple[TrainState, dict[str, float]]:
         update = int(jax.device_get(state.step))
         prompts = [self.items[int(i)] for i in prompt_indices]
         trajs = self.rollouts(state.params, prompts, salt=1_000 + update)
-        batch, rewards = rollout_batch(trajs, self.tokenizer.pad_id)
+        full, rewards = rollout_batch(trajs, self.tokenizer.pad_id)  # [B = prompts x G, T]: all rows
         g = self.cfg.group_size
-        batch["advantages"] = np.asarray(group_advantages(jnp.asarray(rewards), g))
-        batch["ref_logp"] = np.asarray(self.logprobs(self.reference_params, batch))
+        full["advantages"] = np.asarray(group_advantages(jnp.asarray(rewards), g))
+        rows = self.feed.rows(len(rewards))
+        batch = self.feed.to_global({k: v[rows] for k, v in full.items()}, len(rewards))
+        batch["ref_logp"] = self.logprobs(self.reference_params, batch)  # [B, T], sharded like the batch
         if self.cfg.inner_epochs > 1:  # keep pi_old fixed across inner epochs; with one epoch pi_old = pi_theta
-            batch["old_logp"] = np.asarray(self.logprobs(state.params, batch))
+            batch["old_logp"] = self.logprobs(state.params, batch)
         metrics: dict[str, float] = {}
         for _ in range(self.cfg.inner_epochs):
             state, m = self.step(state, batch)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-from spct_jax.train.checkpoint import Checkpointer, install_sigterm_handler
+from spct_jax.train.checkpoint import Checkpointer, agree_to_stop, install_sigterm_handler
 from spct_jax.train.config import LoopConfig
 from spct_jax.train.metrics import MetricsLogger
 from spct_jax.train.state import TrainState
@@ -62,7 +62,10 @@ def run_training(step_fn: StepFn, state: TrainState, batches: BatchSource, *, co
     `state` is the fresh initial state (placed on the step's shardings); when resuming it serves as the restore
     template and is replaced. Every step's metrics are fetched to host before the next step is dispatched: that
     bounds the dispatch queue (multi-device CPU collectives can deadlock otherwise) and makes the timing honest.
-    On SIGTERM: finish the current step, save, wait for the write, return with `preempted=True`.
+    Metrics are logged every `config.log_every` steps and at the last step (the summary's final metrics).
+    On SIGTERM: finish the current step, save, wait for the write, return with `preempted=True`; with several
+    processes, a SIGTERM on any of them stops all of them after the same step (`agree_to_stop`), and only
+    process 0 writes the metrics files.
     """
     ckpt = Checkpointer(os.path.join(config.workdir, "checkpoints"), keep=config.keep_checkpoints,
                         async_save=config.async_checkpointing)
@@ -72,12 +75,13 @@ def run_training(step_fn: StepFn, state: TrainState, batches: BatchSource, *, co
     step = int(jax.device_get(state.step))
     last_saved = step
     stop = threading.Event()
+    stopping = False  # agreed by every process after each step
     uninstall = install_sigterm_handler(stop.set)
     logger = MetricsLogger(config.workdir, total_steps=config.total_steps, initial_step=step,
-                           progress_bar=config.progress_bar)
+                           progress_bar=config.progress_bar, write=jax.process_index() == 0)
     try:
         it = batches(position)
-        while step < config.total_steps and not stop.is_set():
+        while step < config.total_steps and not stopping:
             try:
                 batch, next_position = next(it)
             except StopIteration:
@@ -86,10 +90,11 @@ def run_training(step_fn: StepFn, state: TrainState, batches: BatchSource, *, co
             state, metrics = step_fn(state, batch)
             metrics = jax.device_get(metrics)
             seconds = time.perf_counter() - t0
-            if step % config.log_every == 0:
+            if step % config.log_every == 0 or step + 1 == config.total_steps:
                 logger.log(step, metrics, seconds=seconds)
             step, position = step + 1, next_position
-            if step % config.checkpoint_every == 0 or step == config.total_steps or stop.is_set():
+            stopping = agree_to_stop(stop.is_set())
+            if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
                 ckpt.save(step, state, position)
                 last_saved = step
         if step != last_saved:  # ran out of data between checkpoints
@@ -98,4 +103,4 @@ def run_training(step_fn: StepFn, state: TrainState, batches: BatchSource, *, co
         ckpt.close()  # waits for the last write: a preempted process only exits after it is on disk
         logger.close()
         uninstall()
-    return LoopResult(state=state, step=step, preempted=stop.is_set(), data_position=position)
+    return LoopResult(state=state, step=step, preempted=stopping, data_position=position)

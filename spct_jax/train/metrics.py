@@ -28,18 +28,25 @@ def _to_float(x: Any) -> float:
 
 class MetricsLogger:
     """`log(step, metrics, seconds)` writes one record; `close()` flushes. Files live under `workdir`:
-    `metrics.jsonl` and `tensorboard/` (event files)."""
+    `metrics.jsonl` and `tensorboard/` (event files).
+
+    write=False (every process but the first of a multi-host run: they all compute the same replicated metrics,
+    and appending to one shared metrics.jsonl from several hosts would interleave records) keeps the records and
+    the progress bar but opens no file.
+    """
 
     def __init__(self, workdir: str | os.PathLike, *, total_steps: int, initial_step: int = 0,
-                 progress_bar: bool = True, prefix: str = "train"):
-        os.makedirs(workdir, exist_ok=True)
+                 progress_bar: bool = True, prefix: str = "train", write: bool = True):
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
-        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
-        if self._jsonl.tell() > 0 and not _ends_with_newline(self.jsonl_path):
-            self._jsonl.write("\n")  # a run killed mid-write left half a line: keep the next record whole
-        from tensorboardX import SummaryWriter  # here, not at import: it pulls in torch when torch is installed
+        self._jsonl = self._tb = None
+        if write:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+            if self._jsonl.tell() > 0 and not _ends_with_newline(self.jsonl_path):
+                self._jsonl.write("\n")  # a run killed mid-write left half a line: keep the next record whole
+            from tensorboardX import SummaryWriter  # here, not at import: it pulls in torch when torch is installed
 
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, disable=not progress_bar, dynamic_ncols=True)
         self.prefix = prefix
 
@@ -49,11 +56,12 @@ class MetricsLogger:
             record["step_seconds"] = seconds
             if "tokens" in record:
                 record["tokens_per_s"] = record["tokens"] / seconds
-        for k, v in record.items():
-            if math.isfinite(v):
-                self._tb.add_scalar(f"{self.prefix}/{k}", v, step)
-        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **record}) + "\n")
-        self._jsonl.flush()
+        if self._jsonl is not None:
+            for k, v in record.items():
+                if math.isfinite(v):
+                    self._tb.add_scalar(f"{self.prefix}/{k}", v, step)
+            self._jsonl.write(json.dumps({"step": step, "time": time.time(), **record}) + "\n")
+            self._jsonl.flush()
         postfix = {k: f"{record[k]:.4g}" for k in ("loss", "tokens_per_s") if k in record}
         self._bar.set_postfix(postfix, refresh=False)
         self._bar.update(1)
@@ -61,8 +69,9 @@ class MetricsLogger:
 
     def close(self) -> None:
         self._bar.close()
-        self._tb.close()
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._tb.close()
+            self._jsonl.close()
 
     def __enter__(self) -> "MetricsLogger":
         return self

@@ -2,6 +2,10 @@
 
 Each takes a model and data, builds the pure step, runs the shared resumable loop in `workdir`, and returns the
 trained model. They are what `spct rft|grpo|metarm` and the demo call; nothing here is demo-specific.
+
+With a mesh, every process draws the same seeded global batch (the same example indices, the same padded length)
+but builds only its own rows of it (`HostFeed`), which become global arrays; the result is the single-process
+run's, whatever the number of processes.
 """
 from __future__ import annotations
 
@@ -14,12 +18,14 @@ from flax import nnx
 
 from spct_jax.data.batching import SFTRecord, collate, tokenize_all
 from spct_jax.data.schema import PreferenceItem
+from spct_jax.models.transformer import Decoder
+from spct_jax.parallel.mesh import HostFeed
 from spct_jax.tokenizer import Tokenizer
 from spct_jax.train.config import LoopConfig, OptimizerConfig
 from spct_jax.train.grpo import GRPOConfig, GRPOUpdate
 from spct_jax.train.loop import epoch_batches, run_training
 from spct_jax.train.metarm import MetaRMExample, metarm_batch
-from spct_jax.train.state import create_train_state
+from spct_jax.train.state import create_train_state, split_params
 from spct_jax.train.steps import make_bce_step, make_grpo_step, make_sft_step
 
 
@@ -41,6 +47,9 @@ class StageRun:
     progress_bar: bool = True
     num_microbatches: int = 1
     mesh: object | None = None
+    keep_checkpoints: int = 3
+    log_every: int = 1  # metrics every N steps (and at the last)
+    remat: bool = False  # recompute every decoder block in the backward pass (activations: block inputs only)
 
     def shardings(self, params):
         """Param shardings from the partition rules when a mesh is given (FSDP/tensor), else None (replicated)."""
@@ -50,15 +59,32 @@ class StageRun:
 
         return param_shardings(self.mesh, params)
 
+    def feed(self) -> HostFeed:
+        return HostFeed(self.mesh)
+
     def loop(self) -> LoopConfig:
         return LoopConfig(workdir=self.workdir, total_steps=self.steps,
-                          checkpoint_every=self.checkpoint_every or self.steps, progress_bar=self.progress_bar)
+                          checkpoint_every=self.checkpoint_every or self.steps, progress_bar=self.progress_bar,
+                          keep_checkpoints=self.keep_checkpoints, log_every=self.log_every)
 
 
-def _start(model: nnx.Module, run: StageRun, make_step, **step_kw):
-    """(graphdef, placed initial state, step): the set-up every stage shares, params sharded by the rules."""
-    graphdef, state = create_train_state(model, run.optimizer, run.seed)
-    step = make_step(graphdef, optimizer=run.optimizer, num_microbatches=run.num_microbatches, mesh=run.mesh,
+def _remat_graphdef(model: nnx.Module) -> nnx.GraphDef:
+    """The graphdef of `model` with every `Decoder` in it (a meta RM's backbone too) set to wrap its blocks in
+    nnx.remat. Only the train step merges params into it: the sampler and the forward-only log-probs keep the
+    plain graphdef (nnx.remat cannot run inside the sampler's raw lax.scan, and a forward pass gains nothing)."""
+    view = nnx.merge(*nnx.split(model))  # new module objects over the same arrays; `model` itself is unchanged
+    for _, module in nnx.iter_modules(view):
+        if isinstance(module, Decoder):
+            module.remat = True
+    return split_params(view)[0]
+
+
+def _start(model: nnx.Module, run: StageRun, make_step, *, copy_params: bool = True, **step_kw):
+    """(plain graphdef, placed initial state, step): the set-up every stage shares, params sharded by the rules,
+    blocks rematerialised in the step's backward pass when `run.remat`."""
+    graphdef, state = create_train_state(model, run.optimizer, run.seed, copy_params=copy_params)
+    step = make_step(_remat_graphdef(model) if run.remat else graphdef, optimizer=run.optimizer,
+                     num_microbatches=run.num_microbatches, mesh=run.mesh,
                      param_shardings=run.shardings(state.params), **step_kw)
     return graphdef, step.place(state), step
 
@@ -71,10 +97,12 @@ def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], r
         raise ValueError(f"no SFT example fits max_len={max_len} ({len(report.dropped)} dropped)")
     graphdef, state, step = _start(model, run, make_sft_step)
     batch_size = min(run.batch_size, len(examples))
+    feed = run.feed()
 
-    def get_batch(idx: np.ndarray):
-        chosen = [examples[int(i)] for i in idx]
-        return collate(chosen, _round_up(max(len(e) for e in chosen), 64), pad_id=tokenizer.pad_id)
+    def get_batch(idx: np.ndarray):  # idx: [B] the global batch's examples, the same on every process
+        length = _round_up(max(len(examples[int(i)]) for i in idx), 64)  # of the global batch: shapes agree
+        mine = [examples[int(i)] for i in idx[feed.rows(len(idx))]]
+        return feed.to_global(collate(mine, length, pad_id=tokenizer.pad_id), len(idx))
 
     result = run_training(step, state, epoch_batches(len(examples), batch_size, seed=run.seed, get_batch=get_batch),
                           config=run.loop())
@@ -85,12 +113,21 @@ def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], r
 
 def grpo(model: nnx.Module, tokenizer: Tokenizer, items: Sequence[PreferenceItem], run: StageRun, cfg: GRPOConfig,
          *, template: str = "default", reference: nnx.Module | None = None) -> tuple[nnx.Module, dict]:
-    """GRPO from `model`; the KL reference is `reference` (default: `model` itself, i.e. the RFT checkpoint)."""
-    graphdef, state, step = _start(model, run, make_grpo_step, loss=cfg.loss, chunk=cfg.logprob_chunk)
+    """GRPO from `model`; the KL reference is `reference` (default: `model` itself, i.e. the RFT checkpoint).
+
+    With `cfg.reference_dtype` set, the reference is a copy cast to that dtype; when it is `model`'s own copy, the
+    policy then trains on `model`'s arrays instead of a copy of them, so that only the narrow reference is added
+    to memory. The first update donates those arrays: `model` is consumed and must not be used afterwards.
+    """
+    own_reference = reference is None and cfg.reference_dtype is not None
     ref_params = nnx.state(reference if reference is not None else model, nnx.Param)
+    if cfg.reference_dtype is not None:
+        ref_params = jax.tree.map(lambda x: x.astype(cfg.reference_dtype), ref_params)  # sharding is kept
+    graphdef, state, step = _start(model, run, make_grpo_step, copy_params=not own_reference, loss=cfg.loss,
+                                   chunk=cfg.logprob_chunk)
     if step.param_shardings is not None:  # the frozen reference lives on the same layout as the policy
         ref_params = jax.device_put(ref_params, step.param_shardings)
-    update = GRPOUpdate(graphdef, tokenizer, items, step, ref_params, cfg, template=template)
+    update = GRPOUpdate(graphdef, tokenizer, items, step, ref_params, cfg, template=template, feed=run.feed())
     source = epoch_batches(len(items), cfg.prompts_per_step, seed=run.seed, get_batch=lambda idx: idx)
     result = run_training(update, state, source, config=run.loop())
     return nnx.merge(graphdef, result.state.params), {"steps": result.step, "preempted": result.preempted}
@@ -101,10 +138,12 @@ def train_metarm(rm: nnx.Module, examples: Sequence[MetaRMExample], run: StageRu
     """BCE on correct/incorrect trajectories (label from Eq. 10)."""
     graphdef, state, step = _start(rm, run, make_bce_step)
     batch_size = min(run.batch_size, len(examples))
+    feed = run.feed()
 
-    def get_batch(idx: np.ndarray):
-        return metarm_batch(examples, idx, pad_id=pad_id,
-                            length=_round_up(max(len(examples[int(i)].ids) for i in idx), 64))
+    def get_batch(idx: np.ndarray):  # idx: [B] the global batch's examples, the same on every process
+        length = _round_up(max(len(examples[int(i)].ids) for i in idx), 64)  # of the global batch: shapes agree
+        return feed.to_global(metarm_batch(examples, idx[feed.rows(len(idx))], pad_id=pad_id, length=length),
+                              len(idx))
 
     result = run_training(step, state, epoch_batches(len(examples), batch_size, seed=run.seed, get_batch=get_batch),
                           config=run.loop())

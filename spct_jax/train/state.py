@@ -70,11 +70,14 @@ def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
     return graphdef, params
 
 
-def create_train_state(model: nnx.Module, opt_cfg: OptimizerConfig, seed: int) -> tuple[nnx.GraphDef, TrainState]:
+def create_train_state(model: nnx.Module, opt_cfg: OptimizerConfig, seed: int, *, copy_params: bool = True
+                       ) -> tuple[nnx.GraphDef, TrainState]:
     """Split `model` and build its optimizer state. The params are copied: `nnx.split` leaves alias the
-    module's Variables, and the first (donating) train step would otherwise delete the caller's model arrays."""
+    module's Variables, and the first (donating) train step would otherwise delete the caller's model arrays.
+    copy_params=False skips the copy (one model's worth of memory) for a caller that gives up `model`."""
     graphdef, params = split_params(model)
-    params = jax.tree.map(jnp.copy, params)
+    if copy_params:
+        params = jax.tree.map(jnp.copy, params)
     opt_state = make_optimizer(opt_cfg).init(params)
     return graphdef, TrainState(params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32),
                                 rng=jax.random.PRNGKey(seed))
