@@ -90,7 +90,7 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.grpo.rollout_batch_prompts = rollout_batch_prompts  # ours: prompts per sampler call (x G rows): bounds the KV
     c.grpo.num_microbatches = grpo_microbatches  # ours
     c.grpo.ref_dtype = "bfloat16"  # ours: the frozen reference (= the RFT checkpoint) only runs forward
-    c.grpo.kv_dtype = "bfloat16"  # ours
+    c.grpo.kv_dtype = "bfloat16"  # ours; must equal model.compute_dtype (the sampler's KV cache is in it)
     c.grpo.data = ""  # ours
 
     c.metarm = ml_collections.ConfigDict()
@@ -131,6 +131,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         section, key = f.split(".")
         need(c[section][key] in DTYPES, f, f"{c[section][key]!r} is not one of {DTYPES}")
     need(c.model.remat in REMAT, "model.remat", f"{c.model.remat!r} is not one of {REMAT}")
+    need(c.grpo.kv_dtype == c.model.compute_dtype, "grpo.kv_dtype",
+         f"{c.grpo.kv_dtype!r} differs from model.compute_dtype {c.model.compute_dtype!r}: the sampler keeps its KV "
+         "cache in the model's compute dtype, so set both to the same value")
     try:
         accel = parse_accelerator(c.hardware.accelerator_type)
     except ValueError as e:
@@ -170,4 +173,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(i.batch_prompts >= 1, "inference.batch_prompts", "must be >= 1")
     need(i.max_prompt_len > 0 and i.max_new_tokens > 0, "inference.max_new_tokens", "lengths must be > 0")
     need(c.optimizer.schedule in ("constant", "cosine"), "optimizer.schedule", "must be 'constant' or 'cosine'")
-    need(c.checkpoint.every >= 1 and c.checkpoint.keep >= 1, "checkpoint.every", "must be >= 1")
+    need(c.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
+    need(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+    need(c.checkpoint.log_every >= 1, "checkpoint.log_every", "must be >= 1")

@@ -41,6 +41,7 @@ def get_config():
     c.run_dir = "runs/tiny_cpu"
     c.model.init_checkpoint = "tiny-random"  # seeded random llama with the byte tokenizer (vocab 263)
     c.model.compute_dtype = "float32"
+    c.grpo.kv_dtype = "float32"  # validate(): the sampler's KV cache is in the compute dtype
     c.meta_rm.preset = "smollm2-135m"
     c.checkpoint.every = 1
     c.checkpoint.keep = 1

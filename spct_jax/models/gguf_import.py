@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -147,10 +149,12 @@ def config_from_gguf(path: str | os.PathLike) -> ModelConfig:
     return config_from_gguf_metadata(_metadata(reader), {t.name for t in reader.tensors}, where=str(path))
 
 
-def from_gguf(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype=None) -> Decoder:
+def from_gguf(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype=None,
+              place: Callable[[tuple[Any, ...], np.ndarray], jax.Array] | None = None) -> Decoder:
     """Load a Llama or Qwen2 GGUF file into a `Decoder`, dequantizing every tensor.
 
-    dtype: the params' dtype; compute_dtype defaults to it. The tokenizer: `tokenizer_for(path)`, or `load_gguf`.
+    dtype: the params' dtype; compute_dtype defaults to it. place(path, host_array): puts each tensor on
+    device(s), as in `weights.load_into`. The tokenizer: `tokenizer_for(path)`, or `load_gguf`.
     """
     import gguf
 
@@ -187,8 +191,8 @@ def from_gguf(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype=None)
             host = _unpermute_rows(host, cfg.num_heads)
         elif permute and ".attn_k." in tensor.name:
             host = _unpermute_rows(host, cfg.num_kv_heads)
-        host = host.T if transpose else host  # [out, in] -> our Dense's [in, out]
-        var.set_value(jnp.asarray(np.ascontiguousarray(host), dtype))
+        host = np.ascontiguousarray(host.T if transpose else host)  # [out, in] -> our Dense's [in, out]
+        var.set_value(jnp.asarray(host, dtype) if place is None else place(ours, host.astype(jnp.dtype(dtype))))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
@@ -199,9 +203,10 @@ def tokenizer_for(path: str | os.PathLike) -> Tokenizer:
     return tokenizer_from_gguf(Path(path))
 
 
-def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype=None) -> tuple[Decoder, Tokenizer]:
-    """(Decoder, tokenizer) from one GGUF file."""
-    return from_gguf(path, dtype=dtype, compute_dtype=compute_dtype), tokenizer_for(path)
+def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype=None,
+              place: Callable[[tuple[Any, ...], np.ndarray], jax.Array] | None = None) -> tuple[Decoder, Tokenizer]:
+    """(Decoder, tokenizer) from one GGUF file; keyword arguments as `from_gguf`."""
+    return from_gguf(path, dtype=dtype, compute_dtype=compute_dtype, place=place), tokenizer_for(path)
 
 
 __all__ = ["config_from_gguf", "config_from_gguf_metadata", "from_gguf", "load_gguf", "tokenizer_for"]

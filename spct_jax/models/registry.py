@@ -7,9 +7,14 @@ paths end to end.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
 from spct_jax.models.config import ModelConfig
 from spct_jax.models.transformer import Decoder, init_model
@@ -24,12 +29,26 @@ def tiny_random_config(vocab_size: int) -> ModelConfig:
                        pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
-def load_model(spec: str | os.PathLike, *, dtype=jnp.float32, seed: int = 0) -> tuple[Decoder, Tokenizer]:
-    """(model, tokenizer) for a `--model` value."""
+def load_model(spec: str | os.PathLike, *, dtype=jnp.float32, seed: int = 0, compute_dtype=None,
+               place: Callable[[tuple[Any, ...], np.ndarray], jax.Array] | None = None
+               ) -> tuple[Decoder, Tokenizer]:
+    """(model, tokenizer) for a `--model` value.
+
+    dtype: the params' dtype; compute_dtype defaults to it. place(path, host_array) puts each tensor on device(s)
+    as it is read (e.g. `parallel.rules.rule_placer(mesh)`: straight into its sharded layout).
+    """
     spec_s = str(spec)
     if spec_s == "tiny-random":
         tok = ByteTokenizer()
-        return init_model(tiny_random_config(tok.vocab_size), seed=seed, dtype=dtype, param_dtype=dtype), tok
+        model = init_model(tiny_random_config(tok.vocab_size), seed=seed, dtype=compute_dtype or dtype,
+                           param_dtype=dtype)
+        if place is not None:  # small enough to draw on one device first
+            graphdef, state = nnx.split(model)
+            flat = dict(nnx.to_flat_state(state))
+            for path, var in flat.items():
+                var.set_value(place(path, np.asarray(var[...])))
+            model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+        return model, tok
     if spec_s == "smollm2-135m":
         from spct_jax.models.smollm2 import smollm2_gguf_path
 
@@ -38,9 +57,9 @@ def load_model(spec: str | os.PathLike, *, dtype=jnp.float32, seed: int = 0) -> 
     if path.suffix == ".gguf":
         from spct_jax.models.gguf_import import load_gguf
 
-        return load_gguf(path, dtype=dtype)
+        return load_gguf(path, dtype=dtype, compute_dtype=compute_dtype, place=place)
     if not path.is_dir():
         raise FileNotFoundError(f"--model {spec_s!r}: not a checkpoint folder, a .gguf file or one of {NAMED}")
     from spct_jax.models.weights import from_pretrained
 
-    return from_pretrained(path, dtype=dtype), load_tokenizer(path)
+    return from_pretrained(path, dtype=dtype, compute_dtype=compute_dtype, place=place), load_tokenizer(path)

@@ -8,8 +8,10 @@ grpo.learning_rate; grpo.steps updates, resumable under run_dir/grpo/train. Item
 prompt + max_new_tokens exceeds grpo.max_prompt_len + grpo.max_new_tokens, are dropped and counted.
 The policy is saved as run_dir/grpo/model (HF folder with tokenizer files).
 
-Not wired yet (the stage driver has no knob for them): grpo.rollout_batch_prompts (one sampler call per update),
-grpo.ref_dtype and grpo.kv_dtype (the reference and the KV cache use the param dtype).
+Memory knobs: grpo.rollout_batch_prompts prompts (x G rows) per sampler call; grpo.ref_dtype, the dtype the frozen
+reference's params are held in (when it differs from model.param_dtype the reference is a cast copy and the
+policy trains on the loaded arrays themselves, so the reference adds only its narrow copy); grpo.kv_dtype must
+equal model.compute_dtype (the sampler keeps its KV cache in the compute dtype; validate() says so).
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ def grpo_config(config: ml_collections.ConfigDict):
     return GRPOConfig(prompts_per_step=g.batch_size // g.group_size,
                       loss=GRPOLossConfig(epsilon=g.epsilon, beta=g.beta, group_size=g.group_size),
                       rollout=RolloutConfig(temperature=g.temperature, max_new_tokens=g.max_new_tokens),
-                      seed=config.seed)
+                      seed=config.seed, rollout_batch_prompts=g.rollout_batch_prompts,
+                      reference_dtype=None if g.ref_dtype == config.model.param_dtype else g.ref_dtype)
 
 
 def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
@@ -46,7 +49,7 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     m, g = config.model, config.grpo
     workdir = out / "train"
     train = stage_run(config, "grpo", mesh, workdir)
-    model, tokenizer = load_checkpoint(m.init_checkpoint, "model.init_checkpoint", m.param_dtype)
+    model, tokenizer = load_checkpoint(m.init_checkpoint, "model.init_checkpoint", m, mesh)
     cfg = grpo_config(config)
     items, dropped = usable_items(read_items(g.data, "grpo.data"), GenerativeRewardModel(model, tokenizer),
                                   cfg.rollout, max_tokens=g.max_prompt_len + g.max_new_tokens)

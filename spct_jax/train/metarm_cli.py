@@ -56,7 +56,7 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     fraction = float(r.get("holdout_fraction", DEFAULT_HOLDOUT_FRACTION))
     if not 0 <= fraction < 1:
         raise StageError(f"config field 'metarm.holdout_fraction' = {fraction}: must be in [0, 1)")
-    grm_model, tokenizer = load_checkpoint(m.init_checkpoint, "model.init_checkpoint", m.param_dtype)
+    grm_model, tokenizer = load_checkpoint(m.init_checkpoint, "model.init_checkpoint", m, mesh)
     grm = GenerativeRewardModel(grm_model, tokenizer)
     rollout = RolloutConfig(temperature=inf.temperature, max_new_tokens=inf.max_new_tokens)
     items, dropped = usable_items(read_items(r.data, "metarm.data"), grm, rollout,
@@ -68,7 +68,7 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
 
     source = config.meta_rm.init_checkpoint or m.init_checkpoint
     if config.meta_rm.init_checkpoint:
-        backbone, meta_tok = load_checkpoint(source, "meta_rm.init_checkpoint", m.param_dtype)
+        backbone, meta_tok = load_checkpoint(source, "meta_rm.init_checkpoint", m, mesh)
     else:
         # from_decoder shares the GRM's arrays; training copies params before its first (donating) step.
         backbone, meta_tok = grm_model, tokenizer

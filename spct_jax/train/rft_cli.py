@@ -93,7 +93,7 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     write_json(out / "config.json", json.loads(config.to_json()))
     m = config.model
     train = stage_run(config, "rft", mesh, out / "train")  # checks the batch split before hours of sampling
-    model, tokenizer = load_checkpoint(m.init_checkpoint, "model.init_checkpoint", m.param_dtype)
+    model, tokenizer = load_checkpoint(m.init_checkpoint, "model.init_checkpoint", m, mesh)
     summary: dict[str, Any] = {"stage": "rft", "init_checkpoint": m.init_checkpoint}
     examples = sample_dataset(config, GenerativeRewardModel(model, tokenizer), summary)
     records = sft_records(config, examples)

@@ -84,16 +84,18 @@ def optimizer_config(config: ml_collections.ConfigDict, stage: str):
 
 
 def stage_run(config: ml_collections.ConfigDict, stage: str, mesh, workdir: Path):
-    """The shared loop's settings for `stage`; with a mesh, the stage drivers shard params by the partition rules
-    (spct_jax.parallel.rules) through `StageRun.shardings`."""
+    """The shared loop's settings for `stage` (checkpoint.every / keep / log_every, model.remat); with a mesh, the
+    stage drivers shard params by the partition rules (spct_jax.parallel.rules) through `StageRun.shardings` and
+    feed each process's own rows of every batch (`StageRun.feed`)."""
     from spct_jax.train.stages import StageRun
 
     s = config[stage]
     check_batch(s.batch_size, s.num_microbatches, mesh, f"{stage}.batch_size")
+    c = config.checkpoint
     return StageRun(workdir=str(workdir), steps=s.steps, batch_size=s.batch_size,
-                    optimizer=optimizer_config(config, stage), seed=config.seed,
-                    checkpoint_every=config.checkpoint.every, progress_bar=sys.stderr.isatty(),
-                    num_microbatches=s.num_microbatches, mesh=mesh)
+                    optimizer=optimizer_config(config, stage), seed=config.seed, checkpoint_every=c.every,
+                    progress_bar=sys.stderr.isatty(), num_microbatches=s.num_microbatches, mesh=mesh,
+                    keep_checkpoints=c.keep, log_every=c.log_every, remat=config.model.remat == "full")
 
 
 def check_batch(rows: int, microbatches: int, mesh, field: str) -> None:
@@ -127,16 +129,22 @@ def is_main_process() -> bool:
 
 
 # -- checkpoints --------------------------------------------------------------------------------------------------
-def load_checkpoint(spec: str, field: str, param_dtype: str):
-    """(model, tokenizer) from a config's checkpoint field; the training CLIs need a real tokenizer, so "" is an
-    error. model.compute_dtype is not applied: load_model computes in the param dtype."""
+def load_checkpoint(spec: str, field: str, model: ml_collections.ConfigDict, mesh=None):
+    """(model, tokenizer) from a config's checkpoint field, with `model.param_dtype` params and
+    `model.compute_dtype` compute (`model.remat` belongs to the train step: `stage_run`). The training CLIs need a
+    real tokenizer, so "" is an error. With a mesh, each tensor goes straight into its partition-rule sharding as
+    it is read (`rule_placer`): no device ever holds the whole model, and the train step's placement is a no-op."""
     from spct_jax.models.registry import NAMED, load_model
+    from spct_jax.parallel.rules import ShardingRuleError, rule_placer
 
     if not spec:
         raise StageError(f"config field {field!r} is empty: this stage needs a checkpoint for its weights and "
                          f"tokenizer (an HF folder, a .gguf file, or one of {NAMED})")
     try:
-        return load_model(spec, dtype=DTYPES[param_dtype])
+        return load_model(spec, dtype=DTYPES[model.param_dtype], compute_dtype=DTYPES[model.compute_dtype],
+                          place=None if mesh is None else rule_placer(mesh))
+    except ShardingRuleError as e:  # the model's dims do not split over the mesh the config asks for
+        raise StageError(f"config field 'mesh' {dict(mesh.shape)} for {field!r} = {spec!r}: {e}") from None
     except (OSError, ValueError) as e:  # missing folder, bad config.json, missing tensor, unreadable tokenizer
         raise StageError(f"config field {field!r} = {spec!r}: {e}", exit_code=1) from None
 
