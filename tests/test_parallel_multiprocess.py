@@ -316,3 +316,49 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
     # One checkpoint, of that step: both processes wrote their shards of the same save.
     steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
     assert steps == [done[0]["step"]], (steps, done)
+
+
+# -- a stage command end to end on two processes --------------------------------------------------------------------
+CLI_WORKER = textwrap.dedent("""
+    import sys
+    from spct_jax.train import rft_cli
+    sys.exit(rft_cli.main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.timeout(600)
+def test_rft_command_on_two_processes_exports_the_one_process_model(tmp_path):
+    """`spct rft` with 8 SFT records (RFT's sampled set given, empty, so nothing is sampled): one process on one
+    device, then two processes on an fsdp=8 mesh. The exported HF folders (gathered from every host, written by
+    process 0) hold the same weights."""
+    from spct_jax.models.registry import load_model
+    from spct_jax.parallel.rules import named_leaves
+    from flax import nnx
+
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say {w}."}], "target": w})
+                               + "\n" for w in ("yes", "no", "maybe", "never", "always", "often", "once", "twice")))
+    args = ["--config", os.path.join(ROOT, "configs", "tiny_cpu.py"), f"--config.rft.general_data={general}",
+            "--config.rft.batch_size=8", "--config.rft.steps=2", "--config.grpo.batch_size=8",
+            "--config.grpo.group_size=8", "--config.metarm.batch_size=8"]  # validate() checks every stage
+    for name in ("single", "multi"):
+        (tmp_path / name / "rft").mkdir(parents=True)
+        (tmp_path / name / "rft" / "rft_data.jsonl").write_text("")
+        (tmp_path / name / "rft" / "rft_data.jsonl.stats.json").write_text("{}")
+    single = subprocess.run([sys.executable, "-c", CLI_WORKER, *args, f"--config.run_dir={tmp_path / 'single'}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+    assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-4000:]
+    outs = _finish(_start_two(CLI_WORKER, *args, f"--config.run_dir={tmp_path / 'multi'}",
+                              "--config.hardware.accelerator_type=v5litepod-8", "--config.mesh.fsdp=-1"), timeout=400)
+    summaries = [json.loads(out[out.index("{"):]) for out in [single.stdout, *outs]]
+    assert all(s["sft"]["steps"] == 2 and s["sft_records"] == {"rft": 0, "general": 8} for s in summaries)
+    loss = [s["sft"]["final_metrics"]["loss"] for s in summaries]
+    assert abs(loss[1] - loss[0]) <= 1e-5 * abs(loss[0]) and loss[1] == loss[2], loss
+
+    ref = dict(named_leaves(nnx.state(load_model(tmp_path / "single" / "rft" / "model")[0], nnx.Param)))
+    got = dict(named_leaves(nnx.state(load_model(tmp_path / "multi" / "rft" / "model")[0], nnx.Param)))
+    assert sorted(got) == sorted(ref) and len(ref) > 10
+    worst = max(float(np.max(np.abs(np.asarray(got[k]) - np.asarray(ref[k])))) for k in ref)
+    print(f"rft command, 2 processes vs 1: final loss {loss[1]:.6g} vs {loss[0]:.6g}, max |weight diff| {worst:.3g}")
+    assert worst <= 1e-5, worst

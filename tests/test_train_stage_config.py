@@ -224,3 +224,16 @@ def test_grpo_reference_dtype_is_the_frozen_reference_precision(tmp_path):
     assert first_kl("bf16", "bfloat16") > 0.0
     with pytest.raises(ValueError, match="rollout_batch_prompts"):
         GRPOConfig(rollout_batch_prompts=0)
+
+
+def test_a_short_dataset_shrinks_the_batch_to_what_still_splits(tmp_path):
+    from spct_jax.train.stages import _batch_size
+
+    opt = OptimizerConfig()
+    run = StageRun(workdir=str(tmp_path), steps=1, batch_size=8, optimizer=opt, num_microbatches=2)
+    assert _batch_size(run, 20) == 8 and _batch_size(run, 5) == 4  # 2 micro-batches: an even number of rows
+    one_device = StageRun(workdir=str(tmp_path), steps=1, batch_size=16, optimizer=opt,
+                     mesh=make_mesh(MeshConfig(1, 1, 1)))
+    assert _batch_size(one_device, 5) == 5
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        _batch_size(run, 1)

@@ -27,8 +27,8 @@ import ml_collections
 import numpy as np
 
 from spct_jax.train.stage_common import (DTYPES, StageError, is_main_process, last_metrics, load_checkpoint,
-                                         read_items, run_cli, save_tokenizer, stage_dir, stage_run, usable_items,
-                                         write_json)
+                                         on_host, read_items, run_cli, save_tokenizer, stage_dir, stage_run,
+                                         usable_items, write_json)
 
 log = logging.getLogger("spct.metarm")
 DEFAULT_HOLDOUT_FRACTION = 0.1  # ours: [P] reports no held-out split for the meta RM
@@ -93,7 +93,10 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     rm = ScalarRM.from_decoder(backbone, seed=config.seed)
     if rm.config.pad_token_id is None:  # transformers picks the scored token by pad id; save_scalar_rm needs one
         rm.config = rm.config.replace(pad_token_id=meta_tok.pad_id)
-    rm, info = train_metarm(rm, train_ex, train, pad_id=meta_tok.pad_id)
+    try:
+        rm, info = train_metarm(rm, train_ex, train, pad_id=meta_tok.pad_id)
+    except ValueError as e:  # e.g. fewer examples than one batch can split over the mesh
+        raise StageError(f"metarm training: {e}", exit_code=1) from None
     summary.update(info, final_metrics=last_metrics(workdir))
     if info["preempted"]:  # SIGTERM: the checkpoint is saved; the same command resumes
         write_json(out / "summary.json", summary)
@@ -101,6 +104,7 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     summary["held_out"] = evaluate_metarm(rm, held_ex, pad_id=meta_tok.pad_id) if held_ex else {"n": 0.0}
     log.info("held-out %s", summary["held_out"])
     dest = out / "model"
+    rm = on_host(rm)  # collective: every process gathers, process 0 writes
     if is_main_process():
         save_scalar_rm(rm, dest, dtype=DTYPES[m.param_dtype])
         save_tokenizer(meta_tok, source, dest)

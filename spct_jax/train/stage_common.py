@@ -198,10 +198,26 @@ def byte_tokenizer_json():
     return tok
 
 
+def on_host(module):
+    """`module` with every array gathered into one host copy, so that process 0 can export it. A collective:
+    every process must call it. With several processes each host then holds the whole model in RAM (the 27B in
+    float32: ~109 GB); the export is the one place that needs it. On one process: `module` unchanged."""
+    import jax
+    from flax import nnx
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return module
+    graphdef, state = nnx.split(module)
+    return nnx.merge(graphdef, multihost_utils.process_allgather(state, tiled=True))
+
+
 def save_model(model, tokenizer, source: str, dest: Path, param_dtype: str) -> dict[str, Any]:
-    """An HF causal-LM folder (weights in the param dtype) plus tokenizer files: `--model dest` works in score."""
+    """An HF causal-LM folder (weights in the param dtype) plus tokenizer files: `--model dest` works in score.
+    Every process calls it (the gather is collective); process 0 writes."""
     from spct_jax.models.weights import save_pretrained
 
+    model = on_host(model)
     if is_main_process():
         save_pretrained(model, dest, dtype=DTYPES[param_dtype])
         save_tokenizer(tokenizer, source, dest)

@@ -19,7 +19,7 @@ from flax import nnx
 from spct_jax.data.batching import SFTRecord, collate, tokenize_all
 from spct_jax.data.schema import PreferenceItem
 from spct_jax.models.transformer import Decoder
-from spct_jax.parallel.mesh import HostFeed
+from spct_jax.parallel.mesh import HostFeed, batch_shards
 from spct_jax.tokenizer import Tokenizer
 from spct_jax.train.config import LoopConfig, OptimizerConfig
 from spct_jax.train.grpo import GRPOConfig, GRPOUpdate
@@ -79,6 +79,18 @@ def _remat_graphdef(model: nnx.Module) -> nnx.GraphDef:
     return split_params(view)[0]
 
 
+def _batch_size(run: StageRun, num_examples: int) -> int:
+    """`run.batch_size`, or with fewer examples than that, the most rows that still split evenly into the
+    micro-batches and over the mesh's batch shards (the step's shapes must divide)."""
+    if num_examples >= run.batch_size:
+        return run.batch_size
+    ways = run.num_microbatches * (1 if run.mesh is None else batch_shards(run.mesh))
+    if num_examples < ways:
+        raise ValueError(f"{num_examples} examples cannot fill one batch: it needs a multiple of {ways} rows "
+                         f"({run.num_microbatches} micro-batches x the mesh's batch shards)")
+    return num_examples // ways * ways
+
+
 def _start(model: nnx.Module, run: StageRun, make_step, *, copy_params: bool = True, **step_kw):
     """(plain graphdef, placed initial state, step): the set-up every stage shares, params sharded by the rules,
     blocks rematerialised in the step's backward pass when `run.remat`."""
@@ -96,7 +108,7 @@ def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], r
     if not examples:
         raise ValueError(f"no SFT example fits max_len={max_len} ({len(report.dropped)} dropped)")
     graphdef, state, step = _start(model, run, make_sft_step)
-    batch_size = min(run.batch_size, len(examples))
+    batch_size = _batch_size(run, len(examples))
     feed = run.feed()
 
     def get_batch(idx: np.ndarray):  # idx: [B] the global batch's examples, the same on every process
@@ -137,7 +149,7 @@ def train_metarm(rm: nnx.Module, examples: Sequence[MetaRMExample], run: StageRu
                  ) -> tuple[nnx.Module, dict]:
     """BCE on correct/incorrect trajectories (label from Eq. 10)."""
     graphdef, state, step = _start(rm, run, make_bce_step)
-    batch_size = min(run.batch_size, len(examples))
+    batch_size = _batch_size(run, len(examples))
     feed = run.feed()
 
     def get_batch(idx: np.ndarray):  # idx: [B] the global batch's examples, the same on every process
