@@ -18,12 +18,12 @@ Activations are a documented ESTIMATE (not a compiled measurement), per device, 
     + logits:  rows x chunk x V / t x 12 bytes  (the loss builds fp32 logits `chunk` positions at a time)
     + FSDP gathers: two blocks' weights and the embedding, gathered over "fsdp" in the compute dtype
 
-b = compute-dtype bytes. Calibration: for remat "none" (what the model does today: it has no per-block remat yet)
-the estimate is within 5% of XLA's compiled `memory_analysis().temp_size_in_bytes` of the loss gradient on CPU
-for scaled-down Gemma-2 models (tests/test_parallel_plan.py keeps one such check). The attention term is this
+b = compute-dtype bytes. Calibration: for remat "none" the estimate is within 5% of XLA's compiled
+`memory_analysis().temp_size_in_bytes` of the loss gradient on CPU for scaled-down Gemma-2 models
+(tests/test_parallel_plan.py keeps one such check); remat "full" is not calibrated. The attention term is this
 implementation's: scores are materialised ([T, T] per head, sliding-window layers included). Remat "full" is what
-the configs ask for; it needs the model to wrap each block in nnx.remat (not there yet), without which a 4K-token
-27B row needs ~480 GB per chip.
+the configs ask for: the stage commands' train step then wraps each block in nnx.remat (`StageRun.remat`);
+without it a 4K-token 27B row needs ~480 GB per chip.
 
 Rollouts (sampler): chunked prefill (forward only: one block live, + the [rows, chunk, V] logits `extend` builds)
 or one decode step, whichever is larger; the KV cache counts twice (the fan-out copy, see _sampler_kv_bytes).
