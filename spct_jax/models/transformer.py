@@ -260,6 +260,14 @@ class Block(nnx.Module):
         return x, kv
 
 
+def _remat_call(layer: nnx.Module, *args):
+    """layer(*args) with its activations recomputed in the backward pass. jax.checkpoint over a pure function of
+    the layer's state, not nnx.remat, so it also runs under raw jax transforms (the sampler's lax.scan prefill);
+    a block's forward mutates nothing, so the split state is all it needs."""
+    graphdef, state = nnx.split(layer)
+    return jax.checkpoint(lambda st, *a: nnx.merge(graphdef, st)(*a))(state, *args)
+
+
 class Decoder(nnx.Module):
     """A causal LM.  `model(input_ids, attention_mask) -> logits [B, T, V]`; `model.config` is the ModelConfig."""
 
@@ -298,7 +306,7 @@ class Decoder(nnx.Module):
             # Gemma multiplies by sqrt(d) rounded to the compute dtype, as transformers does.
             x = x * jnp.asarray(self.config.hidden_size**0.5, self.dtype)
         new_k, new_v = [], []
-        run = nnx.remat(lambda layer, *args: layer(*args)) if self.remat else (lambda layer, *args: layer(*args))
+        run = _remat_call if self.remat else (lambda layer, *args: layer(*args))
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             shared = None if cache is None or cache.prefix is None else (

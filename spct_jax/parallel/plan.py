@@ -26,7 +26,7 @@ the configs ask for: the stage commands' train step then wraps each block in nnx
 without it a 4K-token 27B row needs ~480 GB per chip.
 
 Rollouts (sampler): chunked prefill (forward only: one block live, + the [rows, chunk, V] logits `extend` builds)
-or one decode step, whichever is larger; the KV cache counts twice (the fan-out copy, see _sampler_kv_bytes).
+or one decode step, whichever is larger; the KV cache counts twice (prefill cache and shared prefix, see _sampler_kv_bytes).
 
 Stage peaks are phase aware: GRPO holds params, Adam moments and the reference model throughout, then EITHER the
 rollout's KV cache and sampler activations OR the update's gradients and activations.
@@ -223,9 +223,10 @@ class Plan:
 
 
 def _sampler_kv_bytes(m: ModelConfig, rows: int, slots: int, itemsize: int, batch_ways: int, t: int) -> int:
-    """The sampler's KV cache at its peak: the fan-out (KVCache.take) copies the prefilled cache of the unique
-    prompts into the per-row one, and both are live. Every GRPO rollout and every Voting@k sample shuffles the
-    responses (train/rollout.py, [P] §4), so nearly every row is its own prompt: unique = rows (conservative)."""
+    """The sampler's KV cache at its peak, an upper bound: the prefill cache of the distinct prompts [U, P], the
+    shared prefix gathered from it for the prompt slots [Q, P] (KVCache.take, then shared_by) and the rows' own
+    slots [R, N] are live together. Every GRPO rollout and every Voting@k sample shuffles the responses
+    (train/rollout.py, [P] §4), so nearly every row is its own prompt (U = Q = R): 2 R P + R N <= 2 R (P + N)."""
     return 2 * kv_cache_bytes(m, rows, slots, itemsize, batch_ways, t)
 
 
