@@ -19,7 +19,11 @@ stop token keep running (the loop is batched) but their outputs are frozen and c
 
 Randomness is per row: the key of (prompt, sample j, step t) is derived from `seed`, the prompt's own tokens (and
 its occurrence number among identical prompts), j and t. A row's draws therefore do not depend on what else is in
-the batch or where the prompt sits in the list.
+the batch or where the prompt sits in the list, nor on how the rows are split over devices or hosts.
+
+With a mesh that spans several processes (multi-controller JAX), every process runs `sample` with the same
+arguments: each builds the (small) host inputs whole but copies to its devices only the rows they hold, and
+every process gets the whole `Samples` back (the outputs are all-gathered across hosts).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from spct_jax.models.transformer import Decoder
@@ -160,13 +165,16 @@ def _prefill(model: Decoder, ids: jax.Array, mask: jax.Array, cache):
     return cache, model.logits_from_hidden(lasts[-1])
 
 
-def _generate(graphdef, state, ids, mask, prompt_src, row_keys, max_new, temperature, top_p, *, st: _Static,
+def _generate(graphdef, state, ids, mask, prompt_src, row_key_data, max_new, temperature, top_p, *, st: _Static,
               data_sharding):
     """ids, mask: [U, P] distinct left-padded prompts; prompt_src: [Q] which distinct prompt each prompt slot
-    is; row_keys: [R = Q * k], row q*k + j is sample j of prompt slot q -> (tokens [R, N], logprobs [R, N], steps).
+    is; row_key_data: [R = Q * k, *key] uint32 raw key data, row q*k + j is sample j of prompt slot q
+    -> (tokens [R, N], logprobs [R, N], steps).
     """
     _TRACES[(ids.shape, prompt_src.shape, st)] += 1
     model: Decoder = nnx.merge(graphdef, state)
+    # Keys arrive as raw uint32 data so that the host can build them and split them over devices like any array.
+    row_keys = jax.random.wrap_key_data(row_key_data)  # [R]
     u, p = ids.shape
     k, n = st.num_samples, st.new_bucket
     rows = prompt_src.shape[0] * k
@@ -222,6 +230,28 @@ def _axes(entry) -> tuple[str, ...]:
 _jitted_generate = jax.jit(_generate, static_argnames=("st", "data_sharding"))
 
 
+@jax.jit
+def _row_key_data(base: jax.Array, seeds: jax.Array, samples: jax.Array) -> jax.Array:
+    """Raw data of the key of each row, fold_in(fold_in(base, seed), sample).  seeds, samples: [R] uint32 (what
+    fold_in turns its data into) -> [R, *key] uint32."""
+    keys = jax.vmap(lambda s, j: jax.random.fold_in(jax.random.fold_in(base, s), j))(seeds, samples)
+    return jax.random.key_data(keys)
+
+
+def _to_global(x: np.ndarray, sharding: jax.sharding.NamedSharding) -> jax.Array:
+    """A host array that every process holds whole -> a global array on `sharding`: each process copies only the
+    slices its own devices hold (jax.device_put cannot target another host's devices)."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host; rows held by other hosts' devices are all-gathered (a collective: every
+    process must call it)."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def _row_seed(prompt: Sequence[int], occurrence: int) -> int:
     digest = hashlib.blake2b(np.asarray(prompt, np.int64).tobytes() + occurrence.to_bytes(4, "little"), digest_size=4)
     return int.from_bytes(digest.digest(), "little") & 0x7FFFFFFF
@@ -248,7 +278,10 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     prompt; rows padded to a power of two), so a job over prompts of many lengths compiles once per (length bucket, batch bucket, max_new bucket).
     Identical prompts in a call are prefilled once. `prompt_seeds` (one int per prompt) replaces the default
     per-prompt seed (a hash of the prompt's tokens and its occurrence number) when callers have stable ids.
-    With `mesh`, the rows are sharded over `data_axis`; parameters keep whatever sharding they already have.
+    With `mesh`, the rows are sharded over `data_axis`; parameters keep whatever sharding they already have. A
+    mesh may span several processes: then every process calls `sample` with the same arguments, the parameters
+    must be global arrays on the mesh's devices (e.g. placed by `param_shardings`), each host feeds and runs only
+    the rows its devices hold, and every process returns the same, whole `Samples`.
     """
     if num_samples < 1 or max_new_tokens < 1:
         raise ValueError("num_samples and max_new_tokens must be >= 1")
@@ -278,9 +311,10 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     base = jax.random.key(seed)
 
     graphdef, state = nnx.split(model)
-    data_sharding, min_rows = None, 1
+    data_sharding, replicated, min_rows = None, None, 1
     if mesh is not None:
         data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         axes = (data_axis,) if isinstance(data_axis, str) else data_axis
         min_rows = int(np.prod([mesh.shape[a] for a in axes]))
     order = sorted(range(len(prompts)), key=lambda i: (bucket(len(prompts[i])), i))
@@ -310,14 +344,18 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
         ids, mask = _pad_left(batch_prompts, length, pad_id)
         prompt_src += [0] * (q_pad - len(group))
         row_keys += [(0, 0)] * ((q_pad - len(group)) * num_samples)
-        keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, s), j) for s, j in row_keys])
-        ids_j, mask_j, src_j = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(prompt_src, jnp.int32)
-        if data_sharding is not None:
-            keys = jax.device_put(keys, data_sharding)
-        toks, lps, _ = _jitted_generate(graphdef, state, ids_j, mask_j, src_j, keys, jnp.int32(max_new_tokens),
+        seeds, samples = np.asarray(row_keys, np.uint32).T  # [R] each
+        key_data = np.asarray(_row_key_data(base, seeds, samples))  # [R, *key] uint32, the same on every host
+        src = np.asarray(prompt_src, np.int32)  # [Q]
+        if data_sharding is None:
+            inputs = tuple(map(jnp.asarray, (ids, mask, src, key_data)))
+        else:  # the prompts are small and read by every row: replicated; the rows are split over the data axis
+            inputs = (_to_global(ids, replicated), _to_global(mask, replicated), _to_global(src, replicated),
+                      _to_global(key_data, data_sharding))
+        toks, lps, _ = _jitted_generate(graphdef, state, *inputs, jnp.int32(max_new_tokens),
                                         jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p or 1.0),
                                         st=st, data_sharding=data_sharding)
-        toks, lps = np.asarray(jax.device_get(toks)), np.asarray(jax.device_get(lps))
+        toks, lps = _to_host(toks), _to_host(lps)  # [R, N] each
         for r, i in enumerate(group):
             tokens[i], logprobs[i] = [], []
             for j in range(num_samples):

@@ -4,6 +4,7 @@
 - The stage drivers (SFT, meta-RM BCE, GRPO through the shared loop) with per-host feeding (`HostFeed`) reach the
   one-process params and losses, for make_mesh's device order and for one where the processes' rows interleave.
 - A SIGTERM delivered to one process stops both after the same step, with one checkpoint of that step.
+- Sampling with its rows split over both processes returns the one-process tokens on every process.
 Every process runs under a timeout: a hung collective must fail the test, not hang it."""
 import json
 import os
@@ -362,3 +363,72 @@ def test_rft_command_on_two_processes_exports_the_one_process_model(tmp_path):
     worst = max(float(np.max(np.abs(np.asarray(got[k]) - np.asarray(ref[k])))) for k in ref)
     print(f"rft command, 2 processes vs 1: final loss {loss[1]:.6g} vs {loss[0]:.6g}, max |weight diff| {worst:.3g}")
     assert worst <= 1e-5, worst
+
+
+# -- sampling with rows split over hosts ----------------------------------------------------------------------------
+SAMPLING_WORKER = textwrap.dedent("""
+    import json, sys
+    out_path, layout = sys.argv[1], sys.argv[2]
+    import jax, numpy as np
+    from spct_jax.parallel import MeshConfig, initialize_distributed, make_mesh, param_shardings
+    initialize_distributed()  # SPCT_* variables, or one process
+    from flax import nnx
+    from spct_jax import sampling
+    from spct_jax.models import ModelConfig, init_model
+    from spct_jax.parallel.mesh import AXES
+
+    cfg = ModelConfig(family="llama", vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=8, tie_embeddings=False)
+    model = init_model(cfg, seed=0)  # same seed: same weights on every process
+    rng = np.random.default_rng(0)
+    # A repeated prompt: one shared prefill, its own draws. 5 prompts x 2 samples pad to 16 rows.
+    prompts = [rng.integers(3, 128, n).tolist() for n in (5, 11, 7, 14)]
+    prompts.append(prompts[0])
+    mesh = None  # layout "single": one process, one device, no mesh (the reference)
+    if layout == "blocks":  # make_mesh's order: process p's devices hold row shards 2p, 2p+1 of ("data", "fsdp")
+        mesh = make_mesh(MeshConfig(2, 2, 2))
+    elif layout == "interleaved":  # the processes' devices alternate, so each holds every other row shard
+        mine = lambda p: [d for d in jax.devices() if d.process_index == p]
+        order = [d for pair in zip(mine(0), mine(1)) for d in pair]
+        auto = jax.sharding.AxisType.Auto
+        mesh = jax.sharding.Mesh(np.array(order).reshape(1, 8, 1), AXES, axis_types=(auto,) * 3)
+    kw = {}
+    if mesh is not None:
+        assert jax.process_count() == 2 and jax.device_count() == 8
+        graphdef, state = nnx.split(model)
+        model = nnx.merge(graphdef, jax.device_put(state, param_shardings(mesh, state)))  # spans both hosts
+        kw = dict(mesh=mesh, data_axis=("data", "fsdp"))
+    out = {}
+    modes = {"greedy": dict(temperature=0.0), "temperature": dict(temperature=1.0, top_p=0.95, seed=7)}
+    for name, args in modes.items():
+        got = sampling.sample(model, prompts, num_samples=2, max_new_tokens=6, progress=False, **args, **kw)
+        out[name] = {"tokens": got.tokens, "logprobs": got.logprobs}
+    with open(f"{out_path}.{jax.process_index()}.json", "w") as f:
+        json.dump(out, f)
+    print("WORKER_DONE", jax.process_index(), flush=True)
+""")
+
+
+@pytest.mark.timeout(600)
+def test_sampling_with_rows_split_over_two_processes_matches_one_process(tmp_path):
+    """`sample(mesh=...)` on a mesh over 2 processes x 4 devices (parameters sharded over both hosts, rows over
+    ("data", "fsdp")): every process returns the one-process tokens, greedy and at temperature 1.0 with top-p."""
+    single = subprocess.run([sys.executable, "-c", SAMPLING_WORKER, str(tmp_path / "single"), "single"], cwd=ROOT,
+                            env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=1"), capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-4000:]
+    with open(tmp_path / "single.0.json") as f:
+        ref = json.load(f)
+    assert all(len(s) == 6 for mode in ref.values() for row in mode["tokens"] for s in row)  # no stop tokens
+
+    for layout in ("blocks", "interleaved"):
+        _finish(_start_two(SAMPLING_WORKER, str(tmp_path / layout), layout), timeout=300)
+        for pid in range(2):
+            with open(tmp_path / f"{layout}.{pid}.json") as f:
+                got = json.load(f)
+            for mode in ("greedy", "temperature"):
+                assert got[mode]["tokens"] == ref[mode]["tokens"], (layout, pid, mode)
+                worst = max(abs(a - b) for rg, rr in zip(got[mode]["logprobs"], ref[mode]["logprobs"])
+                            for sg, sr in zip(rg, rr) for a, b in zip(sg, sr))
+                print(f"{layout} process {pid} {mode}: tokens identical, max |log-prob diff| {worst:.3g}")
+                assert worst <= 1e-5, (layout, pid, mode, worst)

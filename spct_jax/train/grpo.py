@@ -74,8 +74,8 @@ def rollout_batch(trajs: Sequence[Sequence[Trajectory]], pad_id: int) -> tuple[d
 class GRPOUpdate:
     """`update(state, prompt_indices) -> (state, metrics)`: rollout, rewards, reference log-probs, GRPO step(s).
 
-    Multi-host: the sampler runs as one program over all devices with every row on every host (its mesh path
-    cannot take host data onto other hosts' devices), so every process holds all rollouts; each then feeds only
+    Multi-host: the sampler runs as one program over all devices with every row on every host (the GRM built
+    here has no mesh, so `sample` does not split the rows), so every process holds all rollouts; each then feeds only
     its own rows of the update batch (`feed`), and the log-probs stay on device, sharded like the batch.
     """
 
