@@ -9,16 +9,18 @@ usage() {
   cat <<EOF
 Usage: launch/copy_checkpoints.sh --src SRC --dest DIR [options]
 
-  --src SRC     gs://bucket/path: the run dir on GCS, copied with 'gcloud storage rsync -r' (--project is passed
-                on if given; --zone and --name are not needed); any other path: a folder on a worker, relative
-                to its home unless absolute (e.g. spct-jax/runs/rft), copied with
+  --src SRC     gs://bucket/path: the run dir's objects on GCS, copied with 'gcloud storage rsync -r' (--project
+                is passed on if given; --zone and --name are not needed); for a run dir /mnt/spct/X on a gcsfuse
+                mount of gs://BUCKET at /mnt/spct, that is gs://BUCKET/X; any other path: a folder on a worker,
+                relative to its home unless absolute (e.g. spct-jax/runs/rft), copied with
                 'gcloud compute tpus tpu-vm scp --recurse' (needs --project, --zone, --name)
   --dest DIR    local folder; created if missing (required)
   --worker W    the worker to copy from, for a worker path (default 0)
   --gsutil      use 'gsutil -m rsync -r' instead of 'gcloud storage rsync -r'
 
-Multi-host runs write one checkpoint across all hosts: give the trainer a gs:// run dir, so the whole checkpoint
-is in one place. A worker-disk checkpoint is complete only for single-host slices (e.g. v5litepod-8).
+Multi-host runs write one checkpoint across all hosts: give the trainer a run dir on a Cloud Storage FUSE mount
+of a bucket, at the same path on every worker (setup.sh --mount-bucket), so the whole checkpoint is in one place,
+the bucket. A worker-disk checkpoint is complete only for single-host slices (e.g. v5litepod-8).
 
 $COMMON_FLAGS_HELP
 EOF

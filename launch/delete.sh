@@ -9,8 +9,8 @@ usage() {
   cat <<EOF
 Usage: launch/delete.sh --project P --zone Z --name N [options]
 
-Deletes without asking (--quiet). Everything on the workers' disks goes with them: keep checkpoints on gs://
-or copy them first with launch/copy_checkpoints.sh.
+Deletes without asking (--quiet). Everything on the workers' disks goes with them: keep checkpoints in a bucket
+(a run dir on a gcsfuse mount, see setup.sh --mount-bucket) or copy them first with launch/copy_checkpoints.sh.
 
   --queued               delete the queued resource and its TPU node (--force) (the default)
   --no-queued, --tpu-vm  delete a plain TPU VM made with 'create.sh --no-queued'

@@ -17,6 +17,9 @@ Runs '~/<venv>/bin/spct STAGE --config configs/X.py [--config.key=value ...]' in
 ~/<log-dir>/STAGE-RUNID-wW.log (W = the worker number), points ~/<log-dir>/latest.log at it and records the pid
 in ~/<log-dir>/spct.pid; a worker where that pid is still alive refuses to start a second run (stop.sh stops it).
 No coordinator flags: on TPU VMs jax.distributed.initialize() finds the other hosts by itself.
+The run dir must be a file-system path that every worker sees (the stage commands refuse gs://): on a multi-host
+slice, a Cloud Storage FUSE mount at the same path on every worker (setup.sh --mount-bucket BUCKET mounts
+gs://BUCKET at /mnt/spct), so every host's checkpoint shards land in the bucket.
 
   STAGE                 one of: $STAGES
   --config PATH         ml_collections config file, relative to the code checkout (required)
@@ -28,7 +31,7 @@ No coordinator flags: on TPU VMs jax.distributed.initialize() finds the other ho
 $COMMON_FLAGS_HELP
 
 Example:
-  launch/run.sh rft --config configs/gemma2_27b_v5p.py --config.run_dir=gs://my-bucket/spct/rft \\
+  launch/run.sh rft --config configs/gemma2_27b_v5p.py --config.run_dir=/mnt/spct/gemma2-27b-rft \\
       --project my-proj --zone us-east5-a --name spct-v5p --dry-run
 EOF
 }

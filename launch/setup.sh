@@ -15,6 +15,8 @@ Copies the code to every worker (--worker=all) and installs it there:
   3. gcloud compute tpus tpu-vm ssh --worker=all: unpack into ~/<remote-dir> (replacing it), install the Python
      interpreter if missing (apt), create ~/<venv>, pip install -e ~/<remote-dir> plus jax[tpu].
 With --git-url, step 1-2 become a git clone on each worker instead.
+With --mount-bucket, a further ssh --worker=all mounts a Cloud Storage bucket with gcsfuse at the same path on
+every worker, for the run dir (the stage commands take a file-system run_dir, not gs://).
 
   --repo DIR        local checkout to archive (default: the repository this script is in)
   --ref REF         commit, branch or tag to ship (default HEAD; with --git-url: the default branch)
@@ -23,12 +25,16 @@ With --git-url, step 1-2 become a git clone on each worker instead.
                     the package needs >= 3.11 and the TPU images ship Ubuntu 22.04's 3.10)
   --jax-spec S      the JAX requirement installed next to the package (default 'jax[tpu]'; the package's
                     own jax pin still applies)
+  --mount-bucket BUCKET[:MOUNT_POINT]
+                    mount gs://BUCKET with 'gcsfuse --implicit-dirs' at MOUNT_POINT (absolute; default
+                    /mnt/spct) on every worker; gcsfuse must be installed there (Cloud Storage FUSE install docs:
+                    https://cloud.google.com/storage/docs/cloud-storage-fuse/install); skipped where already mounted
   --check           after installing, print jax.device_count() from every worker (all must join)
 
 $COMMON_FLAGS_HELP
 
 Example:
-  launch/setup.sh --project my-proj --zone us-east5-a --name spct-v5p --dry-run
+  launch/setup.sh --project my-proj --zone us-east5-a --name spct-v5p --mount-bucket my-bucket --dry-run
 EOF
 }
 
@@ -38,6 +44,8 @@ GIT_URL=""
 PYTHON_BIN="python3.11"
 JAX_SPEC="jax[tpu]"
 CHECK=0
+MOUNT_BUCKET=""
+MOUNT_POINT="/mnt/spct"
 
 while (($#)); do
   common_flag "$@"
@@ -75,6 +83,15 @@ while (($#)); do
       JAX_SPEC="$FLAG_VALUE"
       shift "$FLAG_SHIFT"
       ;;
+    --mount-bucket | --mount-bucket=*)
+      flag_value --mount-bucket "$@"
+      MOUNT_BUCKET="${FLAG_VALUE#gs://}"
+      if [[ "$MOUNT_BUCKET" == *:* ]]; then
+        MOUNT_POINT="${MOUNT_BUCKET#*:}"
+        MOUNT_BUCKET="${MOUNT_BUCKET%%:*}"
+      fi
+      shift "$FLAG_SHIFT"
+      ;;
     --check)
       CHECK=1
       shift
@@ -88,6 +105,12 @@ require_tpu
 check_dq_safe --jax-spec "$JAX_SPEC"
 check_dq_safe --git-url "$GIT_URL"
 check_dq_safe --ref "$REF"
+if [[ -n "$MOUNT_BUCKET" ]]; then
+  [[ "$MOUNT_BUCKET" =~ ^[a-z0-9][a-z0-9._-]*[a-z0-9]$ ]] ||
+    die "--mount-bucket: '$MOUNT_BUCKET' is not a bucket name (lower-case letters, digits, '.', '_', '-')"
+  [[ "$MOUNT_POINT" == /* ]] || die "--mount-bucket: the mount point '$MOUNT_POINT' must be an absolute path"
+  check_remote_dir --mount-bucket "$MOUNT_POINT"
+fi
 require_cmd gcloud
 ssh_flags
 
@@ -132,10 +155,24 @@ done
 
 run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --worker=all "${SSH_FLAGS[@]}" "--command=$remote"
 
+if [[ -n "$MOUNT_BUCKET" ]]; then
+  # gcsfuse daemonizes once the mount is up, so the ssh session returns; the mount point is created (root-owned
+  # folders such as /mnt need sudo) and handed to the ssh user, who runs gcsfuse. Already mounted: left alone.
+  install_docs="https://cloud.google.com/storage/docs/cloud-storage-fuse/install"
+  mount="{ command -v gcsfuse >/dev/null || { echo \"gcsfuse is not installed on this worker: see $install_docs\" >&2;"
+  mount+=" exit 1; }; } && { mountpoint -q \"$MOUNT_POINT\" || { sudo mkdir -p \"$MOUNT_POINT\""
+  mount+=" && sudo chown \"\$(id -u):\$(id -g)\" \"$MOUNT_POINT\""
+  mount+=" && gcsfuse --implicit-dirs \"$MOUNT_BUCKET\" \"$MOUNT_POINT\"; }; }"
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --worker=all "${SSH_FLAGS[@]}" "--command=$mount"
+fi
+
 if ((CHECK)); then
   run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --worker=all "${SSH_FLAGS[@]}" \
     "--command=\"$venv/bin/python\" -c \"import jax; print(jax.process_index(), jax.device_count())\""
 fi
 if ((!DRY_RUN)); then
+  if [[ -n "$MOUNT_BUCKET" ]]; then
+    info "gs://$MOUNT_BUCKET is mounted at $MOUNT_POINT on every worker: pass --config.run_dir=$MOUNT_POINT/<run>"
+  fi
   info "installed on all workers of $TPU_NAME; next: launch/run.sh rft --config configs/<name>.py"
 fi

@@ -199,6 +199,44 @@ def test_setup_archives_copies_to_all_workers_and_installs(sandbox):
     assert len(cmds) == 4
 
 
+def test_setup_mounts_a_bucket_on_all_workers(sandbox):
+    cmds = dry(sandbox, "setup.sh", *COMMON, "--mount-bucket", "my-bucket", "--check")
+    assert len(cmds) == 5
+    # after the install, before the check
+    assert "pip" in _command_of(cmds[2]) and "jax.device_count()" in _command_of(cmds[4])
+    assert cmds[3][:9] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", NAME, "--worker=all", *LOC]
+    mount = _command_of(cmds[3])
+    assert "command -v gcsfuse" in mount and "cloud-storage-fuse/install" in mount
+    assert 'mountpoint -q "/mnt/spct" || { sudo mkdir -p "/mnt/spct" && sudo chown "$(id -u):$(id -g)" "/mnt/spct"' \
+        in mount
+    assert 'gcsfuse --implicit-dirs "my-bucket" "/mnt/spct"' in mount
+    # a gs:// prefix and a mount point of one's own; with --git-url too
+    [argv] = dry(sandbox, "setup.sh", *COMMON, "--git-url", "u", "--mount-bucket=gs://my.bucket_2:/data/spct")[1:]
+    assert 'gcsfuse --implicit-dirs "my.bucket_2" "/data/spct"' in _command_of(argv)
+    # without the flag, nothing is mounted
+    assert not any("gcsfuse" in " ".join(c) for c in dry(sandbox, "setup.sh", *COMMON, "--check"))
+
+
+def test_setup_mount_runs_gcsfuse_where_not_mounted(sandbox):
+    """The remote mount step, run here: sudo and gcsfuse are recorders, `mountpoint` is the real one."""
+    if shutil.which("mountpoint") is None:
+        pytest.skip("no mountpoint (util-linux) here")
+    repo = _git_repo(sandbox["tmp_path"] / "repo")
+    mnt = sandbox["tmp_path"] / "mnt"
+    fakes = sandbox["tmp_path"] / "bin-mount"
+    _write_fakes(fakes, ["sudo", "gcsfuse"])
+    _use_fakes(sandbox, REAL_FAKES)
+    sandbox["env"]["PATH"] = f"{fakes}{os.pathsep}{sandbox['env']['PATH']}"
+    res = _run(sandbox, "setup.sh", *COMMON, "--repo", str(repo), "--mount-bucket", f"my-bucket:{mnt}",
+               env={"FAKE_EXEC": "1"})
+    assert res.returncode == 0, res.stderr
+    calls = [c for c in _calls(sandbox) if c[0] in ("sudo", "gcsfuse")]
+    assert calls[0] == ["sudo", "mkdir", "-p", str(mnt)]
+    assert calls[1][:2] == ["sudo", "chown"] and calls[1][2] == f"{os.getuid()}:{os.getgid()}"
+    assert calls[2] == ["gcsfuse", "--implicit-dirs", "my-bucket", str(mnt)]
+    assert len(calls) == 3
+
+
 def test_setup_from_git_url(sandbox):
     cmds = dry(sandbox, "setup.sh", *COMMON, "--git-url", "https://github.com/org/spct-jax.git", "--ref", "v1.0",
                "--venv", "/opt/venv", "--internal-ip")
@@ -276,14 +314,14 @@ def test_every_remote_command_is_valid_shell(sandbox):
     commands = []
     for script, args in [
         ("setup.sh", ["--check"]),
-        ("setup.sh", ["--git-url", "u", "--ref", "r"]),
+        ("setup.sh", ["--git-url", "u", "--ref", "r", "--mount-bucket", "my-bucket:/mnt/x"]),
         ("run.sh", ["rft", "--config", CONFIG, "--env", "A=b c", "--", "x'y"]),
         ("logs.sh", ["--worker=all"]),
         ("stop.sh", []),
     ]:
         for argv in dry(sandbox, script, *COMMON, *args):
             commands += [a[len("--command="):] for a in argv if a.startswith("--command=")]
-    assert len(commands) == 6
+    assert len(commands) == 7
     shells = ["bash"] + (["sh"] if shutil.which("sh") else [])
     for cmd in commands:
         for sh in shells:
@@ -297,10 +335,14 @@ def test_readme_examples_match_the_dry_runs(sandbox):
     env = {"SPCT_PROJECT": "my-project", "SPCT_ZONE": ZONE, "SPCT_TPU_NAME": NAME}
     runs = [
         ("create.sh", ["--accelerator-type", "v5p-64", "--runtime-version", "v2-alpha-tpuv5", "--spot"]),
-        ("copy_checkpoints.sh", ["--src", "gs://my-bucket/spct/gemma2-27b-rft", "--dest",
+        ("copy_checkpoints.sh", ["--src", "gs://my-bucket/gemma2-27b-rft", "--dest",
                                  "./checkpoints/gemma2-27b-rft"]),
         ("delete.sh", []),
     ]
+    _use_fakes(sandbox, DRY_FAKES)
+    res = _run(sandbox, "setup.sh", "--mount-bucket", "my-bucket", "--dry-run", env=env)
+    [mount] = [line for line in res.stdout.splitlines() if "gcsfuse" in line]
+    assert mount in readme, f"README is out of date for setup.sh --mount-bucket: {mount}"
     for script, args in runs:
         _use_fakes(sandbox, DRY_FAKES)
         res = _run(sandbox, script, *args, "--dry-run", env=env)
@@ -366,6 +408,11 @@ def test_every_script_has_help_and_strict_mode(sandbox):
         ("setup.sh", [*COMMON, "--remote-dir", "/"], "--remote-dir '/' must be a plain folder path"),
         ("setup.sh", [*COMMON, "--venv", "a/../b"], "--venv 'a/../b' must be a plain folder path"),
         ("setup.sh", [*COMMON, "--git-url", "https://x/$(id)"], "--git-url must not contain"),
+        ("setup.sh", [*COMMON, "--mount-bucket", "Bad_Bucket"], "'Bad_Bucket' is not a bucket name"),
+        ("setup.sh", [*COMMON, "--mount-bucket", "my-bucket:mnt/spct"],
+         "the mount point 'mnt/spct' must be an absolute path"),
+        ("setup.sh", [*COMMON, "--mount-bucket", "my-bucket:/mnt/../x"],
+         "--mount-bucket '/mnt/../x' must be a plain folder"),
         ("run.sh", ["rft", "--config", CONFIG, *COMMON, "--run-id", "a b"], "--run-id may hold"),
         ("logs.sh", ["--project", "p", "--name", "n"], "--zone is required"),
         ("logs.sh", [*COMMON, "--worker", "first"], "--worker must be a worker number or 'all'"),
