@@ -31,12 +31,12 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     """A full run config for one model on one slice; keyword arguments are what differs between the files."""
     c = ml_collections.ConfigDict()
     c.name = name  # ours: names logs and the default run dir
-    c.run_dir = f"gs://YOUR_BUCKET/spct/{name}"  # ours: placeholder; must be gs:// on multi-host (launch/README.md)
+    c.run_dir = f"/mnt/spct/{name}"  # ours: placeholder; on multi-host a gcsfuse mount every worker shares (launch/README.md)
     c.seed = 0  # ours
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = model  # [P] §2 / App. C.1: DeepSeek-GRM-27B starts from the pretrained Gemma-2-27B
-    c.model.init_checkpoint = ""  # ours: HF folder (gs:// or local) of the base model; "" = random init (tests)
+    c.model.init_checkpoint = ""  # ours: HF folder (local or under the gcsfuse mount) of the base model; "" = random init (tests)
     c.model.param_dtype = "float32"  # ours: params are the fp32 master weights AdamW updates
     c.model.compute_dtype = "bfloat16"  # ours: matmuls in bf16 (kernels are cast per layer)
     c.model.remat = "full"  # ours: recompute each block in the backward pass (only block inputs are kept)
@@ -75,7 +75,7 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.rft.n_rft = 3  # [P] §3.2 / App. C.1: N_RFT = 3 trajectories per item in rejective sampling
     c.rft.max_seq_len = 4096  # ours: [P] does not give it; GRM prompt + critique fit (SPEC §1.4: ~250-400 tokens out)
     c.rft.num_microbatches = rft_microbatches  # ours: gradient accumulation to bound activation memory
-    c.rft.data = ""  # ours: path of the RFT data (gs:// or in the repository)
+    c.rft.data = ""  # ours: path of the RFT data (local or under the gcsfuse mount)
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.learning_rate = 4e-7  # [P] App. C.1
@@ -124,7 +124,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         if not ok:
             raise ConfigValidationError(f"config field {field!r}: {why}")
 
-    need(bool(c.run_dir), "run_dir", "must be set (gs://... on a multi-host slice)")
+    need(bool(c.run_dir), "run_dir", "must be set (a path every worker shares on a multi-host slice, e.g. a gcsfuse mount)")
     for f in ("model", "meta_rm"):
         need(c[f].preset in PRESETS, f"{f}.preset", f"unknown {c[f].preset!r}; known: {sorted(PRESETS)}")
     for f in ("model.param_dtype", "model.compute_dtype", "grpo.ref_dtype", "grpo.kv_dtype", "inference.dtype"):

@@ -115,7 +115,7 @@ def test_configs_load_validate_and_carry_the_papers_values(name):
     assert (c.grpo.beta, c.grpo.epsilon) == (0.08, 0.2)
     assert (c.metarm.learning_rate, c.metarm.batch_size) == (1e-5, 512)
     assert (c.inference.temperature, c.inference.k_meta) == (0.5, c.inference.k // 2)
-    assert c.run_dir.startswith("gs://") and c.model.preset.startswith("gemma2")
+    assert c.run_dir.startswith("/mnt/spct/") and c.model.preset.startswith("gemma2")
     p = plan(c, search_smallest=False)
     assert all(s.fits for s in p.stages.values()), {k: s.peak_bytes for k, s in p.stages.items()}
 
@@ -131,8 +131,8 @@ def test_every_config_value_names_its_source():
 
 
 def test_overrides_and_validation_errors():
-    c = load_config(cfg_path("gemma2_27b_v5p"), ["--config.grpo.beta=0.02", "--config.run_dir", "gs://b/x"])
-    assert (c.grpo.beta, c.run_dir) == (0.02, "gs://b/x")
+    c = load_config(cfg_path("gemma2_27b_v5p"), ["--config.grpo.beta=0.02", "--config.run_dir", "/mnt/b/x"])
+    assert (c.grpo.beta, c.run_dir) == (0.02, "/mnt/b/x")
     with pytest.raises(ConfigLoadError, match="names no field"):
         load_config(cfg_path("gemma2_27b_v5p"), ["--config.grpo.nope=1"])
     with pytest.raises(ConfigLoadError, match="bad override"):
