@@ -40,6 +40,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from spct_jax.models.transformer import Decoder
+from spct_jax.parallel.rules import spec_ways
 
 _TRACES: Counter = Counter()  # incremented at trace time only: one count per compiled (shape, static-config) bucket
 _BISECT_STEPS = 32
@@ -189,7 +190,7 @@ def _generate(graphdef, state, ids, mask, prompt_src, row_key_data, max_new, tem
     if data_sharding is not None:
         mesh = data_sharding.mesh
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        shards = int(np.prod([mesh.shape[a] for a in _axes(data_sharding.spec[0])]))
+        shards = spec_ways(data_sharding.spec, mesh)
         prefix_rows = cache.prefix.valid.shape[0] if cache.prefix is not None else 0
         # A prefix of fewer prompts than shards (k=32 samples of one prompt on 8 devices) is replicated.
         prefix_sharding = data_sharding if prefix_rows % shards == 0 else replicated
@@ -221,10 +222,6 @@ def _generate(graphdef, state, ids, mask, prompt_src, row_key_data, max_new, tem
             jnp.zeros((rows,), bool), cache, last)
     steps, toks, lps, _, _, _ = jax.lax.while_loop(cond, body, init)
     return toks, lps, steps
-
-
-def _axes(entry) -> tuple[str, ...]:
-    return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 _jitted_generate = jax.jit(_generate, static_argnames=("st", "data_sharding"))
@@ -315,8 +312,7 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     if mesh is not None:
         data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        axes = (data_axis,) if isinstance(data_axis, str) else data_axis
-        min_rows = int(np.prod([mesh.shape[a] for a in axes]))
+        min_rows = spec_ways(data_sharding.spec, mesh)
     order = sorted(range(len(prompts)), key=lambda i: (bucket(len(prompts[i])), i))
     groups: list[list[int]] = []
     for i in order:

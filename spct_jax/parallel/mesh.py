@@ -153,22 +153,14 @@ def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
     """Assemble global [B, ...] arrays from each host's own rows: a pytree of [B / num_processes, ...] numpy arrays.
 
     Every host passes only the rows it loaded (its data-loader shard); no host ever holds the global batch.
-    The rows land on this host's devices: global rows h*b .. h*b + b-1 (b = local rows) when, as with
-    `make_mesh` on CPU and GPU, host h's devices hold the h-th block of batch shards; `HostFeed` handles any
-    device order. On one host this is a plain device_put. Rows must divide evenly over the host's batch shards.
+    The local rows must be the global rows `HostFeed(mesh).rows(B)` names for this host: with `make_mesh`'s
+    device order on CPU and GPU, host h holds rows h*b .. h*b + b-1 (b = local rows). On one host this is a
+    plain device_put. Rows must divide evenly over the batch shards.
     """
-    sharding = batch_sharding(mesh)
-    n_proc = jax.process_count()
-
-    def one(x: Any) -> jax.Array:
-        x = np.asarray(x)
-        if x.ndim == 0:
-            raise ValueError("host_local_to_global: every batch field needs a leading row dim, got a scalar")
-        global_shape = (x.shape[0] * n_proc, *x.shape[1:])
-        return jax.make_array_from_process_local_data(sharding, x, global_shape)
-
-    return jax.tree.map(one, batch)
-
+    leaves = [np.asarray(x) for x in jax.tree.leaves(batch)]
+    if not leaves or leaves[0].ndim == 0:
+        raise ValueError("host_local_to_global: every batch field needs a leading row dim, got a scalar")
+    return HostFeed(mesh).to_global(batch, leaves[0].shape[0] * jax.process_count())
 
 
 @dataclasses.dataclass(frozen=True)
