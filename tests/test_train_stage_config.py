@@ -237,3 +237,22 @@ def test_a_short_dataset_shrinks_the_batch_to_what_still_splits(tmp_path):
     assert _batch_size(one_device, 5) == 5
     with pytest.raises(ValueError, match="cannot fill one batch"):
         _batch_size(run, 1)
+
+
+# -- length_multiple ---------------------------------------------------------------------------------------------------
+def test_padding_granularity_changes_shapes_not_the_update(tmp_path):
+    """`StageRun.length_multiple` pads batches to a multiple of 16 instead of 64: less padding to compute, and since
+    padding is masked out of the loss and attention the trained params are the same."""
+    with pytest.raises(ValueError, match="length_multiple"):
+        StageRun(workdir=str(tmp_path), steps=1, batch_size=1, optimizer=OptimizerConfig(learning_rate=1e-3),
+                 length_multiple=0)
+    model, tok = load_model("tiny-random")
+    records = [SFTRecord(uid=str(i), messages=[{"role": "user", "content": "q" * (3 + i)}], target="a" * (2 + i))
+               for i in range(4)]
+    trained = {}
+    for multiple in (16, 64):
+        run = StageRun(workdir=str(tmp_path / f"m{multiple}"), steps=2, batch_size=2, progress_bar=False,
+                       optimizer=OptimizerConfig(learning_rate=1e-3, total_steps=2), length_multiple=multiple)
+        trained[multiple], _ = sft(load_model("tiny-random")[0], tok, records, run, max_len=128)
+    for a, b in zip(jax.tree.leaves(nnx.state(trained[16])), jax.tree.leaves(nnx.state(trained[64]))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-6)

@@ -3,27 +3,41 @@ has to work something out, a deliberately imperfect teacher that writes GRM traj
 and the demo's in-process tokenizer.
 
 Why this task. The demo must show SPCT's phenomena (RFT > cold start, RL > RFT, Voting@k and MetaRM@k gains, and
-principles helping) with a ~1-3M-parameter model trained for minutes on CPU. So:
+principles helping) with a ~0.2M-parameter model trained for minutes on CPU. So:
   * the best response is decided by a rule, giving a unique ground-truth best (Eq. 10) and a free Eq. 11 reward;
-  * the judgement needs a small computation (a sum, a sorted list, a range check), which a tiny model gets right
-    only stochastically: that is what sampling k trajectories and voting can fix, and what RL can sharpen;
+  * the judgement needs a small computation (a sum or difference, the largest / smallest / middle of three
+    numbers), which a tiny model gets right only stochastically: that is what sampling k trajectories and voting
+    can fix, and what RL can sharpen;
   * the principle line carries the worked-out key fact ("Correct result 37 + 48 = 85"), and the analysis only has
-    to compare each response with it. Without principles the analysis must judge each response with no written
-    key fact, so the ablation loses the scratchpad, the mechanism by which principles help in this task.
+    to compare each response with it ("83 vs 85 wrong."). Without principles the analysis must judge each response
+    with no written key fact, so the ablation loses the scratchpad, the mechanism by which principles help here.
 
-Query kinds (`KINDS`); each item has `ToyConfig.num_responses` responses (2-4 by default), exactly one correct:
-  "arith"       "What is 37 + 48?"; wrong answers are off by 1, 2 or 10, or have their digits swapped.
-  "sort"        "Sort the digits 7294 ascending."; wrong answers have two neighbours swapped, miss a digit, are
-                left as given, or are in the opposite order. (Digits run together: each digit is one token, and
-                "7 2 9 4" would cost a space token per digit.)
-  "constraint"  "Give an even number from 23 to 41."; wrong numbers break the parity, the range, or both.
-                (Numbers, not the words of a lexicon: a word query such as "4 letters starting with b" has only
-                ~100 distinct forms, too few for query-disjoint splits, and letter counting through BPE pieces is
-                memorisation rather than checking.)
+A fixed layout, because of what a tiny model learns in minutes. Measured while designing this task (2-3 layers,
+d_model 64, batch 16, a few hundred to a few thousand steps; issue 9's note has the figures): reading a token at a
+fixed distance back is learned in a few hundred steps; finding a response *by content* among look-alike numbers
+(an induction-style lookup) was not learned in 1200 steps, and neither was "close" (|a - b| <= 2, with borrows),
+while plain equality of two adjacent two-digit numbers is learned in ~1000. So:
+  * every number is two digits and every item has 3 responses (`ToyConfig.num_responses`), so all items of a kind
+    share one token layout;
+  * a prompt's response line ("Response 1: 83") and an analysis note ("83 vs 85 wrong.") have the same number of
+    tokens: note i always sits at the same distance after response i, and the key fact it restates sits one note
+    back (the first note: in the principle line, at a fixed distance per kind);
+  * verdicts are "correct" / "wrong": an equality check of adjacent numbers;
+  * even so, inside whole trajectories the check is learned late (the last note follows from the others, and most
+    notes say "wrong"), so the demo mixes `comparison_drills` ("83 vs 85 wrong. 85 vs 85 correct.") into the cold
+    start, as a pretrained LM would bring such skills from pretraining.
+The earlier, freer version of this task (responses as sentences, 2-4 per item, sorting and range constraints, the
+paper's bracketed response blocks) stayed at chance with this model size and budget.
 
-Ground truth: each response's reward is the teacher's rule score / 10 (correct 1.0; partial credit 0.1-0.4, e.g.
-"close" > "wrong"), so the correct response is the unique maximum. There are no single-response (n = 1)
-items: they would need a 0/1 template, and the demo's phenomena do not need them.
+Query kinds (`KINDS`); each item has `ToyConfig.num_responses` responses (3 by default), exactly one correct:
+  "arith"   "What is 37 + 48?"; two-digit operands and result; wrong answers are off by 1, 2 or 10, or have their
+            digits swapped.
+  "order"   "Which is the largest of 37, 82 and 45?" (or smallest, or middle); wrong answers are the other two
+            numbers, off by one, or have their digits swapped.
+
+Ground truth: each response's reward is the teacher's rule score / 10 (correct 1.0, wrong 0.2), so the correct
+response is the unique maximum. There are no single-response (n = 1) items: they would need a 0/1 template, and
+the demo's phenomena do not need them.
 
 Teacher ("pretrained GRM"): `teacher_trajectory` writes the three-line App. G output for the responses in a given
 presented order. With probability `error_rate` it makes one realistic mistake, and every mistake makes the
@@ -38,8 +52,9 @@ split, a seeded hash of the query text; so no query text appears in two splits (
 items do not depend on the other splits' sizes. Items cycle through `config.kinds` in order (shuffle if order
 matters); asking for more items extends a split without changing its first ones.
 
-Prompts: the demo uses the short templates "toy" / "toy_no_principles" (spct_jax/grm/templates/toy*.txt), the App. G
-structure with a one-line instruction, because the paper's ~600-token instruction block would dominate CPU training.
+Prompts: the demo uses the compact templates "toy" / "toy_no_principles" (spct_jax/grm/templates/toy*.txt), App. G's
+parts with a one-line instruction and one line per response, because the paper's ~600-token instruction block and
+bracketed response blocks would dominate CPU training.
 """
 from __future__ import annotations
 
@@ -58,7 +73,7 @@ from spct_jax.tokenizers.chat import CHAT_FORMATS
 from spct_jax.tokenizers.sp import SentencePieceTokenizer, train_sentencepiece
 
 SPLITS = ("sft", "rft", "rl", "metarm", "eval")
-KINDS = ("arith", "sort", "constraint")
+KINDS = ("arith", "order")
 ERROR_TYPES = ("fact", "check", "swap")
 TEMPLATE = "toy"
 TEMPLATE_NO_PRINCIPLES = "toy_no_principles"
@@ -69,42 +84,37 @@ SOURCE = "toy"
 TOY_VOCAB_SIZE = 768
 
 # Rule scores (1..10). Only "correct" earns 10, so the correct response is the unique maximum.
-_CORRECT, _NEAR, _PARTIAL, _WRONG, _BAD = 10, 4, 3, 2, 1
-# A wrong arithmetic answer this close to the key fact is "close" (the Closeness criterion's partial credit).
-_ARITH_NEAR = 2
+_CORRECT, _WRONG = 10, 2
+# Every number in the task (operands, results, answers) has two digits: a fixed-width layout.
+_LO, _HI = 10, 99
+_ORDER_WORDS = ("largest", "smallest", "middle")
 
 # Attempts to find a fresh query homed in the split before giving up (the query space is exhausted).
 _MAX_ATTEMPTS = 5000
 
-Answer = Any  # int for "arith" and "constraint", list[int] for "sort"
-Key = Any  # the worked-out fact a judgement is checked against (kind-specific)
+Answer = int  # every answer is a two-digit number
+Key = int  # the worked-out fact a judgement is checked against
 
 
 @dataclasses.dataclass(frozen=True)
 class ToyConfig:
-    """Difficulty knobs. Defaults give ~12k arith, ~70k sort and ~10k constraint queries (a fifth of each homed in
-    each split), enough for splits of a few thousand items, and with the toy tokenizer chat-wrapped prompts of
-    ~100-165 tokens (n = 2: ~110, n = 4: ~150) and trajectories of ~50-105 (principles) / ~25-80 (none).
+    """Difficulty knobs. Defaults give ~6.5k arith and ~1.9M order queries (a fifth of each homed in each split),
+    and with the toy tokenizer chat-wrapped prompts of ~60-70 tokens and trajectories of ~55-60 (principles) /
+    ~45 (none).
+
+    Every number is two digits, so within a kind all items share one token layout (module docstring).
 
     kinds: query kinds to generate, cycled in this order.
-    num_responses: (min, max) responses per item, inclusive; 2 <= min <= max <= 5.
-    arith_ops / arith_operands: operators and the inclusive operand range ("-" puts the larger operand first).
-    sort_lengths / sort_values: how many digits (inclusive), distinct, drawn from 0..sort_values-1 (<= 10).
-    sort_descending: also ask for descending order (half of the sort queries), so the principle must state it.
-    constraint_low / constraint_width: inclusive ranges of the lower bound and of (upper - lower).
-    constraint_miss: how far outside the range an out-of-range wrong number lies, at most.
+    num_responses: (min, max) responses per item, inclusive; 2 <= min <= max <= 5. The default is a fixed 3: every
+        item of a kind then has the same layout, which is what a tiny model learns in minutes.
+    arith_ops: operators; operands and results are two-digit numbers ("-" puts the larger operand first).
+    order_ops: which of three numbers an ordering query asks for (any of "largest", "smallest", "middle").
     """
 
     kinds: tuple[str, ...] = KINDS
-    num_responses: tuple[int, int] = (2, 4)
+    num_responses: tuple[int, int] = (3, 3)
     arith_ops: tuple[str, ...] = ("+", "-")
-    arith_operands: tuple[int, int] = (10, 99)
-    sort_lengths: tuple[int, int] = (4, 5)
-    sort_values: int = 10
-    sort_descending: bool = True
-    constraint_low: tuple[int, int] = (10, 150)
-    constraint_width: tuple[int, int] = (6, 40)
-    constraint_miss: int = 5
+    order_ops: tuple[str, ...] = _ORDER_WORDS
 
     def __post_init__(self):
         if not self.kinds or any(k not in KINDS for k in self.kinds):
@@ -114,16 +124,8 @@ class ToyConfig:
             raise ValueError(f"num_responses must satisfy 2 <= min <= max <= 5, got {self.num_responses}")
         if not self.arith_ops or any(op not in ("+", "-") for op in self.arith_ops):
             raise ValueError(f"arith_ops must be a non-empty subset of ('+', '-'), got {self.arith_ops}")
-        if not 0 <= self.arith_operands[0] <= self.arith_operands[1]:
-            raise ValueError(f"bad arith_operands {self.arith_operands}")
-        if not 2 <= self.sort_lengths[0] <= self.sort_lengths[1] <= self.sort_values <= 10:
-            raise ValueError(f"need 2 <= sort_lengths <= sort_values <= 10, got {self.sort_lengths}, "
-                             f"{self.sort_values}")
-        # constraint_miss >= 2 so a number of either parity exists just outside each bound.
-        if not (2 <= self.constraint_miss <= self.constraint_low[0] <= self.constraint_low[1]
-                and 2 <= self.constraint_width[0] <= self.constraint_width[1]):
-            raise ValueError("need 2 <= constraint_miss <= constraint_low[0] <= constraint_low[1] and "
-                             "2 <= constraint_width[0] <= constraint_width[1]")
+        if not self.order_ops or any(w not in _ORDER_WORDS for w in self.order_ops):
+            raise ValueError(f"order_ops must be a non-empty subset of {_ORDER_WORDS}, got {self.order_ops}")
 
 
 def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
@@ -138,6 +140,10 @@ def _distinct(candidates: Sequence[Answer], exclude: Answer) -> list[Answer]:
     return out
 
 
+def _two_digit(xs: Sequence[int]) -> list[int]:
+    return [x for x in xs if _LO <= x <= _HI]
+
+
 class _Kind(Protocol):
     """One query kind. `problem` is the JSON-able dict stored in `PreferenceItem.meta` (without "answers")."""
 
@@ -146,9 +152,8 @@ class _Kind(Protocol):
     def truth(self, p: dict[str, Any]) -> Key: ...
     def correct_answer(self, p: dict[str, Any], rng: np.random.Generator) -> Answer: ...
     def wrong_answers(self, p: dict[str, Any], rng: np.random.Generator, config: ToyConfig) -> list[Answer]: ...
-    def render(self, p: dict[str, Any], answer: Answer, rng: np.random.Generator) -> str: ...
+    def render(self, answer: Answer) -> str: ...
     def principle(self, p: dict[str, Any], key: Key) -> str: ...
-    def head(self, answer: Answer) -> str: ...  # "gives <answer>", the start of every analysis note
     def check(self, p: dict[str, Any], key: Key, answer: Answer) -> tuple[str, int]: ...
     def wrong_key(self, p: dict[str, Any], target: Answer) -> Key: ...
     # Verdicts a mis-check could give the correct answer, always including one at the kind's lowest score.
@@ -157,12 +162,13 @@ class _Kind(Protocol):
 
 class _Arith:
     def problem(self, rng, config):
-        lo, hi = config.arith_operands
         op = _pick(rng, config.arith_ops)
-        a, b = (int(x) for x in rng.integers(lo, hi + 1, size=2))
-        if op == "-" and a < b:
-            a, b = b, a
-        return {"kind": "arith", "a": a, "op": op, "b": b}
+        while True:  # two-digit operands and a two-digit result
+            a, b = (int(x) for x in rng.integers(_LO, _HI + 1, size=2))
+            if op == "-" and a < b:
+                a, b = b, a
+            if _LO <= (a + b if op == "+" else a - b) <= _HI:
+                return {"kind": "arith", "a": a, "op": op, "b": b}
 
     def query(self, p):
         return f"What is {p['a']} {p['op']} {p['b']}?"
@@ -176,160 +182,65 @@ class _Arith:
     def wrong_answers(self, p, rng, config):
         c = self.truth(p)
         # Typical slips: off by one or two, a lost or spurious carry (+-10), digits written in the wrong order.
-        pool = [c + d for d in (1, -1, 2, -2, 10, -10)] + ([int(str(c)[::-1])] if c >= 10 else [])
-        return _distinct([x for x in pool if x >= 0], c)
+        return _distinct(_two_digit([c + d for d in (1, -1, 2, -2, 10, -10)] + [int(str(c)[::-1])]), c)
 
-    def render(self, p, answer, rng):
-        # No "37 + 48 = 85." form: restating the query costs ~7 prompt tokens per response for nothing new.
-        return _pick(rng, (f"{answer}", f"The answer is {answer}."))
+    def render(self, answer):
+        return str(answer)
 
     def principle(self, p, key):
-        return f"Correct result {p['a']} {p['op']} {p['b']} = {key} (Weight: 80%); Closeness (Weight: 20%)."
-
-    def head(self, answer):
-        return f"gives {answer}"
+        return f"Correct result {p['a']} {p['op']} {p['b']} = {key} (Weight: 100%)."
 
     def check(self, p, key, answer):
-        if answer == key:
-            return f"gives {answer}, correct", _CORRECT
-        if abs(answer - key) <= _ARITH_NEAR:
-            return f"gives {answer}, close", _NEAR
-        return f"gives {answer}, wrong", _WRONG
+        return ("correct", _CORRECT) if answer == key else ("wrong", _WRONG)
 
     def wrong_key(self, p, target):
         return target
 
     def mischecks(self, p, answer, rng):
-        return [(f"gives {answer}, close", _NEAR), (f"gives {answer}, wrong", _WRONG)]
+        return [("wrong", _WRONG)]
 
 
-def _spell(digits: Sequence[int]) -> str:
-    return "".join(str(x) for x in digits)
+class _Order:
+    """An ordering query: the largest, smallest or middle of three distinct two-digit numbers."""
 
-
-class _Sort:
     def problem(self, rng, config):
-        desc = bool(config.sort_descending and rng.random() < 0.5)
-        while True:
-            length = int(rng.integers(config.sort_lengths[0], config.sort_lengths[1] + 1))
-            digits = [int(x) for x in rng.choice(config.sort_values, size=length, replace=False)]
-            if digits != sorted(digits, reverse=desc):  # an already sorted query would make "as given" correct
-                return {"kind": "sort", "digits": digits, "descending": desc}
+        which = _pick(rng, config.order_ops)
+        values = [int(x) for x in rng.choice(np.arange(_LO, _HI + 1), size=3, replace=False)]
+        return {"kind": "order", "which": which, "values": values}
 
     def query(self, p):
-        return f"Sort the digits {_spell(p['digits'])} {'descending' if p['descending'] else 'ascending'}."
+        a, b, c = p["values"]
+        return f"Which is the {p['which']} of {a}, {b} and {c}?"
 
     def truth(self, p):
-        return sorted(p["digits"], reverse=p["descending"])
+        return sorted(p["values"])[{"smallest": 0, "middle": 1, "largest": 2}[p["which"]]]
 
     def correct_answer(self, p, rng):
         return self.truth(p)
 
     def wrong_answers(self, p, rng, config):
-        t = self.truth(p)
-        swaps = [t[:i] + [t[i + 1], t[i]] + t[i + 2:] for i in range(len(t) - 1)]
-        missing = [t[:i] + t[i + 1:] for i in range(len(t))]
-        # One of each kind first, so a 3-4 response item shows different mistakes, then the rest.
-        first = [_pick(rng, swaps), _pick(rng, missing), list(p["digits"]), t[::-1]]
-        return _distinct(first + swaps + missing, t)
+        c = self.truth(p)
+        # Picking another of the three (the usual mistake), an off-by-one misreading, or swapped digits.
+        return _distinct(_two_digit(list(p["values"]) + [c + 1, c - 1, int(str(c)[::-1])]), c)
 
-    def render(self, p, answer, rng):
-        return _pick(rng, (_spell(answer), f"Sorted: {_spell(answer)}."))
+    def render(self, answer):
+        return str(answer)
 
     def principle(self, p, key):
-        order = "descending" if p["descending"] else "ascending"
-        return f"Sorted {order}: {_spell(key)} (Weight: 70%); Keeps every digit (Weight: 30%)."
-
-    def head(self, answer):
-        return f"gives {_spell(answer)}"
+        a, b, c = p["values"]
+        return f"{p['which'].capitalize()} of {a}, {b} and {c} is {key} (Weight: 100%)."
 
     def check(self, p, key, answer):
-        head = self.head(answer)
-        if answer == key:
-            return f"{head}, correct", _CORRECT
-        if sorted(answer) == sorted(key):
-            return f"{head}, wrong order", _NEAR
-        lost, extra = set(key) - set(answer), set(answer) - set(key)
-        if len(lost) == 1 and not extra:
-            return f"{head}, misses {lost.pop()}", _PARTIAL
-        if len(extra) == 1 and not lost:
-            return f"{head}, has extra {extra.pop()}", _PARTIAL
-        return f"{head}, wrong digits", _WRONG
+        return ("correct", _CORRECT) if answer == key else ("wrong", _WRONG)
 
     def wrong_key(self, p, target):
-        return list(target)
+        return target
 
     def mischecks(self, p, answer, rng):
-        head = self.head(answer)
-        return [(f"{head}, wrong order", _NEAR), (f"{head}, misses {_pick(rng, answer)}", _PARTIAL),
-                (f"{head}, wrong digits", _WRONG)]
+        return [("wrong", _WRONG)]
 
 
-def _parity(x: int) -> str:
-    return "odd" if x % 2 else "even"
-
-
-class _Constraint:
-    def problem(self, rng, config):
-        low = int(rng.integers(config.constraint_low[0], config.constraint_low[1] + 1))
-        high = low + int(rng.integers(config.constraint_width[0], config.constraint_width[1] + 1))
-        return {"kind": "constraint", "parity": _pick(rng, ("even", "odd")), "low": low, "high": high}
-
-    def query(self, p):
-        return f"Give an {p['parity']} number from {p['low']} to {p['high']}."
-
-    def truth(self, p):
-        return p["parity"], p["low"], p["high"]
-
-    def _draw(self, rng, p, parity_ok: bool, in_range: bool, miss: int) -> int:
-        while True:
-            if in_range:
-                x = int(rng.integers(p["low"], p["high"] + 1))
-            elif rng.random() < 0.5:
-                x = p["high"] + int(rng.integers(1, miss + 1))
-            else:
-                x = p["low"] - int(rng.integers(1, miss + 1))
-            if (_parity(x) == p["parity"]) == parity_ok:
-                return x
-
-    def correct_answer(self, p, rng) -> int:
-        return self._draw(rng, p, True, True, 1)
-
-    def wrong_answers(self, p, rng, config):
-        kinds = [(False, True), (True, False), (False, False)]
-        m = config.constraint_miss
-        # Four rounds of the three ways to fail, so even a 5-response item finds 4 distinct wrong numbers.
-        return [self._draw(rng, p, ok, inside, m) for ok, inside in kinds * 4]
-
-    def render(self, p, answer, rng):
-        return _pick(rng, (f"{answer}", f"I pick {answer}.", f"{answer} works."))
-
-    def principle(self, p, key):
-        parity, low, high = key
-        return f"{parity.capitalize()} number (Weight: 50%); From {low} to {high} (Weight: 50%)."
-
-    def head(self, answer):
-        return f"gives {answer}"
-
-    def check(self, p, key, answer):
-        parity, low, high = key
-        fails = ([] if _parity(answer) == parity else [f"not {parity}"]) + (
-            [f"above {high}"] if answer > high else [f"below {low}"] if answer < low else [])
-        if not fails:
-            return f"gives {answer}, correct", _CORRECT
-        return f"gives {answer}, {' and '.join(fails)}", _NEAR if len(fails) == 1 else _BAD
-
-    def wrong_key(self, p, target):
-        # Misread the query so that `target` passes: flip the parity or stretch a bound.
-        parity = p["parity"] if _parity(target) == p["parity"] else _parity(target)
-        return parity, min(p["low"], target), max(p["high"], target)
-
-    def mischecks(self, p, answer, rng):
-        return [(f"gives {answer}, not {p['parity']}", _NEAR),
-                (f"gives {answer}, not {p['parity']} and above {p['high']}", _BAD)]
-
-
-_KINDS: dict[str, _Kind] = {"arith": _Arith(), "sort": _Sort(), "constraint": _Constraint()}
+_KINDS: dict[str, _Kind] = {"arith": _Arith(), "order": _Order()}
 
 
 def _make_item(kind_name: str, p: dict[str, Any], n: int, rng: np.random.Generator, config: ToyConfig,
@@ -348,7 +259,7 @@ def _make_item(kind_name: str, p: dict[str, Any], n: int, rng: np.random.Generat
     rewards = [kind.check(p, truth, a)[1] / _CORRECT for a in answers]
     return PreferenceItem(
         context=[Turn(role="user", content=kind.query(p))],
-        responses=[kind.render(p, a, rng) for a in answers],
+        responses=[kind.render(a) for a in answers],
         rewards=rewards, best=order.index(0), source=SOURCE, uid=uid,
         meta={**p, "answers": answers},
     )
@@ -439,16 +350,48 @@ def teacher_trajectory(item: PreferenceItem, perm: Sequence[int], rng: np.random
             ceiling = max(verdicts[o][1] for o in others)
             verdicts[q] = _pick(rng, [v for v in kind.mischecks(p, answers[q], rng) if v[1] <= ceiling])
         else:
-            verdicts[q] = (f"{kind.head(answers[q])}, correct", _CORRECT)
+            verdicts[q] = ("correct", _CORRECT)
     scores = [s for _, s in verdicts]
     if error == "swap":
         q = _pick(rng, others)
         scores[best], scores[q] = scores[q], scores[best]
 
     lines = [f"Specific Criteria: {kind.principle(p, key)}"] if principles else []
-    lines.append("Analysis: " + " ".join(f"Response {q + 1} {note}." for q, (note, _) in enumerate(verdicts)))
+    # With principles each note restates the key fact next to the answer ("83 vs 85 close."); without, it names
+    # the response ("Response 1: 83 close."). Either way a note has as many tokens as a prompt line, so note i sits
+    # at the same distance from response i for every i (the fixed layout of the module docstring).
+    if principles:
+        notes = (f"{kind.render(a)} vs {kind.render(key)} {note}." for a, (note, _) in zip(answers, verdicts))
+    else:
+        notes = (f"Response {q + 1}: {kind.render(a)} {note}." for q, (a, (note, _)) in enumerate(zip(answers, verdicts)))
+    lines.append("Analysis: " + " ".join(notes))
     lines.append("Scores: \\boxed{" + ", ".join(str(s) for s in scores) + "}")
     return "\n".join(lines)
+
+
+DRILL_PROMPT = "Check each number against the key."
+
+
+def comparison_drills(seed: int, count: int) -> list[tuple[str, str]]:
+    """`count` (prompt, target) pairs that drill the analysis notes' check in isolation: "83 vs 85 wrong. 85 vs 85
+    correct." with 0-3 matches per line (so no note can be guessed from "exactly one is correct").
+
+    Why: in the GRM trajectories the check is learned slowly, because the last note can be inferred from the
+    others and most notes are "wrong"; mixed into the cold start, these lines teach the tiny model the equality
+    check itself (measured in issue 9's note). The numbers are random two-digit numbers, not split items, so no
+    held-out query is seen.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    rng = np.random.default_rng([seed, len(SPLITS) + 1])  # a stream that no split and no tokenizer text draws from
+    out = []
+    for _ in range(count):
+        key = int(rng.integers(_LO + 2, _HI - 1))
+        # Equal, a near miss (the hard case: one digit differs), or any number.
+        answers = [_pick(rng, (key, key + _pick(rng, (-2, -1, 1, 2)), int(rng.integers(_LO, _HI + 1))))
+                   for _ in range(int(rng.integers(2, 4)))]
+        out.append((DRILL_PROMPT, " ".join(f"{a} vs {key} {'correct' if a == key else 'wrong'}." for a in answers)))
+    return out
 
 
 def toy_tokenizer_texts(seed: int = 0, *, num_items: int = 300, config: ToyConfig = ToyConfig(),

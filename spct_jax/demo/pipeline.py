@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from spct_jax.data.batching import SFTRecord
-from spct_jax.data.toy import TEMPLATE, TEMPLATE_NO_PRINCIPLES, teacher_trajectory, toy_prompt, toy_splits, train_toy_tokenizer
+from spct_jax.data.toy import (TEMPLATE, TEMPLATE_NO_PRINCIPLES, comparison_drills, teacher_trajectory, toy_prompt,
+                                toy_splits, train_toy_tokenizer)
 from spct_jax.demo.config import DemoConfig
 from spct_jax.demo.report import write_outputs
 from spct_jax.grm.scorer import GenerativeRewardModel, item_seed
@@ -91,7 +92,7 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
         return StageRun(workdir=str(work / name), steps=steps, batch_size=batch_size, seed=cfg.seed + seed_offset,
                         optimizer=OptimizerConfig(learning_rate=lr, total_steps=steps, warmup_steps=min(10, steps // 5),
                                                   schedule="cosine", end_lr_ratio=0.1, weight_decay=0.0),
-                        progress_bar=progress)
+                        progress_bar=progress, length_multiple=cfg.length_multiple)
 
     rollout = RolloutConfig(temperature=cfg.rollout_temperature, max_new_tokens=cfg.max_new_tokens, template=TEMPLATE)
     results: dict = {"stages": {}, "scaling": {"voting": {}, "metarm": {}}, "ablation": {}, "seed": cfg.seed,
@@ -120,6 +121,8 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     log.info("stage 0: cold-start SFT on teacher trajectories (error rate %.2f)", cfg.teacher_error_rate)
     model = init_model(mcfg, seed=cfg.seed)
     records = teacher_records(splits["sft"], rng, cfg, no_principles_fraction=cfg.no_principles_fraction)
+    records += [SFTRecord(uid=f"drill-{i}", messages=[{"role": "user", "content": prompt}], target=target)
+                for i, (prompt, target) in enumerate(comparison_drills(cfg.seed, int(len(records) * cfg.drill_fraction)))]
     cold, info = sft(model, tok, records, stage_run("cold_start", cfg.cold_start_steps, cfg.cold_start_lr))
     results["stats"]["cold_start"] = info
     export(cold, "cold_start")

@@ -50,6 +50,12 @@ class StageRun:
     keep_checkpoints: int = 3
     log_every: int = 1  # metrics every N steps (and at the last)
     remat: bool = False  # recompute every decoder block in the backward pass (activations: block inputs only)
+    # Batches are padded to a multiple of this: fewer distinct shapes (compiles) against less padding to compute.
+    length_multiple: int = 64
+
+    def __post_init__(self):
+        if self.length_multiple < 1:
+            raise ValueError(f"length_multiple must be >= 1, got {self.length_multiple}")
 
     def shardings(self, params):
         """Param shardings from the partition rules when a mesh is given (FSDP/tensor), else None (replicated)."""
@@ -112,7 +118,7 @@ def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], r
     feed = run.feed()
 
     def get_batch(idx: np.ndarray):  # idx: [B] the global batch's examples, the same on every process
-        length = _round_up(max(len(examples[int(i)]) for i in idx), 64)  # of the global batch: shapes agree
+        length = _round_up(max(len(examples[int(i)]) for i in idx), run.length_multiple)  # of the global batch: shapes agree
         mine = [examples[int(i)] for i in idx[feed.rows(len(idx))]]
         return feed.to_global(collate(mine, length, pad_id=tokenizer.pad_id), len(idx))
 
@@ -153,7 +159,7 @@ def train_metarm(rm: nnx.Module, examples: Sequence[MetaRMExample], run: StageRu
     feed = run.feed()
 
     def get_batch(idx: np.ndarray):  # idx: [B] the global batch's examples, the same on every process
-        length = _round_up(max(len(examples[int(i)].ids) for i in idx), 64)  # of the global batch: shapes agree
+        length = _round_up(max(len(examples[int(i)].ids) for i in idx), run.length_multiple)  # of the global batch: shapes agree
         return feed.to_global(metarm_batch(examples, idx[feed.rows(len(idx))], pad_id=pad_id, length=length),
                               len(idx))
 
