@@ -66,7 +66,8 @@ def test_every_kind_appears_and_each_item_has_a_unique_best(splits):
         assert item.best is not None and best_from_rewards(item.rewards) == item.best
         assert item.rewards[item.best] == 1.0 and all(0 < r < 1 for i, r in enumerate(item.rewards) if i != item.best)
         assert len(set(map(str, item.meta["answers"]))) == item.num_responses  # no duplicate candidates
-        assert all(10 <= a <= 99 for a in item.meta["answers"]) and item.responses == list(map(str, item.meta["answers"]))
+        assert all(10 <= a <= 99 for a in item.meta["answers"])
+        assert item.responses == list(map(str, item.meta["answers"]))
         assert PreferenceItem.from_json(item.to_json()) == item
 
 
@@ -112,7 +113,8 @@ def test_layout_is_fixed_within_a_kind(tokenizer, splits):
         lengths.setdefault(key, set()).add((len(prompt), len(tokenizer.encode(text))))
         line = f"Response 1: {item.responses[perm[0]]}\n"
         note = text.split("\n")[1].split(".")[0].removeprefix("Analysis:") + "."
-        assert len(tokenizer.encode("x\n" + line)) - len(tokenizer.encode("x\n")) == len(tokenizer.encode("x" + note)) - len(tokenizer.encode("x"))
+        line_tokens = len(tokenizer.encode("x\n" + line)) - len(tokenizer.encode("x\n"))
+        assert line_tokens == len(tokenizer.encode("x" + note)) - len(tokenizer.encode("x")), (line, note)
     assert all(len(v) == 1 for v in lengths.values()), lengths
 
 

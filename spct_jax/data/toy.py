@@ -363,7 +363,8 @@ def teacher_trajectory(item: PreferenceItem, perm: Sequence[int], rng: np.random
     if principles:
         notes = (f"{kind.render(a)} vs {kind.render(key)} {note}." for a, (note, _) in zip(answers, verdicts))
     else:
-        notes = (f"Response {q + 1}: {kind.render(a)} {note}." for q, (a, (note, _)) in enumerate(zip(answers, verdicts)))
+        notes = (f"Response {q + 1}: {kind.render(a)} {note}."
+                 for q, (a, (note, _)) in enumerate(zip(answers, verdicts)))
     lines.append("Analysis: " + " ".join(notes))
     lines.append("Scores: \\boxed{" + ", ".join(str(s) for s in scores) + "}")
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """The embedded demo's configuration: a complete SPCT run on CPU with a tiny model on the toy task.
 
 Paper values are used where the toy scale allows (N_RFT = 3, G = 4, beta = 0.08, eps = 0.2, T = 0.5 at inference,
-k_meta = k/2); sizes, learning rates and step counts are ours, chosen so the whole run fits ~13.5 minutes on 2 CPU cores.
+k_meta = k/2); sizes, learning rates and step counts are ours, chosen so the whole run fits ~13.5 minutes on 2 CPU
+cores.
 """
 from __future__ import annotations
 

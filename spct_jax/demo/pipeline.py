@@ -121,8 +121,9 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     log.info("stage 0: cold-start SFT on teacher trajectories (error rate %.2f)", cfg.teacher_error_rate)
     model = init_model(mcfg, seed=cfg.seed)
     records = teacher_records(splits["sft"], rng, cfg, no_principles_fraction=cfg.no_principles_fraction)
+    drills = comparison_drills(cfg.seed, int(len(records) * cfg.drill_fraction))
     records += [SFTRecord(uid=f"drill-{i}", messages=[{"role": "user", "content": prompt}], target=target)
-                for i, (prompt, target) in enumerate(comparison_drills(cfg.seed, int(len(records) * cfg.drill_fraction)))]
+                for i, (prompt, target) in enumerate(drills)]
     cold, info = sft(model, tok, records, stage_run("cold_start", cfg.cold_start_steps, cfg.cold_start_lr))
     results["stats"]["cold_start"] = info
     export(cold, "cold_start")

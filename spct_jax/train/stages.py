@@ -118,7 +118,8 @@ def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], r
     feed = run.feed()
 
     def get_batch(idx: np.ndarray):  # idx: [B] the global batch's examples, the same on every process
-        length = _round_up(max(len(examples[int(i)]) for i in idx), run.length_multiple)  # of the global batch: shapes agree
+        # Of the global batch, so that every process builds the same shape.
+        length = _round_up(max(len(examples[int(i)]) for i in idx), run.length_multiple)
         mine = [examples[int(i)] for i in idx[feed.rows(len(idx))]]
         return feed.to_global(collate(mine, length, pad_id=tokenizer.pad_id), len(idx))
 
@@ -159,7 +160,8 @@ def train_metarm(rm: nnx.Module, examples: Sequence[MetaRMExample], run: StageRu
     feed = run.feed()
 
     def get_batch(idx: np.ndarray):  # idx: [B] the global batch's examples, the same on every process
-        length = _round_up(max(len(examples[int(i)].ids) for i in idx), run.length_multiple)  # of the global batch: shapes agree
+        # Of the global batch, so that every process builds the same shape.
+        length = _round_up(max(len(examples[int(i)].ids) for i in idx), run.length_multiple)
         return feed.to_global(metarm_batch(examples, idx[feed.rows(len(idx))], pad_id=pad_id, length=length),
                               len(idx))
 
