@@ -160,7 +160,31 @@ class _Kind(Protocol):
     def mischecks(self, p: dict[str, Any], answer: Answer, rng: np.random.Generator) -> list[tuple[str, int]]: ...
 
 
-class _Arith:
+def _check(key: Key, answer: Answer) -> tuple[str, int]:
+    """The verdict word and rule score of one response: an equality check against the key fact."""
+    return ("correct", _CORRECT) if answer == key else ("wrong", _WRONG)
+
+
+class _NumberKind:
+    """What both kinds share: a two-digit answer, checked for equality with a two-digit key fact."""
+
+    def correct_answer(self, p, rng):
+        return self.truth(p)
+
+    def render(self, answer):
+        return str(answer)
+
+    def check(self, p, key, answer):
+        return _check(key, answer)
+
+    def wrong_key(self, p, target):
+        return target
+
+    def mischecks(self, p, answer, rng):
+        return [("wrong", _WRONG)]
+
+
+class _Arith(_NumberKind):
     def problem(self, rng, config):
         op = _pick(rng, config.arith_ops)
         while True:  # two-digit operands and a two-digit result
@@ -176,31 +200,17 @@ class _Arith:
     def truth(self, p):
         return p["a"] + p["b"] if p["op"] == "+" else p["a"] - p["b"]
 
-    def correct_answer(self, p, rng):
-        return self.truth(p)
-
     def wrong_answers(self, p, rng, config):
         c = self.truth(p)
         # Typical slips: off by one or two, a lost or spurious carry (+-10), digits written in the wrong order.
         return _distinct(_two_digit([c + d for d in (1, -1, 2, -2, 10, -10)] + [int(str(c)[::-1])]), c)
 
-    def render(self, answer):
-        return str(answer)
-
     def principle(self, p, key):
         return f"Correct result {p['a']} {p['op']} {p['b']} = {key} (Weight: 100%)."
 
-    def check(self, p, key, answer):
-        return ("correct", _CORRECT) if answer == key else ("wrong", _WRONG)
-
-    def wrong_key(self, p, target):
-        return target
-
-    def mischecks(self, p, answer, rng):
-        return [("wrong", _WRONG)]
 
 
-class _Order:
+class _Order(_NumberKind):
     """An ordering query: the largest, smallest or middle of three distinct two-digit numbers."""
 
     def problem(self, rng, config):
@@ -215,29 +225,15 @@ class _Order:
     def truth(self, p):
         return sorted(p["values"])[{"smallest": 0, "middle": 1, "largest": 2}[p["which"]]]
 
-    def correct_answer(self, p, rng):
-        return self.truth(p)
-
     def wrong_answers(self, p, rng, config):
         c = self.truth(p)
         # Picking another of the three (the usual mistake), an off-by-one misreading, or swapped digits.
         return _distinct(_two_digit(list(p["values"]) + [c + 1, c - 1, int(str(c)[::-1])]), c)
 
-    def render(self, answer):
-        return str(answer)
-
     def principle(self, p, key):
         a, b, c = p["values"]
         return f"{p['which'].capitalize()} of {a}, {b} and {c} is {key} (Weight: 100%)."
 
-    def check(self, p, key, answer):
-        return ("correct", _CORRECT) if answer == key else ("wrong", _WRONG)
-
-    def wrong_key(self, p, target):
-        return target
-
-    def mischecks(self, p, answer, rng):
-        return [("wrong", _WRONG)]
 
 
 _KINDS: dict[str, _Kind] = {"arith": _Arith(), "order": _Order()}
@@ -357,8 +353,8 @@ def teacher_trajectory(item: PreferenceItem, perm: Sequence[int], rng: np.random
         scores[best], scores[q] = scores[q], scores[best]
 
     lines = [f"Specific Criteria: {kind.principle(p, key)}"] if principles else []
-    # With principles each note restates the key fact next to the answer ("83 vs 85 close."); without, it names
-    # the response ("Response 1: 83 close."). Either way a note has as many tokens as a prompt line, so note i sits
+    # With principles each note restates the key fact next to the answer ("83 vs 85 wrong."); without, it names
+    # the response ("Response 1: 83 wrong."). Either way a note has as many tokens as a prompt line, so note i sits
     # at the same distance from response i for every i (the fixed layout of the module docstring).
     if principles:
         notes = (f"{kind.render(a)} vs {kind.render(key)} {note}." for a, (note, _) in zip(answers, verdicts))
@@ -391,7 +387,7 @@ def comparison_drills(seed: int, count: int) -> list[tuple[str, str]]:
         # Equal, a near miss (the hard case: one digit differs), or any number.
         answers = [_pick(rng, (key, key + _pick(rng, (-2, -1, 1, 2)), int(rng.integers(_LO, _HI + 1))))
                    for _ in range(int(rng.integers(2, 4)))]
-        out.append((DRILL_PROMPT, " ".join(f"{a} vs {key} {'correct' if a == key else 'wrong'}." for a in answers)))
+        out.append((DRILL_PROMPT, " ".join(f"{a} vs {key} {_check(key, a)[0]}." for a in answers)))
     return out
 
 
