@@ -215,3 +215,61 @@ def test_exhausted_query_space_raises():
     tiny = toy.ToyConfig(kinds=("arith",), arith_ops=("+",))  # ~3.2k sums, ~650 homed in a split
     with pytest.raises(ValueError, match="no fresh arith query"):
         toy.toy_splits(0, {"eval": 2000}, tiny)
+
+
+def _drill_notes(target):
+    notes = [n.split() for n in target.rstrip(".").split(". ")]
+    return [(int(a), int(k), verdict) for a, vs, k, verdict in notes if vs == "vs"]
+
+
+def test_comparison_drills_are_seeded_and_every_verdict_is_the_equality_check():
+    drills = toy.comparison_drills(0, 400)
+    assert drills == toy.comparison_drills(0, 400) and drills != toy.comparison_drills(1, 400)
+    assert drills[:50] == toy.comparison_drills(0, 50)  # asking for more extends, as splits do
+    matches = []
+    for prompt, target in drills:
+        assert prompt == toy.DRILL_PROMPT
+        notes = _drill_notes(target)
+        assert 2 <= len(notes) <= 3 and len({k for _, k, _ in notes}) == 1
+        assert all(10 <= a <= 99 and 10 <= k <= 99 for a, k, _ in notes)
+        assert all(verdict == ("correct" if a == k else "wrong") for a, k, verdict in notes)
+        matches.append(sum(a == k for a, k, _ in notes))
+    assert set(matches) == {0, 1, 2, 3}  # no note follows from "exactly one is correct"
+
+
+def test_comparison_drills_miss_in_either_digit_as_the_task_does():
+    """Misses in the tens digit and swapped digits, not only in the ones digit: drills whose near misses were all
+    +-1 / +-2 taught a model to compare ones digits only (issue 9)."""
+    kinds = {"ones": 0, "tens": 0, "swap": 0}
+    for _, target in toy.comparison_drills(3, 400):
+        for a, k, _ in _drill_notes(target):
+            if a != k and a // 10 == k // 10:
+                kinds["ones"] += 1
+            elif a != k and a % 10 == k % 10:
+                kinds["tens"] += 1
+            elif a != k and str(a) == str(k)[::-1]:
+                kinds["swap"] += 1
+    assert min(kinds.values()) >= 20, kinds
+
+
+def test_near_misses_are_the_arith_wrong_answers():
+    for c in (10, 11, 19, 45, 90, 98, 99):
+        misses = toy._near_misses(c)
+        assert misses and c not in misses and all(10 <= m <= 99 for m in misses)
+        assert len(set(misses)) == len(misses)
+        assert all(abs(m - c) in (1, 2, 10) or str(m) == str(c)[::-1] for m in misses)
+    item = next(it for it in toy.toy_splits(0, {"eval": 10})["eval"] if it.meta["kind"] == "arith")
+    truth = toy._KINDS["arith"].truth(item.meta)
+    assert {a for a in item.meta["answers"] if a != truth} <= set(toy._near_misses(truth))
+
+
+def test_a_position_biased_teacher_anchors_on_the_first_wrong_response_shown(splits):
+    rng = np.random.default_rng(5)
+    for item in splits["eval"]:
+        for perm in _perms(item):
+            text = toy.teacher_trajectory(item, perm, rng, error_rate=1.0, error_types=("position",))
+            shown = permute(item.meta["answers"], perm)
+            first_wrong = next(a for q, a in enumerate(shown) if q != presented_position(perm, item.best))
+            assert f"{first_wrong} (Weight: 100%)." in text.splitlines()[0], (shown, text)
+            verdicts = [n.split()[-1] for n in text.splitlines()[1].removeprefix("Analysis: ").rstrip(".").split(". ")]
+            assert verdicts == ["correct" if a == first_wrong else "wrong" for a in shown]

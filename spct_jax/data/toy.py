@@ -42,10 +42,13 @@ the demo's phenomena do not need them.
 Teacher ("pretrained GRM"): `teacher_trajectory` writes the three-line App. G output for the responses in a given
 presented order. With probability `error_rate` it makes one realistic mistake, and every mistake makes the
 trajectory wrong by Eq. 10, so the teacher's accuracy is exactly 1 - error_rate:
-  "fact"   the key fact is miscomputed, anchored on a wrong response (37 + 48 = 84), and every response is checked
-           against it;
-  "check"  one response is mis-checked (a wrong one called correct, a tie; or the correct one called wrong);
-  "swap"   the analysis is right but the best response's score is swapped with another's.
+  "fact"     the key fact is miscomputed, anchored on a wrong response (37 + 48 = 84), and every response is
+             checked against it;
+  "check"    one response is mis-checked (a wrong one called correct, a tie; or the correct one called wrong);
+  "swap"     the analysis is right but the best response's score is swapped with another's;
+  "position" (opt-in) as "fact", but anchored on the wrong response shown first: a judge biased towards what it
+             reads first, a systematic bias that rejective sampling against the ground truth can remove and that
+             shuffling the responses per sample turns into noise that voting averages out.
 
 Splits (`SPLITS`): each split draws items from its own seeded stream, and a query is accepted only in its "home"
 split, a seeded hash of the query text; so no query text appears in two splits (nor twice in one), and a split's
@@ -74,7 +77,9 @@ from spct_jax.tokenizers.sp import SentencePieceTokenizer, train_sentencepiece
 
 SPLITS = ("sft", "rft", "rl", "metarm", "eval")
 KINDS = ("arith", "order")
-ERROR_TYPES = ("fact", "check", "swap")
+ERROR_TYPES = ("fact", "check", "swap", "position")
+# The teacher's default mistakes; "position" (a position-biased judge) is opt-in.
+DEFAULT_ERROR_TYPES = ("fact", "check", "swap")
 TEMPLATE = "toy"
 TEMPLATE_NO_PRINCIPLES = "toy_no_principles"
 SOURCE = "toy"
@@ -144,6 +149,11 @@ def _two_digit(xs: Sequence[int]) -> list[int]:
     return [x for x in xs if _LO <= x <= _HI]
 
 
+def _near_misses(c: Answer) -> list[Answer]:
+    """Two-digit numbers one slip away from c: a ones digit off by 1 or 2, a tens digit off by 1, the digits swapped."""
+    return _distinct(_two_digit([c + d for d in (1, -1, 2, -2, 10, -10)] + [int(str(c)[::-1])]), c)
+
+
 class _Kind(Protocol):
     """One query kind. `problem` is the JSON-able dict stored in `PreferenceItem.meta` (without "answers")."""
 
@@ -201,9 +211,8 @@ class _Arith(_NumberKind):
         return p["a"] + p["b"] if p["op"] == "+" else p["a"] - p["b"]
 
     def wrong_answers(self, p, rng, config):
-        c = self.truth(p)
         # Typical slips: off by one or two, a lost or spurious carry (+-10), digits written in the wrong order.
-        return _distinct(_two_digit([c + d for d in (1, -1, 2, -2, 10, -10)] + [int(str(c)[::-1])]), c)
+        return _near_misses(self.truth(p))
 
     def principle(self, p, key):
         return f"Correct result {p['a']} {p['op']} {p['b']} = {key} (Weight: 100%)."
@@ -315,7 +324,7 @@ def toy_prompt(item: PreferenceItem, perm: Sequence[int], *, principles: bool = 
 
 
 def teacher_trajectory(item: PreferenceItem, perm: Sequence[int], rng: np.random.Generator, *, error_rate: float,
-                       principles: bool = True, error_types: Sequence[str] = ERROR_TYPES) -> str:
+                       principles: bool = True, error_types: Sequence[str] = DEFAULT_ERROR_TYPES) -> str:
     """A "pretrained GRM" trajectory judging `item`'s responses in presented order `perm`.
 
     With probability `error_rate` it makes one mistake of a kind drawn from `error_types` (module docstring);
@@ -337,7 +346,12 @@ def teacher_trajectory(item: PreferenceItem, perm: Sequence[int], rng: np.random
     others = [q for q in range(n) if q != best]
     error = _pick(rng, tuple(error_types)) if rng.random() < error_rate else None
 
-    key = kind.wrong_key(p, answers[_pick(rng, others)]) if error == "fact" else kind.truth(p)
+    if error == "fact":
+        key = kind.wrong_key(p, answers[_pick(rng, others)])
+    elif error == "position":  # the earliest-shown wrong response: a judge biased towards what it reads first
+        key = kind.wrong_key(p, answers[others[0]])
+    else:
+        key = kind.truth(p)
     verdicts = [kind.check(p, key, a) for a in answers]
     if error == "check":
         q = int(rng.integers(n))
@@ -383,9 +397,12 @@ def comparison_drills(seed: int, count: int) -> list[tuple[str, str]]:
     rng = np.random.default_rng([seed, len(SPLITS) + 1])  # a stream that no split and no tokenizer text draws from
     out = []
     for _ in range(count):
-        key = int(rng.integers(_LO + 2, _HI - 1))
-        # Equal, a near miss (the hard case: one digit differs), or any number.
-        answers = [_pick(rng, (key, key + _pick(rng, (-2, -1, 1, 2)), int(rng.integers(_LO, _HI + 1))))
+        key = int(rng.integers(_LO, _HI + 1))
+        # Near misses are the task's own wrong answers (`_near_misses`): a ones digit off (+-1, +-2), a tens digit
+        # off (+-10), or the digits swapped. With only ones-digit misses, a model learned to compare ones digits
+        # and called "97 vs 87" correct (issue 9's note).
+        misses = _near_misses(key)
+        answers = [_pick(rng, (key, _pick(rng, misses), int(rng.integers(_LO, _HI + 1))))
                    for _ in range(int(rng.integers(2, 4)))]
         out.append((DRILL_PROMPT, " ".join(f"{a} vs {key} {_check(key, a)[0]}." for a in answers)))
     return out

@@ -48,8 +48,21 @@ def teacher_records(items, rng: np.random.Generator, cfg: DemoConfig, *, no_prin
         principles = rng.random() >= no_principles_fraction
         out.append(SFTRecord(uid=f"{item.uid}#t", messages=[{"role": "user", "content": toy_prompt(item, perm, principles=principles)}],
                              target=teacher_trajectory(item, perm, rng, error_rate=cfg.teacher_error_rate,
-                                                       principles=principles)))
+                                                       principles=principles, error_types=cfg.teacher_error_types)))
     return out
+
+
+class DemoStopped(Exception):
+    """A stage was stopped by SIGTERM (the training loop saves and returns early): the demo stops there."""
+
+
+def stopped_if_preempted(stage: str, result):
+    """Pass a stage driver's (model, info) through, or stop the demo when SIGTERM cut the stage short: the later
+    stages must not run on a half-trained model and report its numbers as the demo's."""
+    _, info = result
+    if info["preempted"]:
+        raise DemoStopped(f"stage {stage} was stopped by SIGTERM after {info['steps']} steps; nothing after it ran")
+    return result
 
 
 def accuracy(judgements, items) -> float:
@@ -124,7 +137,8 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     drills = comparison_drills(cfg.seed, int(len(records) * cfg.drill_fraction))
     records += [SFTRecord(uid=f"drill-{i}", messages=[{"role": "user", "content": prompt}], target=target)
                 for i, (prompt, target) in enumerate(drills)]
-    cold, info = sft(model, tok, records, stage_run("cold_start", cfg.cold_start_steps, cfg.cold_start_lr))
+    cold_run = stage_run("cold_start", cfg.cold_start_steps, cfg.cold_start_lr)
+    cold, info = stopped_if_preempted("cold_start", sft(model, tok, records, cold_run))
     results["stats"]["cold_start"] = info
     export(cold, "cold_start")
     greedy(cold, "cold_start")
@@ -138,8 +152,8 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     log.info("RFT stats %s", rft_res.stats.as_dict())
     mix = teacher_records(splits["sft"][: cfg.rft_teacher_mix], rng, dataclasses.replace(cfg, teacher_error_rate=0.0),
                           no_principles_fraction=cfg.no_principles_fraction)
-    rft_model, _ = sft(cold, tok, [e.sft_record() for e in rft_res.examples] + mix,
-                       stage_run("rft", cfg.rft_steps, cfg.rft_lr, seed_offset=1))
+    rft_model, _ = stopped_if_preempted("rft", sft(cold, tok, [e.sft_record() for e in rft_res.examples] + mix,
+                                                   stage_run("rft", cfg.rft_steps, cfg.rft_lr, seed_offset=1)))
     export(rft_model, "rft")
     greedy(rft_model, "rft")
 
@@ -147,8 +161,9 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     log.info("stage 2: GRPO (G = 4, beta = %.3f)", cfg.grpo_beta)
     gcfg = GRPOConfig(prompts_per_step=cfg.grpo_prompts_per_step, loss=GRPOLossConfig(beta=cfg.grpo_beta),
                       rollout=rollout, seed=cfg.seed)
-    rl_model, _ = grpo(rft_model, tok, splits["rl"], stage_run("grpo", cfg.grpo_steps, cfg.grpo_lr, seed_offset=2),
-                       gcfg, template=TEMPLATE)
+    rl_model, _ = stopped_if_preempted("grpo", grpo(rft_model, tok, splits["rl"],
+                                                    stage_run("grpo", cfg.grpo_steps, cfg.grpo_lr, seed_offset=2),
+                                                    gcfg, template=TEMPLATE))
     export(rl_model, "rl")
     greedy(rl_model, "rl")
 
@@ -163,8 +178,8 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     train_ex, held_ex = ex_rft + ex_guided[:-held], ex_guided[-held:]
     results["stats"]["metarm_balance"] = {"rft": dataclasses.asdict(bal_rft), "guided": dataclasses.asdict(bal_guided)}
     rm = ScalarRM.from_decoder(cold, seed=cfg.seed)
-    rm, _ = train_metarm(rm, train_ex, stage_run("metarm", cfg.metarm_steps, cfg.metarm_lr, seed_offset=3),
-                         pad_id=tok.pad_id)
+    rm, _ = stopped_if_preempted("metarm", train_metarm(
+        rm, train_ex, stage_run("metarm", cfg.metarm_steps, cfg.metarm_lr, seed_offset=3), pad_id=tok.pad_id))
     results["metarm"] = evaluate_metarm(rm, held_ex, pad_id=tok.pad_id)
     save_scalar_rm(rm, work / "models" / "metarm")
     log.info("meta RM held-out %s", results["metarm"])
@@ -204,7 +219,11 @@ def main(argv: list[str]) -> int:
     log.addHandler(console)
     log.setLevel(logging.INFO)
     log.propagate = False
-    results = run(cfg, progress=not args.no_progress)
+    try:
+        results = run(cfg, progress=not args.no_progress)
+    except DemoStopped as e:
+        log.error("%s", e)
+        return 143  # 128 + SIGTERM
     print((Path(args.workdir) / "report.md").read_text())
     print(json.dumps({k: results[k] for k in ("stages", "scaling", "ablation", "wall_seconds", "seed")}, indent=1))
     return 0
