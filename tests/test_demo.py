@@ -28,7 +28,7 @@ def test_quick_demo_runs_every_stage_and_writes_every_output(tmp_path):
 
 def test_demo_config_rejects_bad_values(tmp_path):
     for bad in ({"teacher_error_types": ()}, {"teacher_error_types": ("typo",)}, {"no_principles_fraction": 1.5},
-                {"drill_fraction": -0.1}, {"length_multiple": 0}):
+                {"drill_fraction": -0.1}, {"length_multiple": 0}, {"length_segments": 0}, {"length_segments": 3}):
         with pytest.raises(ValueError):
             DemoConfig(workdir=str(tmp_path), **bad)
 

@@ -105,7 +105,8 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
         return StageRun(workdir=str(work / name), steps=steps, batch_size=batch_size, seed=cfg.seed + seed_offset,
                         optimizer=OptimizerConfig(learning_rate=lr, total_steps=steps, warmup_steps=min(10, steps // 5),
                                                   schedule="cosine", end_lr_ratio=0.1, weight_decay=0.0),
-                        progress_bar=progress, length_multiple=cfg.length_multiple)
+                        progress_bar=progress, length_multiple=cfg.length_multiple,
+                        length_segments=cfg.length_segments)
 
     rollout = RolloutConfig(temperature=cfg.rollout_temperature, max_new_tokens=cfg.max_new_tokens, template=TEMPLATE)
     results: dict = {"stages": {}, "scaling": {"voting": {}, "metarm": {}}, "ablation": {}, "seed": cfg.seed,
@@ -158,9 +159,9 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     greedy(rft_model, "rft")
 
     # -- stage 2: GRPO -------------------------------------------------------------------------------------------
-    log.info("stage 2: GRPO (G = 4, beta = %.3f)", cfg.grpo_beta)
+    log.info("stage 2: GRPO (G = 4, beta = %.3f, rollouts at T = %.2f)", cfg.grpo_beta, cfg.grpo_temperature)
     gcfg = GRPOConfig(prompts_per_step=cfg.grpo_prompts_per_step, loss=GRPOLossConfig(beta=cfg.grpo_beta),
-                      rollout=rollout, seed=cfg.seed)
+                      rollout=dataclasses.replace(rollout, temperature=cfg.grpo_temperature), seed=cfg.seed)
     rl_model, _ = stopped_if_preempted("grpo", grpo(rft_model, tok, splits["rl"],
                                                     stage_run("grpo", cfg.grpo_steps, cfg.grpo_lr, seed_offset=2),
                                                     gcfg, template=TEMPLATE))

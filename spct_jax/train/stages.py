@@ -52,10 +52,16 @@ class StageRun:
     remat: bool = False  # recompute every decoder block in the backward pass (activations: block inputs only)
     # Batches are padded to a multiple of this: fewer distinct shapes (compiles) against less padding to compute.
     length_multiple: int = 64
+    # SFT batches are sorted by length and cut into this many equal row blocks, each padded to its own longest row
+    # (steps.py, "Length segments"): the same update with less padding computed. Worth it when lengths are mixed,
+    # as in the demo's cold start (~50-token drills beside ~125-token trajectories); 1 = one block.
+    length_segments: int = 1
 
     def __post_init__(self):
         if self.length_multiple < 1:
             raise ValueError(f"length_multiple must be >= 1, got {self.length_multiple}")
+        if self.length_segments < 1:
+            raise ValueError(f"length_segments must be >= 1, got {self.length_segments}")
 
     def shardings(self, params):
         """Param shardings from the partition rules when a mesh is given (FSDP/tensor), else None (replicated)."""
@@ -117,11 +123,21 @@ def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], r
     batch_size = _batch_size(run, len(examples))
     feed = run.feed()
 
-    def get_batch(idx: np.ndarray):  # idx: [B] the global batch's examples, the same on every process
-        # Of the global batch, so that every process builds the same shape.
+    # A batch shrunk for a short dataset (_batch_size) that no longer splits evenly keeps one block.
+    ways = run.length_segments * run.num_microbatches * (1 if run.mesh is None else batch_shards(run.mesh))
+    segments = run.length_segments if batch_size % ways == 0 else 1
+
+    def block(idx: np.ndarray):  # idx: the global block's examples, the same on every process
+        # Of the global block, so that every process builds the same shape.
         length = _round_up(max(len(examples[int(i)]) for i in idx), run.length_multiple)
         mine = [examples[int(i)] for i in idx[feed.rows(len(idx))]]
         return feed.to_global(collate(mine, length, pad_id=tokenizer.pad_id), len(idx))
+
+    def get_batch(idx: np.ndarray):  # idx: [B]
+        if segments == 1:
+            return block(idx)
+        by_length = idx[np.argsort([len(examples[int(i)]) for i in idx], kind="stable")]
+        return tuple(block(part) for part in np.split(by_length, segments))
 
     result = run_training(step, state, epoch_batches(len(examples), batch_size, seed=run.seed, get_batch=get_batch),
                           config=run.loop())

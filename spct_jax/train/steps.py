@@ -13,6 +13,11 @@ spread over all data devices instead of living on a few of them:
     rows (B = 8, M = 2):  0 1 2 3 | 4 5 6 7      (two devices)
     micro-batch 0:        0   2   | 4   6
     micro-batch 1:          1   3 |   5   7
+
+Length segments. A batch may also be a tuple of batches ("segments") of different padded lengths, e.g. the short
+and the long half of a length-sorted batch, each padded to its own longest row. The step adds up every segment's
+gradient sums and denominators before the one division, so the update is the one of the whole batch padded to a
+common length (padding never enters a loss): the same math, with less padding computed.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from spct_jax.train.losses import Weighted, bce_loss, grpo_diagnostic_sums, grpo
 from spct_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 
 Batch = Mapping[str, Any]  # name -> [B, ...] array (numpy or jax)
+Segments = tuple[Batch, ...]  # one update's rows, in blocks of different padded lengths
 LossFn = Callable[[nnx.Module, Batch], tuple[jax.Array, jax.Array, dict[str, Weighted]]]
 
 
@@ -132,9 +138,12 @@ class TrainStep:
         """Put `state` on this step's shardings (the first call does it; use it for a state from elsewhere)."""
         return jax.device_put(state, self.shardings(state))
 
-    def _step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        grads, loss_sum, denom, aux = accumulate_gradients(
-            self.graphdef, state.params, batch, self.loss_fn, num_microbatches=self.num_microbatches, mesh=self.mesh)
+    def _step(self, state: TrainState, batch: Batch | Segments) -> tuple[TrainState, dict[str, jax.Array]]:
+        segments = batch if isinstance(batch, tuple) else (batch,)
+        # Unrolled over segments (each has its own static shape); sums add before the one division below.
+        parts = [accumulate_gradients(self.graphdef, state.params, seg, self.loss_fn,
+                                      num_microbatches=self.num_microbatches, mesh=self.mesh) for seg in segments]
+        grads, loss_sum, denom, aux = jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *parts)
         inv = _safe_inverse(denom)
         grads = jax.tree.map(lambda g, p: (g * inv).astype(p.dtype), grads, state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -143,7 +152,7 @@ class TrainStep:
             "loss": loss_sum * inv,
             "grad_norm": optax.tree.norm(grads),
             "lr": jnp.asarray(self.schedule(state.step), jnp.float32),
-            "tokens": jnp.sum(jnp.asarray(batch["attention_mask"], jnp.float32)),
+            "tokens": sum(jnp.sum(jnp.asarray(seg["attention_mask"], jnp.float32)) for seg in segments),
             "loss_denominator": denom,
         }
         metrics.update({name: s * _safe_inverse(d) for name, (s, d) in aux.items()})
@@ -156,7 +165,7 @@ class TrainStep:
                                    out_shardings=(st, replicated(self.mesh)), donate_argnums=(0,))
         return self._jitted
 
-    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def __call__(self, state: TrainState, batch: Batch | Segments) -> tuple[TrainState, dict[str, jax.Array]]:
         if self._jitted is None:  # a fresh state from `create_train_state` sits on one device: place it once
             state = self.place(state)
         return self.jitted(state)(state, batch)
