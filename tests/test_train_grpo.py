@@ -11,9 +11,9 @@ from spct_jax.data.toy import ToyConfig, toy_splits
 from spct_jax.models import ModelConfig, init_model
 from spct_jax.models.registry import load_model
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
-from spct_jax.train.grpo import GRPOConfig
+from spct_jax.train.grpo import GRPOConfig, rollout_batch
 from spct_jax.train.losses import group_advantages
-from spct_jax.train.rollout import RolloutConfig
+from spct_jax.train.rollout import RolloutConfig, Trajectory
 from spct_jax.train.stages import StageRun, grpo
 from spct_jax.train.state import create_train_state
 from spct_jax.train.steps import make_grpo_step, make_logprob_fn
@@ -51,9 +51,9 @@ def test_rule_reward_climbs_under_grpo():
     assert np.mean(means[-5:]) > np.mean(means[:5]) + 0.5, means
 
 
-def _grpo_run(workdir, steps, model, tok, items):
+def _grpo_run(workdir, steps, model, tok, items, length_multiple=64):
     run = StageRun(workdir=str(workdir), steps=steps, batch_size=2, seed=0, checkpoint_every=1, progress_bar=False,
-                   optimizer=OptimizerConfig(learning_rate=1e-3, total_steps=4))
+                   optimizer=OptimizerConfig(learning_rate=1e-3, total_steps=4), length_multiple=length_multiple)
     cfg = GRPOConfig(prompts_per_step=2, loss=GRPOLossConfig(group_size=2),
                      rollout=RolloutConfig(max_new_tokens=4, template="toy"))
     return grpo(model, tok, items, run, cfg, template="toy")
@@ -77,3 +77,29 @@ def test_resumed_grpo_stage_gives_the_same_metrics(tmp_path):
     straight, resumed = rows(tmp_path / "straight"), rows(tmp_path / "resumed")
     assert sorted(straight) == sorted(resumed) == [0, 1, 2]
     assert straight == resumed
+
+
+def test_update_padding_follows_length_multiple_and_leaves_the_update_alone(tmp_path):
+    """The GRPO update batch pads to the run's length_multiple (a ~140-token rollout: 144, not the power of two 256);
+    padding is masked out of every term, so the metrics of two updates are the same either way."""
+    traj = lambda n_prompt, n_completion: Trajectory(  # noqa: E731
+        uid="u", perm=(0, 1), template="toy", hinted=False, prompt_ids=(5,) * n_prompt,
+        completion_ids=(6,) * n_completion, logprobs=(0.0,) * n_completion, text="", scores=None, error=None,
+        correct=False)
+    trajs = [[traj(80, 60), traj(80, 20)]]
+    assert rollout_batch(trajs, 0)[0]["input_ids"].shape == (2, 256)
+    fine, _ = rollout_batch(trajs, 0, length_multiple=16)
+    assert fine["input_ids"].shape == (2, 144)
+    assert fine["loss_mask"].sum() == 80 and fine["attention_mask"].sum() == 240
+
+    model, tok = load_model("tiny-random")
+    items = toy_splits(0, {"rl": 4}, ToyConfig(num_responses=(2, 2)))["rl"]
+    rows = {}
+    for multiple in (1, 64):
+        _grpo_run(tmp_path / str(multiple), 1, load_model("tiny-random")[0], tok, items, length_multiple=multiple)
+        rows[multiple] = [json.loads(line) for line in (tmp_path / str(multiple) / "metrics.jsonl").read_text().splitlines()]
+    # The first update: the same rollouts, padded to 16 or 64 columns. (Later rollouts come from params that differ
+    # by float rounding, and sampling may then draw other tokens.)
+    a, b = rows[1][0], rows[64][0]
+    for k in ("loss", "kl_mean", "reward_mean", "rollout_length", "grad_norm"):
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7)

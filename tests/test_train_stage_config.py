@@ -280,7 +280,7 @@ def test_length_segments_change_shapes_not_the_update(tmp_path, monkeypatch):
                        length_segments=segments)
         trained[segments], _ = sft(load_model("tiny-random")[0], tok, records, run, max_len=256)
         rows = read_jsonl_metrics(str(tmp_path / f"s{segments}" / "metrics.jsonl"))
-        losses[segments] = [r["loss"] for r in rows]
+        losses[segments] = [rows[step]["loss"] for step in sorted(rows)]
         rows_and_lengths = sorted(set(shapes))
         if segments == 1:
             assert all(n == 4 for n, _ in rows_and_lengths)

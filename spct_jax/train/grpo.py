@@ -50,14 +50,17 @@ class GRPOConfig:
         return self.loss.group_size
 
 
-def rollout_batch(trajs: Sequence[Sequence[Trajectory]], pad_id: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def rollout_batch(trajs: Sequence[Sequence[Trajectory]], pad_id: int, *, length_multiple: int | None = None
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Right-padded [B, T] arrays for B = prompts x G rollouts, and the rewards [B].
 
     loss_mask[t] = 1 where token t is a generated token (the convention of data/batching.py), so only the
-    completion is trained; T is bucketed (powers of two) to bound recompiles.
+    completion is trained. T is bucketed to bound recompiles: the next power of two, or with `length_multiple`
+    the next multiple of it (less padding: ~140-token rollouts pad to 144, not 256; padding never enters the loss).
     """
     flat = [t for group in trajs for t in group]
-    length = bucket(max(len(t.prompt_ids) + len(t.completion_ids) for t in flat))
+    longest = max(len(t.prompt_ids) + len(t.completion_ids) for t in flat)
+    length = bucket(longest) if length_multiple is None else -(-longest // length_multiple) * length_multiple
     b = len(flat)
     ids = np.full((b, length), pad_id, np.int32)
     attn = np.zeros((b, length), np.int32)
@@ -81,8 +84,9 @@ class GRPOUpdate:
 
     def __init__(self, graphdef: nnx.GraphDef, tokenizer: Tokenizer, items: Sequence[PreferenceItem],
                  step: TrainStep, reference_params: nnx.State, cfg: GRPOConfig, *, template: str = "default",
-                 feed: HostFeed = HostFeed()):
+                 feed: HostFeed = HostFeed(), length_multiple: int | None = None):
         self.graphdef, self.tokenizer, self.items, self.step, self.cfg = graphdef, tokenizer, list(items), step, cfg
+        self.length_multiple = length_multiple  # the update batch's padding (rollout_batch)
         self.reference_params = reference_params
         self.template = template
         self.feed = feed
@@ -104,7 +108,7 @@ class GRPOUpdate:
         update = int(jax.device_get(state.step))
         prompts = [self.items[int(i)] for i in prompt_indices]
         trajs = self.rollouts(state.params, prompts, salt=1_000 + update)
-        full, rewards = rollout_batch(trajs, self.tokenizer.pad_id)  # [B = prompts x G, T]: all rows
+        full, rewards = rollout_batch(trajs, self.tokenizer.pad_id, length_multiple=self.length_multiple)  # [B, T]
         g = self.cfg.group_size
         full["advantages"] = np.asarray(group_advantages(jnp.asarray(rewards), g))
         rows = self.feed.rows(len(rewards))

@@ -50,7 +50,8 @@ class StageRun:
     keep_checkpoints: int = 3
     log_every: int = 1  # metrics every N steps (and at the last)
     remat: bool = False  # recompute every decoder block in the backward pass (activations: block inputs only)
-    # Batches are padded to a multiple of this: fewer distinct shapes (compiles) against less padding to compute.
+    # Training batches (SFT, meta RM, GRPO's update) are padded to a multiple of this: fewer distinct shapes
+    # (compiles) against less padding to compute.
     length_multiple: int = 64
     # SFT batches are sorted by length and cut into this many equal row blocks, each padded to its own longest row
     # (steps.py, "Length segments"): the same update with less padding computed. Worth it when lengths are mixed,
@@ -162,7 +163,8 @@ def grpo(model: nnx.Module, tokenizer: Tokenizer, items: Sequence[PreferenceItem
                                    chunk=cfg.logprob_chunk)
     if step.param_shardings is not None:  # the frozen reference lives on the same layout as the policy
         ref_params = jax.device_put(ref_params, step.param_shardings)
-    update = GRPOUpdate(graphdef, tokenizer, items, step, ref_params, cfg, template=template, feed=run.feed())
+    update = GRPOUpdate(graphdef, tokenizer, items, step, ref_params, cfg, template=template, feed=run.feed(),
+                        length_multiple=run.length_multiple)
     source = epoch_batches(len(items), cfg.prompts_per_step, seed=run.seed, get_batch=lambda idx: idx)
     result = run_training(update, state, source, config=run.loop())
     return nnx.merge(graphdef, result.state.params), {"steps": result.step, "preempted": result.preempted}
