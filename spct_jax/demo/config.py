@@ -1,9 +1,10 @@
 """The embedded demo's configuration: a complete SPCT run on CPU with a tiny model on the toy task.
 
 Paper values are used where the toy scale allows (N_RFT = 3, G = 4, beta = 0.08, eps = 0.2, T = 0.5 at inference,
-k_meta = k/2); sizes, learning rates and step counts are ours. The step counts were chosen so that the previous
-defaults ran in 805 s on 2 CPU cores; these defaults take ~0.19 s per cold-start step instead of ~0.11 and run over
-the 15-minute budget (README), a known regression (issue 9's note).
+k_meta = k/2); sizes, learning rates and step counts are ours, chosen so that `spct demo` fits the 15-minute budget
+on 2 CPU cores (the README gives the measured wall time). The cold start is most of it: its batches mix short drills
+with long trajectories, and length segments (StageRun.length_segments) halve its step time without changing an
+update.
 """
 from __future__ import annotations
 
