@@ -4,7 +4,8 @@ import json
 import pytest
 
 from spct_jax.demo.config import DemoConfig
-from spct_jax.demo.pipeline import DemoStopped, run, stopped_if_preempted
+from spct_jax.demo.pipeline import (DemoStopped, meta_score_auc, random_filter_control, run,
+                                   stopped_if_preempted, voted_accuracy)
 
 
 def test_quick_demo_runs_every_stage_and_writes_every_output(tmp_path):
@@ -24,6 +25,11 @@ def test_quick_demo_runs_every_stage_and_writes_every_output(tmp_path):
     assert saved["wall_seconds"] > 0 and saved["seed"] == 0
     assert saved["stats"]["rft"]["items"] == dict(cfg.sizes)["rft"]
     assert results["scaling"] == saved["scaling"]
+    for k in cfg.metarm_ks:
+        c = saved["controls"]["metarm_random"][str(k)]
+        assert 0.0 <= c["mean"] <= 1.0 and c["sd"] >= 0.0 and c["draws"] == 20
+    assert set(saved["metarm"]["eval_samples"]) == {"auc", "within_item_auc", "mixed_items"}
+    assert "control, MetaRM@" in (out / "report.md").read_text()
 
 
 def test_demo_config_rejects_bad_values(tmp_path):
@@ -40,3 +46,27 @@ def test_a_stage_cut_short_by_sigterm_stops_the_demo():
     assert stopped_if_preempted("rft", done) is done
     with pytest.raises(DemoStopped, match="stage grpo was stopped by SIGTERM after 3 steps"):
         stopped_if_preempted("grpo", ("model", {"steps": 3, "preempted": True}))
+
+
+def _toy_judgements():
+    """4 items, 3 responses, best = 0; 8 samples each: 3 right (10, 2, 2) and 5 wrong (2, 10, 2)."""
+    from types import SimpleNamespace as NS
+
+    from spct_jax.data.schema import PreferenceItem
+    items = [PreferenceItem(context=[{"role": "user", "content": f"q{i}"}], responses=["a", "b", "c"],
+                            rewards=[1.0, 0.2, 0.2], best=0, source="test", uid=f"u{i}") for i in range(4)]
+    right, wrong = (10, 2, 2), (2, 10, 2)
+    js = [NS(samples=tuple(NS(scores=right if s < 3 else wrong, meta_score=1.0 if s < 3 else 0.0) for s in range(8)))
+          for _ in items]
+    return js, items
+
+
+def test_random_filter_control_is_seeded_and_a_perfect_meta_rm_beats_it():
+    js, items = _toy_judgements()
+    assert voted_accuracy(js, items, 8, seed=0) == 0.0  # 5 wrong votes outvote 3 right ones
+    assert voted_accuracy(js, items, 8, seed=0, meta=True) == 1.0  # the perfect meta RM keeps the 3 right + 1 wrong
+    c = random_filter_control(js, items, 8, seed=0)
+    assert c == random_filter_control(js, items, 8, seed=0)
+    assert c["mean"] < 0.5 and c["draws"] == 20  # a random half keeps the wrong majority most of the time
+    auc = meta_score_auc(js, items)
+    assert auc == {"auc": 1.0, "within_item_auc": 1.0, "mixed_items": 4.0}

@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ from spct_jax.data.toy import (TEMPLATE, TEMPLATE_NO_PRINCIPLES, comparison_dril
                                 toy_splits, train_toy_tokenizer)
 from spct_jax.demo.config import DemoConfig
 from spct_jax.demo.report import write_outputs
+from spct_jax.eval.metrics import roc_auc
 from spct_jax.grm.scorer import GenerativeRewardModel, item_seed
+from spct_jax.grm.rules import is_correct
 from spct_jax.grm.voting import vote
 from spct_jax.models.config import ModelConfig
 from spct_jax.models.scalar_head import ScalarRM, save_scalar_rm
@@ -69,16 +72,49 @@ def accuracy(judgements, items) -> float:
     return float(np.mean([j.best == it.best for j, it in zip(judgements, items)]))
 
 
-def voted_accuracy(judgements, items, k: int, *, seed: int, meta: bool = False) -> float:
-    """Voting@k (or MetaRM@k with k_meta = k/2) over the first k of the samples already drawn per item."""
+def voted_accuracy(judgements, items, k: int, *, seed: int, meta: bool = False,
+                   meta_override: Callable[[int], np.ndarray] | None = None) -> float:
+    """Voting@k (or MetaRM@k with k_meta = k/2) over the first k of the samples already drawn per item.
+
+    meta_override(i) -> [k] scores replaces the meta RM's scores of item i (the random-filter control)."""
     hits = []
-    for j, it in zip(judgements, items):
+    for i, (j, it) in enumerate(zip(judgements, items)):
         samples = j.samples[:k]
-        v = vote([s.scores for s in samples], meta_scores=[s.meta_score for s in samples] if meta else None,
-                 k_meta=max(1, k // 2) if meta else None, seed=(seed, k, item_seed(it)),
-                 num_responses=it.num_responses)
+        metas = None
+        if meta:
+            metas = [s.meta_score for s in samples] if meta_override is None else list(meta_override(i)[:len(samples)])
+        v = vote([s.scores for s in samples], meta_scores=metas, k_meta=max(1, k // 2) if meta else None,
+                 seed=(seed, k, item_seed(it)), num_responses=it.num_responses)
         hits.append(v.best == it.best)
     return float(np.mean(hits))
+
+
+def random_filter_control(judgements, items, k: int, *, seed: int, draws: int = 20) -> dict[str, float]:
+    """MetaRM@k with the meta RM replaced by seeded uniform scores: keeping a random k/2 of the k samples.
+
+    A meta RM helps only if it beats this: at k = 8 or 32 a random half alone moves accuracy by a few points
+    either way on 300 items, so MetaRM@k - Voting@k is read against this control's mean and spread."""
+    accs = []
+    for d in range(draws):
+        fake = [np.random.default_rng([seed, 23, d, i]).random(k) for i in range(len(items))]  # [items][k]
+        accs.append(voted_accuracy(judgements, items, k, seed=seed, meta=True, meta_override=fake.__getitem__))
+    return {"mean": float(np.mean(accs)), "sd": float(np.std(accs)), "draws": float(draws)}
+
+
+def meta_score_auc(judgements, items) -> dict[str, float]:
+    """ROC-AUC of the meta RM's scores for "this sample is correct by Eq. 10" over every held-out sample, and its
+    mean within items that have both correct and wrong samples (the ranking MetaRM@k actually uses)."""
+    labels, scores, within = [], [], []
+    for j, it in zip(judgements, items):
+        lab = [s.scores is not None and is_correct(s.scores, it.gt_rewards()) for s in j.samples]
+        sc = [s.meta_score for s in j.samples]
+        labels += lab
+        scores += sc
+        if 0 < sum(lab) < len(lab):
+            within.append(roc_auc(lab, sc))
+    pooled = roc_auc(labels, scores) if 0 < sum(labels) < len(labels) else float("nan")
+    return {"auc": float(pooled), "within_item_auc": float(np.mean(within)) if within else float("nan"),
+            "mixed_items": float(len(within))}
 
 
 def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
@@ -109,7 +145,8 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
                         length_segments=cfg.length_segments)
 
     rollout = RolloutConfig(temperature=cfg.rollout_temperature, max_new_tokens=cfg.max_new_tokens, template=TEMPLATE)
-    results: dict = {"stages": {}, "scaling": {"voting": {}, "metarm": {}}, "ablation": {}, "seed": cfg.seed,
+    results: dict = {"stages": {}, "scaling": {"voting": {}, "metarm": {}}, "ablation": {},
+                     "controls": {"metarm_random": {}}, "seed": cfg.seed,
                      "config": dataclasses.asdict(cfg), "stats": {}}
 
     def export(model, name):
@@ -195,6 +232,8 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
         results["scaling"]["voting"][str(k)] = voted_accuracy(js, splits["eval"], k, seed=cfg.seed)
     for k in cfg.metarm_ks:
         results["scaling"]["metarm"][str(k)] = voted_accuracy(js, splits["eval"], k, seed=cfg.seed, meta=True)
+        results["controls"]["metarm_random"][str(k)] = random_filter_control(js, splits["eval"], k, seed=cfg.seed)
+    results["metarm"]["eval_samples"] = meta_score_auc(js, splits["eval"])
     results["parse_rate_sampled"] = float(np.mean([s.scores is not None for j in js for s in j.samples]))
     ablation = GenerativeRewardModel(rl_model, tok, template=TEMPLATE_NO_PRINCIPLES).score(
         splits["eval"], k=cfg.ablation_k, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,

@@ -46,8 +46,17 @@ def report_markdown(results: dict) -> str:
     st = results["stats"]
     lines += ["", "## Details", "",
               f"- meta RM held-out ROC-AUC {m.get('auc', float('nan')):.3f}, accuracy {m.get('accuracy', float('nan')):.3f} "
-              f"on {int(m.get('n', 0))} trajectories; class balance {json.dumps(st.get('metarm_balance'))}",
-              f"- RFT rejective sampling: {json.dumps(st.get('rft'))}",
+              f"on {int(m.get('n', 0))} trajectories; class balance {json.dumps(st.get('metarm_balance'))}"]
+    ev = m.get("eval_samples")
+    if ev:
+        lines.append(f"- meta RM on the T = 0.5 samples of the held-out items: ROC-AUC {ev['auc']:.3f} over all samples, "
+                     f"{ev['within_item_auc']:.3f} within items ({int(ev['mixed_items'])} items with both correct and "
+                     "wrong samples; MetaRM@k ranks within an item)")
+    for k, c in results.get("controls", {}).get("metarm_random", {}).items():
+        lines.append(f"- control, MetaRM@{k} with random meta scores (a random k/2 kept): {_pct(c['mean'])} "
+                     f"(sd {_pct(c['sd'])} over {int(c['draws'])} draws) against the meta RM's "
+                     f"{_pct(results['scaling']['metarm'][k])}")
+    lines += [f"- RFT rejective sampling: {json.dumps(st.get('rft'))}",
               f"- parse rate of T = 0.5 samples: {_pct(results.get('parse_rate_sampled', 0.0))}",
               "- accuracy = the voted best response equals the ground-truth best; ties are broken by a seeded "
               "shuffle (the paper's rule); Voting@k / MetaRM@k use the first k of the " f"{max(int(k) for k in results['scaling']['voting'])} samples drawn per item."]
