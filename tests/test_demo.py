@@ -4,7 +4,7 @@ import json
 import pytest
 
 from spct_jax.demo.config import DemoConfig
-from spct_jax.demo.pipeline import (DemoStopped, meta_score_auc, random_filter_control, run,
+from spct_jax.demo.pipeline import (DemoStopped, meta_score_auc, meta_scores_of, random_filter_control, run,
                                    stopped_if_preempted, voted_accuracy)
 
 
@@ -64,7 +64,7 @@ def _toy_judgements():
 def test_random_filter_control_is_seeded_and_a_perfect_meta_rm_beats_it():
     js, items = _toy_judgements()
     assert voted_accuracy(js, items, 8, seed=0) == 0.0  # 5 wrong votes outvote 3 right ones
-    assert voted_accuracy(js, items, 8, seed=0, meta=True) == 1.0  # the perfect meta RM keeps the 3 right + 1 wrong
+    assert voted_accuracy(js, items, 8, seed=0, meta_scores=meta_scores_of(js)) == 1.0  # the perfect meta RM keeps the 3 right + 1 wrong
     c = random_filter_control(js, items, 8, seed=0)
     assert c == random_filter_control(js, items, 8, seed=0)
     assert c["mean"] < 0.5 and c["draws"] == 20  # a random half keeps the wrong majority most of the time

@@ -162,6 +162,12 @@ def tokenize_all(records: Iterable[SFTRecord], tok: Tokenizer, *, max_len: int, 
     return examples, report
 
 
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= n: padded training lengths (fewer compiled shapes than exact
+    lengths, less padding than powers of two)."""
+    return -(-n // multiple) * multiple
+
+
 @dataclasses.dataclass(frozen=True)
 class Buckets:
     """Padded lengths, ascending; the last one is the longest example accepted."""

@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,21 +72,23 @@ def accuracy(judgements, items) -> float:
     return float(np.mean([j.best == it.best for j, it in zip(judgements, items)]))
 
 
-def voted_accuracy(judgements, items, k: int, *, seed: int, meta: bool = False,
-                   meta_override: Callable[[int], np.ndarray] | None = None) -> float:
-    """Voting@k (or MetaRM@k with k_meta = k/2) over the first k of the samples already drawn per item.
-
-    meta_override(i) -> [k] scores replaces the meta RM's scores of item i (the random-filter control)."""
+def voted_accuracy(judgements, items, k: int, *, seed: int,
+                   meta_scores: Sequence[Sequence[float]] | None = None) -> float:
+    """Voting@k over the first k of the samples already drawn per item; with `meta_scores` (per item, one per
+    sample) MetaRM@k with k_meta = k/2."""
     hits = []
     for i, (j, it) in enumerate(zip(judgements, items)):
         samples = j.samples[:k]
-        metas = None
-        if meta:
-            metas = [s.meta_score for s in samples] if meta_override is None else list(meta_override(i)[:len(samples)])
-        v = vote([s.scores for s in samples], meta_scores=metas, k_meta=max(1, k // 2) if meta else None,
-                 seed=(seed, k, item_seed(it)), num_responses=it.num_responses)
+        v = vote([s.scores for s in samples], meta_scores=None if meta_scores is None else meta_scores[i][:k],
+                 k_meta=None if meta_scores is None else max(1, k // 2), seed=(seed, k, item_seed(it)),
+                 num_responses=it.num_responses)
         hits.append(v.best == it.best)
     return float(np.mean(hits))
+
+
+def meta_scores_of(judgements) -> list[list[float]]:
+    """The meta RM's score of every drawn sample, per item."""
+    return [[s.meta_score for s in j.samples] for j in judgements]
 
 
 def random_filter_control(judgements, items, k: int, *, seed: int, draws: int = 20) -> dict[str, float]:
@@ -97,7 +99,7 @@ def random_filter_control(judgements, items, k: int, *, seed: int, draws: int = 
     accs = []
     for d in range(draws):
         fake = [np.random.default_rng([seed, 23, d, i]).random(k) for i in range(len(items))]  # [items][k]
-        accs.append(voted_accuracy(judgements, items, k, seed=seed, meta=True, meta_override=fake.__getitem__))
+        accs.append(voted_accuracy(judgements, items, k, seed=seed, meta_scores=fake))
     return {"mean": float(np.mean(accs)), "sd": float(np.std(accs)), "draws": float(draws)}
 
 
@@ -231,7 +233,7 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     for k in cfg.ks:
         results["scaling"]["voting"][str(k)] = voted_accuracy(js, splits["eval"], k, seed=cfg.seed)
     for k in cfg.metarm_ks:
-        results["scaling"]["metarm"][str(k)] = voted_accuracy(js, splits["eval"], k, seed=cfg.seed, meta=True)
+        results["scaling"]["metarm"][str(k)] = voted_accuracy(js, splits["eval"], k, seed=cfg.seed, meta_scores=meta_scores_of(js))
         results["controls"]["metarm_random"][str(k)] = random_filter_control(js, splits["eval"], k, seed=cfg.seed)
     results["metarm"]["eval_samples"] = meta_score_auc(js, splits["eval"])
     results["parse_rate_sampled"] = float(np.mean([s.scores is not None for j in js for s in j.samples]))

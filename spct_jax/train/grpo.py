@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from spct_jax.data.batching import round_up
 from spct_jax.data.schema import PreferenceItem
 from spct_jax.grm.scorer import GenerativeRewardModel
 from spct_jax.parallel.mesh import HostFeed
@@ -60,7 +61,7 @@ def rollout_batch(trajs: Sequence[Sequence[Trajectory]], pad_id: int, *, length_
     """
     flat = [t for group in trajs for t in group]
     longest = max(len(t.prompt_ids) + len(t.completion_ids) for t in flat)
-    length = bucket(longest) if length_multiple is None else -(-longest // length_multiple) * length_multiple
+    length = bucket(longest) if length_multiple is None else round_up(longest, length_multiple)
     b = len(flat)
     ids = np.full((b, length), pad_id, np.int32)
     attn = np.zeros((b, length), np.int32)

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from spct_jax.data.batching import SFTRecord, collate, tokenize_all
+from spct_jax.data.batching import SFTRecord, collate, round_up, tokenize_all
 from spct_jax.data.schema import PreferenceItem
 from spct_jax.models.transformer import Decoder
 from spct_jax.parallel.mesh import HostFeed, batch_shards
@@ -27,11 +27,6 @@ from spct_jax.train.loop import epoch_batches, run_training
 from spct_jax.train.metarm import MetaRMExample, metarm_batch
 from spct_jax.train.state import create_train_state, split_params
 from spct_jax.train.steps import make_bce_step, make_grpo_step, make_sft_step
-
-
-def _round_up(n: int, multiple: int) -> int:
-    """Training lengths in multiples of 64 (not powers of two): a few compiled shapes, little padding waste."""
-    return -(-n // multiple) * multiple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +125,7 @@ def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], r
 
     def block(idx: np.ndarray):  # idx: the global block's examples, the same on every process
         # Of the global block, so that every process builds the same shape.
-        length = _round_up(max(len(examples[int(i)]) for i in idx), run.length_multiple)
+        length = round_up(max(len(examples[int(i)]) for i in idx), run.length_multiple)
         mine = [examples[int(i)] for i in idx[feed.rows(len(idx))]]
         return feed.to_global(collate(mine, length, pad_id=tokenizer.pad_id), len(idx))
 
@@ -179,7 +174,7 @@ def train_metarm(rm: nnx.Module, examples: Sequence[MetaRMExample], run: StageRu
 
     def get_batch(idx: np.ndarray):  # idx: [B] the global batch's examples, the same on every process
         # Of the global batch, so that every process builds the same shape.
-        length = _round_up(max(len(examples[int(i)].ids) for i in idx), run.length_multiple)
+        length = round_up(max(len(examples[int(i)].ids) for i in idx), run.length_multiple)
         return feed.to_global(metarm_batch(examples, idx[feed.rows(len(idx))], pad_id=pad_id, length=length),
                               len(idx))
 
