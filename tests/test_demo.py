@@ -1,4 +1,5 @@
 """The embedded demo's pipeline, reduced to seconds: every stage runs and every output is written."""
+import dataclasses
 import json
 
 import pytest
@@ -14,8 +15,9 @@ def test_quick_demo_runs_every_stage_and_writes_every_output(tmp_path):
     out = tmp_path / "demo"
     for name in ("report.md", "results.json", "scaling.png", "learning_curves.png", "log.txt"):
         assert (out / name).is_file(), name
-    for stage in ("cold_start", "rft", "rl", "metarm"):
+    for stage in ("cold_start", "rft", "rl"):
         assert (out / "models" / stage / "config.json").is_file(), stage
+    assert (out / "models" / "metarm" / "likelihood_meta_rm.json").is_file()
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["stages"]) == {"cold_start", "rft", "rl"}
     assert all(0.0 <= saved["stages"][s]["greedy"] <= 1.0 for s in saved["stages"])
@@ -30,11 +32,33 @@ def test_quick_demo_runs_every_stage_and_writes_every_output(tmp_path):
         assert 0.0 <= c["mean"] <= 1.0 and c["sd"] >= 0.0 and c["draws"] == 20
     assert set(saved["metarm"]["eval_samples"]) == {"auc", "within_item_auc", "mixed_items"}
     assert "control, MetaRM@" in (out / "report.md").read_text()
+    assert saved["metarm"]["head"] == "likelihood" and "scale" in saved["metarm"]
+    # The saved meta RM, loaded from its folder (it points at models/cold_start), re-scores the samples of the
+    # report's judgements exactly as the run did.
+    from spct_jax.data.toy import toy_splits
+    from spct_jax.grm.likelihood_meta_rm import MetaInput, load_meta_rm
+    rm = load_meta_rm(out / "models" / "metarm")
+    first = json.loads((out / "judgements_sample.jsonl").read_text().splitlines()[0])
+    item = toy_splits(cfg.seed, cfg.split_sizes, cfg.toy)["eval"][0]
+    assert first["uid"] == item.uid
+    again = rm.scores([MetaInput(item=item, perm=tuple(s["permutation"]), text=s["text"]) for s in first["samples"]])
+    assert again.tolist() == pytest.approx([s["meta_score"] for s in first["samples"]], abs=1e-5)
+
+
+def test_quick_demo_with_the_papers_last_token_meta_rm(tmp_path):
+    cfg = dataclasses.replace(DemoConfig.quick(str(tmp_path / "demo"), seed=1), metarm_head="last_token")
+    run(cfg, progress=False)
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved["metarm"]["head"] == "last_token"
+    assert (tmp_path / "demo" / "models" / "metarm" / "config.json").is_file()  # an HF sequence-classification folder
+    assert set(saved["scaling"]["metarm"]) == {str(k) for k in cfg.metarm_ks}
+    assert "last-token scalar head" in (tmp_path / "demo" / "report.md").read_text()
 
 
 def test_demo_config_rejects_bad_values(tmp_path):
     for bad in ({"teacher_error_types": ()}, {"teacher_error_types": ("typo",)}, {"no_principles_fraction": 1.5},
-                {"drill_fraction": -0.1}, {"length_multiple": 0}, {"length_segments": 0}, {"length_segments": 3}):
+                {"drill_fraction": -0.1}, {"length_multiple": 0}, {"length_segments": 0}, {"length_segments": 3},
+                {"metarm_head": "mean_pool"}):
         with pytest.raises(ValueError):
             DemoConfig(workdir=str(tmp_path), **bad)
 

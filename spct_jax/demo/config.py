@@ -12,6 +12,8 @@ import dataclasses
 
 from spct_jax.data.toy import ERROR_TYPES, ToyConfig
 
+METARM_HEADS = ("likelihood", "last_token")
+
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
@@ -63,9 +65,12 @@ class DemoConfig:
     # GRPO's rollouts; ours (the paper is silent). From one RFT model (seed 2), 90 steps at T = 1.0 gave 53.7 greedy
     # (RFT 54.0), at T = 0.7 57.0: samples nearer the greedy mode move the mode (issue 9's note).
     grpo_temperature: float = 0.7
-    # Stage 3: meta RM.
-    # With the current teacher the meta RM's held-out ROC-AUC is ~0.5 at 300 and at 600 steps (issue 9's note); 300
-    # keeps the demo in its time budget.
+    # Stage 3: meta RM. "likelihood" (ours, the default here): the frozen cold-start LM's mean log-likelihood of a
+    # trajectory after the GRM prompt, scale and bias fit by BCE (grm/likelihood_meta_rm.py). "last_token": the
+    # paper's scalar head, fine-tuned by BCE; at this scale it ranks one item's samples at chance (within-item
+    # ROC-AUC 0.49-0.52, 3 seeds; MetaRM@32 below Voting@32 in 3 of 3; issue 9's note), so it is not the default.
+    metarm_head: str = "likelihood"
+    # The last-token head only: its held-out ROC-AUC is ~0.5 at 300 and at 600 steps (issue 9's note).
     metarm_steps: int = 300
     metarm_lr: float = 1e-3
     # Stage 4: evaluation.
@@ -88,6 +93,8 @@ class DemoConfig:
         if self.length_segments < 1 or self.batch_size % self.length_segments:
             raise ValueError(f"length_segments must be >= 1 and divide batch_size {self.batch_size}, "
                              f"got {self.length_segments}")
+        if self.metarm_head not in METARM_HEADS:
+            raise ValueError(f"metarm_head must be one of {METARM_HEADS}, got {self.metarm_head!r}")
         if self.length_multiple < 1:
             raise ValueError(f"length_multiple must be >= 1, got {self.length_multiple}")
 

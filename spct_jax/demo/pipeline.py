@@ -3,7 +3,8 @@
     stage 0  cold start   SFT on imperfect teacher trajectories (the paper's "pretrained GRM")
     stage 1  RFT          N_RFT = 3 own samples per item, reject wrong / too easy, hinted sampling, SFT
     stage 2  GRPO         +-1 rule reward (Eq. 11), G = 4, k3 KL (beta = 0.08) to the RFT model
-    stage 3  meta RM      scalar head on the cold-start backbone, BCE on Eq.-10 labels of sampled trajectories
+    stage 3  meta RM      on Eq.-10 labels of sampled trajectories: the frozen cold-start LM's likelihood of a
+                          trajectory, scale and bias fit by BCE (default), or the paper's last-token scalar head
     stage 4  evaluation   held-out split: greedy per stage; Voting@k and MetaRM@k at T = 0.5; no-principles ablation
 
 Outputs in `workdir`: report.md, results.json, scaling.png, learning_curves.png, log.txt, per-stage checkpoints.
@@ -27,6 +28,7 @@ from spct_jax.data.toy import (TEMPLATE, TEMPLATE_NO_PRINCIPLES, comparison_dril
 from spct_jax.demo.config import DemoConfig
 from spct_jax.demo.report import write_outputs
 from spct_jax.eval.metrics import roc_auc
+from spct_jax.grm.likelihood_meta_rm import LikelihoodMetaRM, MetaInput, fit_likelihood_meta_rm
 from spct_jax.grm.scorer import GenerativeRewardModel, item_seed
 from spct_jax.grm.rules import is_correct
 from spct_jax.grm.voting import vote
@@ -119,6 +121,40 @@ def meta_score_auc(judgements, items) -> dict[str, float]:
             "mixed_items": float(len(within))}
 
 
+def likelihood_metarm(cold, tok, *, train: list, held_out: list, work: Path, results: dict) -> LikelihoodMetaRM:
+    """Stage 3 with the demo's default head: the frozen cold-start LM's mean log-likelihood of a trajectory, read
+    after the GRM's own prompt, with scale and bias fit by BCE (grm/likelihood_meta_rm.py says why)."""
+    def inputs(pairs):
+        return [MetaInput(item=it, perm=tuple(t.perm), text=t.text) for it, t in pairs], [t.correct for _, t in pairs]
+
+    x, y = inputs(train)
+    rm, fit = fit_likelihood_meta_rm(cold, tok, x, y, template=TEMPLATE)
+    hx, hy = inputs(held_out)
+    scores = rm.scores(hx)
+    results["stats"]["metarm_balance"] = {"train": {"positives": int(sum(y)), "negatives": len(y) - int(sum(y))},
+                                          "held_out": {"positives": int(sum(hy)), "negatives": len(hy) - int(sum(hy))}}
+    results["metarm"] = {"head": "likelihood", "scale": rm.scale, "bias": rm.bias, "fit": dataclasses.asdict(fit),
+                         "auc": roc_auc(hy, scores.tolist()) if 0 < sum(hy) < len(hy) else float("nan"),
+                         "accuracy": float(np.mean((scores > 0) == np.asarray(hy))), "n": float(len(hy))}
+    rm.save(work / "models" / "metarm", lm_path="../cold_start", fit=fit)
+    return rm
+
+
+def last_token_metarm(cold, tok, *, splits, rft_plain, guided, held: int, run: StageRun, seed: int, work: Path,
+                      results: dict) -> ScalarRM:
+    """Stage 3 with the paper's head: a last-token scalar head on the cold-start backbone, fine-tuned by BCE on the
+    meta-RM template's rendering of each trajectory (App. G (c))."""
+    ex_rft, bal_rft = metarm_examples(splits["rft"], rft_plain, tok, origin="rft", max_len=1024)
+    ex_guided, bal_guided = metarm_examples(splits["metarm"], guided, tok, origin="guided", max_len=1024)
+    train_ex, held_ex = ex_rft + ex_guided[:-held], ex_guided[-held:]
+    results["stats"]["metarm_balance"] = {"rft": dataclasses.asdict(bal_rft), "guided": dataclasses.asdict(bal_guided)}
+    rm = ScalarRM.from_decoder(cold, seed=seed)
+    rm, _ = stopped_if_preempted("metarm", train_metarm(rm, train_ex, run, pad_id=tok.pad_id))
+    results["metarm"] = {"head": "last_token", **evaluate_metarm(rm, held_ex, pad_id=tok.pad_id)}
+    save_scalar_rm(rm, work / "models" / "metarm")
+    return rm
+
+
 def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     t_start = time.perf_counter()
     work = Path(cfg.workdir)
@@ -208,21 +244,21 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     greedy(rl_model, "rl")
 
     # -- stage 3: meta RM ----------------------------------------------------------------------------------------
-    log.info("stage 3: meta RM")
+    log.info("stage 3: meta RM (%s head)", cfg.metarm_head)
     guided = sample_trajectories(GenerativeRewardModel(rl_model, tok, template=TEMPLATE), splits["metarm"], cfg.n_rft,
                                  seed=cfg.seed, cfg=dataclasses.replace(rollout, temperature=cfg.eval_temperature),
                                  salt=7, progress=progress)
-    ex_rft, bal_rft = metarm_examples(splits["rft"], rft_res.plain, tok, origin="rft", max_len=1024)
-    ex_guided, bal_guided = metarm_examples(splits["metarm"], guided, tok, origin="guided", max_len=1024)
-    held = max(1, len(ex_guided) // 4)  # hold out the last quarter of guided samples for AUC
-    train_ex, held_ex = ex_rft + ex_guided[:-held], ex_guided[-held:]
-    results["stats"]["metarm_balance"] = {"rft": dataclasses.asdict(bal_rft), "guided": dataclasses.asdict(bal_guided)}
-    rm = ScalarRM.from_decoder(cold, seed=cfg.seed)
-    rm, _ = stopped_if_preempted("metarm", train_metarm(
-        rm, train_ex, stage_run("metarm", cfg.metarm_steps, cfg.metarm_lr, seed_offset=3), pad_id=tok.pad_id))
-    results["metarm"] = evaluate_metarm(rm, held_ex, pad_id=tok.pad_id)
-    save_scalar_rm(rm, work / "models" / "metarm")
-    log.info("meta RM held-out %s", results["metarm"])
+    guided_pairs = [(it, t) for it, ts in zip(splits["metarm"], guided) for t in ts]
+    held = max(1, len(guided_pairs) // 4)  # hold out the last quarter of guided samples for AUC
+    if cfg.metarm_head == "likelihood":
+        train_pairs = [(it, t) for it, ts in zip(splits["rft"], rft_res.plain) for t in ts] + guided_pairs[:-held]
+        rm = likelihood_metarm(cold, tok, train=train_pairs, held_out=guided_pairs[-held:], work=work,
+                               results=results)
+    else:
+        rm = last_token_metarm(cold, tok, splits=splits, rft_plain=rft_res.plain, guided=guided, held=held,
+                               run=stage_run("metarm", cfg.metarm_steps, cfg.metarm_lr, seed_offset=3),
+                               seed=cfg.seed, work=work, results=results)
+    log.info("meta RM (%s) held-out %s", cfg.metarm_head, results["metarm"])
 
     # -- stage 4: inference-time scaling --------------------------------------------------------------------------
     log.info("stage 4: Voting@k / MetaRM@k on %d held-out items", len(splits["eval"]))

@@ -44,7 +44,12 @@ def report_markdown(results: dict) -> str:
                      f"{'' if base is None else f'{100 * (acc - base):+.1f}'} |")
     m = results.get("metarm", {})
     st = results["stats"]
+    head = {"likelihood": "the frozen cold-start LM's mean log-likelihood of the trajectory after the GRM prompt, "
+                          f"scale {m.get('scale', float('nan')):.3g} and bias {m.get('bias', float('nan')):.3g} fit by "
+                          "BCE (ours, not the paper's head; grm/likelihood_meta_rm.py)",
+            "last_token": "the paper's last-token scalar head on the cold-start backbone, fine-tuned by BCE"}
     lines += ["", "## Details", "",
+              f"- meta RM: {head.get(m.get('head'), m.get('head'))}",
               f"- meta RM held-out ROC-AUC {m.get('auc', float('nan')):.3f}, accuracy {m.get('accuracy', float('nan')):.3f} "
               f"on {int(m.get('n', 0))} trajectories; class balance {json.dumps(st.get('metarm_balance'))}"]
     ev = m.get("eval_samples")
@@ -91,6 +96,8 @@ def learning_curves(workdir: Path, path: Path) -> None:
             rows = read_jsonl_metrics(f)
             steps = sorted(s for s in rows if key in rows[s])
             ax.plot(steps, [rows[s][key] for s in steps])
+        else:  # the likelihood meta RM has no training curve: two parameters fit by Newton's method
+            ax.text(0.5, 0.5, "no training curve", ha="center", va="center", transform=ax.transAxes, fontsize=8)
         ax.set_title(f"{stage}: {key}", fontsize=9)
         ax.set_xlabel("step")
     fig.tight_layout()

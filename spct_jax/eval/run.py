@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="GRM: checkpoint folder, .gguf file, tiny-random or smollm2-135m")
     p.add_argument("--meta-rm", default=None, metavar="DIR",
-                   help="meta RM folder (HF sequence-classification layout); its own tokenizer files are used if "
-                        "it has them, else the GRM's tokenizer")
+                   help="meta RM folder: an HF sequence-classification checkpoint (its own tokenizer files are used "
+                        "if it has them, else the GRM's tokenizer), or a likelihood meta RM (likelihood_meta_rm.json)")
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     p.add_argument("--data", required=True, action="extend", nargs="+", metavar="PATH",
                    help="benchmark data files or folders (read recursively)")
@@ -259,11 +259,13 @@ def load_judge(args: argparse.Namespace) -> GenerativeRewardModel:
     model, tok = load_model(args.model)
     meta_rm, meta_tok = None, None
     if args.meta_rm is not None:
-        from spct_jax.models.scalar_head import load_scalar_rm
+        from spct_jax.grm.likelihood_meta_rm import LikelihoodMetaRM, load_meta_rm
 
-        meta_rm = load_scalar_rm(args.meta_rm)
+        meta_rm = load_meta_rm(args.meta_rm)
         folder = Path(args.meta_rm)
-        if (folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file():
+        # A likelihood meta RM carries its LM's tokenizer; a scalar RM folder may ship its own.
+        if not isinstance(meta_rm, LikelihoodMetaRM) and ((folder / "tokenizer.json").is_file()
+                                                          or (folder / "tokenizer.model").is_file()):
             from spct_jax.tokenizer import load_tokenizer
 
             meta_tok = load_tokenizer(folder)

@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--k", type=int, default=1, help="samples per item (Voting@k)")
     p.add_argument("--k-meta", type=int, default=None, help="samples kept by the meta RM (paper: k/2)")
-    p.add_argument("--meta-rm", default=None, help="meta RM checkpoint folder (HF sequence-classification layout)")
+    p.add_argument("--meta-rm", default=None,
+                   help="meta RM folder: an HF sequence-classification checkpoint, or a likelihood meta RM "
+                        "(likelihood_meta_rm.json, as `spct demo` writes)")
     p.add_argument("--temperature", type=float, default=None, help="default: 0.5 for k > 1 (paper), 0 for k = 1")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--template", default="default")
@@ -78,9 +80,9 @@ def main(argv: list[str]) -> int:
     model, tok = load_model(args.model)
     meta_rm = None
     if args.meta_rm:
-        from spct_jax.models.scalar_head import load_scalar_rm
+        from spct_jax.grm.likelihood_meta_rm import load_meta_rm
 
-        meta_rm = load_scalar_rm(args.meta_rm)
+        meta_rm = load_meta_rm(args.meta_rm)
     grm = GenerativeRewardModel(model, tok, meta_rm=meta_rm, template=args.template)
     temperature = args.temperature if args.temperature is not None else (PAPER_TEMPERATURE if args.k > 1 else 0.0)
 

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from spct_jax.data.schema import PreferenceItem
+from spct_jax.grm.likelihood_meta_rm import LikelihoodMetaRM, MetaInput
 from spct_jax.grm.parse import split_sections
 from spct_jax.grm.prompts import build_metarm_prompt, build_prompt
 from spct_jax.grm.rules import parse_for_template
@@ -155,7 +156,14 @@ class GenerativeRewardModel:
         return judgements
 
     def _meta_scores(self, plans, texts: list[str], batch_size: int = 16) -> np.ndarray:
-        """Meta reward of every sampled trajectory (App. G (c) template), in batches of left-padded rows."""
+        """Meta reward of every sampled trajectory: a ScalarRM reads the App. G (c) template (in batches of
+        left-padded rows); a LikelihoodMetaRM reads the GRM's own prompt followed by the trajectory."""
+        if isinstance(self.meta_rm, LikelihoodMetaRM):
+            inputs, r = [], 0
+            for item, _, perms, _ in plans:
+                inputs += [MetaInput(item=item, perm=tuple(perm), text=texts[r + j]) for j, perm in enumerate(perms)]
+                r += len(perms)
+            return self.meta_rm.scores(inputs)
         tok = self.meta_tokenizer
         seqs, r = [], 0
         for item, _, perms, _ in plans:

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spct serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint folder, .gguf file, tiny-random or smollm2-135m")
-    p.add_argument("--meta-rm", default=None, help="meta RM checkpoint folder (enables MetaRM@k)")
+    p.add_argument("--meta-rm", default=None, help="meta RM folder, scalar or likelihood (enables MetaRM@k)")
     p.add_argument("--host", default=DEFAULT_HOST, help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token-file", default=None, help="file holding the bearer token clients must send")
@@ -101,9 +101,9 @@ def load_scorer(args: argparse.Namespace):
     model, tok = load_model(args.model)
     meta_rm = None
     if args.meta_rm:
-        from spct_jax.models.scalar_head import load_scalar_rm
+        from spct_jax.grm.likelihood_meta_rm import load_meta_rm
 
-        meta_rm = load_scalar_rm(args.meta_rm)
+        meta_rm = load_meta_rm(args.meta_rm)
     # Over-long prompts fail as a 400 for that request instead of overrunning the model's positions.
     room = model.config.max_position_embeddings - args.max_new_tokens
     return GenerativeRewardModel(model, tok, meta_rm=meta_rm, template=args.template,
