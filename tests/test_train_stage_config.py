@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 from spct_jax.config_files import load_config
-from spct_jax.data.batching import SFTRecord, collate
+from spct_jax.data.batching import SFTRecord, round_up, tokenize_all
 from spct_jax.data.toy import ToyConfig, toy_splits
 from spct_jax.models.registry import load_model
 from spct_jax.models.scalar_head import ScalarRM
@@ -30,7 +30,7 @@ from spct_jax.train.grpo import GRPOConfig, GRPOUpdate
 from spct_jax.train.metrics import read_jsonl_metrics
 from spct_jax.train.rollout import RolloutConfig
 from spct_jax.train.stage_common import load_checkpoint, stage_run
-from spct_jax.train.stages import StageRun, _remat_graphdef, grpo, sft
+from spct_jax.train.stages import StageRun, _remat_graphdef, grpo, length_blocks, sft
 from spct_jax.train.state import create_train_state, split_params
 from spct_jax.train.steps import make_grpo_step
 
@@ -258,7 +258,7 @@ def test_padding_granularity_changes_shapes_not_the_update(tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-6)
 
 
-def test_length_segments_change_shapes_not_the_update(tmp_path, monkeypatch):
+def test_length_segments_change_shapes_not_the_update(tmp_path):
     """`StageRun.length_segments` = 2 pads the short and the long half of each sorted batch to their own lengths
     (the demo's cold start: short drills beside long trajectories); the loss sums add up before one division, so
     the losses and trained params are those of one padded block."""
@@ -268,24 +268,23 @@ def test_length_segments_change_shapes_not_the_update(tmp_path, monkeypatch):
     model, tok = load_model("tiny-random")
     records = [SFTRecord(uid=str(i), messages=[{"role": "user", "content": "q" * (3 + 40 * (i % 2))}],
                          target="a" * (2 + 30 * (i % 2))) for i in range(8)]
-    from spct_jax.train import stages
+    # The blocks one mixed batch becomes: one of 4 rows padded to the longest, or a short and a long pair.
+    lengths = [len(e) for e in tokenize_all(records, tok, max_len=256)[0]]
+    idx = np.array([0, 1, 2, 3])
+    (whole,) = length_blocks(idx, lengths, segments=1, multiple=16)
+    assert whole[0].tolist() == [0, 1, 2, 3] and whole[1] == round_up(max(lengths[:4]), 16)
+    short, long_ = length_blocks(idx, lengths, segments=2, multiple=16)
+    assert sorted(short[0].tolist()) == [0, 2] and sorted(long_[0].tolist()) == [1, 3]
+    assert short[1] == round_up(max(lengths[0], lengths[2]), 16) < long_[1] == whole[1]
 
-    trained, losses, shapes = {}, {}, []
-    monkeypatch.setattr(stages, "collate", lambda ex, length, **kw: shapes.append((len(ex), length))
-                        or collate(ex, length, **kw))
+    trained, losses = {}, {}
     for segments in (1, 2):
-        shapes.clear()
         run = StageRun(workdir=str(tmp_path / f"s{segments}"), steps=3, batch_size=4, progress_bar=False,
                        optimizer=OptimizerConfig(learning_rate=1e-3, total_steps=3), length_multiple=16,
                        length_segments=segments)
         trained[segments], _ = sft(load_model("tiny-random")[0], tok, records, run, max_len=256)
         rows = read_jsonl_metrics(str(tmp_path / f"s{segments}" / "metrics.jsonl"))
         losses[segments] = [rows[step]["loss"] for step in sorted(rows)]
-        rows_and_lengths = sorted(set(shapes))
-        if segments == 1:
-            assert all(n == 4 for n, _ in rows_and_lengths)
-        else:  # the short half of a mixed batch pads to fewer tokens than the long half
-            assert all(n == 2 for n, _ in rows_and_lengths) and len({t for _, t in rows_and_lengths}) > 1
     np.testing.assert_allclose(losses[2], losses[1], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(nnx.state(trained[1])), jax.tree.leaves(nnx.state(trained[2]))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-6)

@@ -109,6 +109,19 @@ def _start(model: nnx.Module, run: StageRun, make_step, *, copy_params: bool = T
     return graphdef, step.place(state), step
 
 
+def length_blocks(idx: np.ndarray, lengths: Sequence[int], *, segments: int,
+                  multiple: int) -> list[tuple[np.ndarray, int]]:
+    """One SFT batch (`idx` [B] into `lengths`) as `segments` row blocks of B / segments examples, each with the
+    length it is padded to (its longest example, rounded up to `multiple`).
+
+    With several segments the batch is sorted by length first (stable), so short examples share a block and pad
+    short; the step adds the blocks' loss sums before one division, so the update is unchanged. The lengths are
+    those of the global batch, so every process builds the same shapes."""
+    parts = [idx] if segments == 1 else np.split(idx[np.argsort([lengths[int(i)] for i in idx], kind="stable")],
+                                                 segments)
+    return [(part, round_up(max(lengths[int(i)] for i in part), multiple)) for part in parts]
+
+
 def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], run: StageRun, *,
         max_len: int = 1024) -> tuple[nnx.Module, dict]:
     """Supervised fine-tuning on (prompt messages, target) records; loss on assistant tokens only."""
@@ -123,17 +136,16 @@ def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], r
     ways = run.length_segments * run.num_microbatches * (1 if run.mesh is None else batch_shards(run.mesh))
     segments = run.length_segments if batch_size % ways == 0 else 1
 
-    def block(idx: np.ndarray):  # idx: the global block's examples, the same on every process
-        # Of the global block, so that every process builds the same shape.
-        length = round_up(max(len(examples[int(i)]) for i in idx), run.length_multiple)
+    lengths = [len(e) for e in examples]
+
+    def block(idx: np.ndarray, length: int):  # idx: the global block's examples, the same on every process
         mine = [examples[int(i)] for i in idx[feed.rows(len(idx))]]
         return feed.to_global(collate(mine, length, pad_id=tokenizer.pad_id), len(idx))
 
     def get_batch(idx: np.ndarray):  # idx: [B]
-        if segments == 1:
-            return block(idx)
-        by_length = idx[np.argsort([len(examples[int(i)]) for i in idx], kind="stable")]
-        return tuple(block(part) for part in np.split(by_length, segments))
+        blocks = [block(part, length) for part, length in
+                  length_blocks(idx, lengths, segments=segments, multiple=run.length_multiple)]
+        return blocks[0] if segments == 1 else tuple(blocks)
 
     result = run_training(step, state, epoch_batches(len(examples), batch_size, seed=run.seed, get_batch=get_batch),
                           config=run.loop())
