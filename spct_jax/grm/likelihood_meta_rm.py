@@ -41,6 +41,7 @@ from spct_jax.grm.voting import permute
 from spct_jax.models.transformer import Decoder
 from spct_jax.sampling import bucket
 from spct_jax.tokenizer import Tokenizer
+from spct_jax.train.losses import sequence_logprobs
 
 CONFIG_NAME = "likelihood_meta_rm.json"
 FORMAT = "spct-likelihood-meta-rm/1"
@@ -128,11 +129,10 @@ class LikelihoodMetaRM:
 @functools.partial(jax.jit, static_argnums=0)
 def _mean_target_logprob(graphdef, state, ids, mask, target):
     lm = nnx.merge(graphdef, state)
-    hidden, _ = lm.hidden_states(ids, mask)  # [B, T, D]
-    logits = lm.logits_from_hidden(hidden[:, :-1]).astype(jnp.float32)  # [B, T-1, V]: position t predicts t+1
-    lp = jnp.take_along_axis(logits, ids[:, 1:, None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
-    tgt = target[:, 1:]  # [B, T-1]; a trajectory never starts at position 0 (the prompt precedes it)
-    return jnp.sum(jnp.where(tgt, lp, 0.0), axis=1) / jnp.maximum(1, jnp.sum(tgt, axis=1))  # [B]
+    # Logits are built 512 positions at a time (as in training): [B, T, V] whole would not fit for a 256k vocab.
+    lp = sequence_logprobs(lm, ids, mask)  # [B, T]; lp[:, t] = log p(ids[t] | ids[<t]), 0 at t = 0
+    # A trajectory never starts at position 0 (the prompt precedes it), so every target position has a logprob.
+    return jnp.sum(jnp.where(target, lp, 0.0), axis=1) / jnp.maximum(1, jnp.sum(target, axis=1))  # [B]
 
 
 def _bce(z: np.ndarray, y: np.ndarray) -> float:
