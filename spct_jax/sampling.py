@@ -83,6 +83,17 @@ def bucket(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(0, int(n - 1).bit_length()))
 
 
+def length_bucketed_batches(lengths: Sequence[int], batch_size: int) -> list[tuple[list[int], int, int]]:
+    """(row indices, padded rows, padded length) per batch of sequences scored in one forward pass: sorted by
+    length so each batch pads little, rows and length rounded up by `bucket` to bound recompiles."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        out.append((idx, bucket(len(idx), minimum=1), bucket(max(lengths[i] for i in idx))))
+    return out
+
+
 def _top_p_mask(logits: jax.Array, top_p: jax.Array) -> jax.Array:
     """Keep the smallest set of highest-probability tokens whose mass reaches top_p, without sorting V.
 

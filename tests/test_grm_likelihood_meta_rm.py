@@ -39,8 +39,8 @@ def test_feature_is_the_mean_log_prob_of_the_trajectory_tokens_only(lm):
         ids, start = rm.encode(x)
         assert 0 < start < len(ids)
         logits = np.asarray(model(jnp.asarray([ids])), np.float64)[0]  # [T, V]
-        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-            - logits.max(-1, keepdims=True)
+        top = logits.max(-1, keepdims=True)
+        logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
         picked = [logp[t - 1, ids[t]] for t in range(start, len(ids))]
         assert f == pytest.approx(np.mean(picked), abs=1e-4)
 

@@ -166,3 +166,15 @@ def test_a_remat_model_samples_like_the_plain_one():
     a = sampling.sample(plain, prompts, num_samples=2, max_new_tokens=6, temperature=1.0, seed=4)
     b = sampling.sample(remat, prompts, num_samples=2, max_new_tokens=6, temperature=1.0, seed=4)
     assert a.tokens == b.tokens
+
+
+def test_length_bucketed_batches_cover_every_sequence_once_with_room_to_spare():
+    from spct_jax.sampling import length_bucketed_batches
+
+    lengths = [5, 40, 17, 3, 100, 16, 33]
+    batches = length_bucketed_batches(lengths, batch_size=3)
+    assert sorted(i for idx, _, _ in batches for i in idx) == list(range(len(lengths)))
+    assert [sorted(lengths[i] for i in idx) for idx, _, _ in batches] == [[3, 5, 16], [17, 33, 40], [100]]
+    for idx, rows, length in batches:
+        assert rows >= len(idx) and rows & (rows - 1) == 0
+        assert length >= max(lengths[i] for i in idx) and length & (length - 1) == 0 and length >= 16

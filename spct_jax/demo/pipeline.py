@@ -38,7 +38,7 @@ from spct_jax.models.transformer import init_model
 from spct_jax.models.weights import save_pretrained
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
 from spct_jax.train.grpo import GRPOConfig
-from spct_jax.train.metarm import evaluate_metarm, metarm_examples
+from spct_jax.train.metarm import evaluate_metarm, held_out_metrics, metarm_examples
 from spct_jax.train.rft import RFTConfig, rejective_sampling, write_rft_dataset
 from spct_jax.train.rollout import RolloutConfig, sample_trajectories
 from spct_jax.train.stages import StageRun, grpo, sft, train_metarm
@@ -134,8 +134,7 @@ def likelihood_metarm(cold, tok, *, train: list, held_out: list, work: Path, res
     results["stats"]["metarm_balance"] = {"train": {"positives": int(sum(y)), "negatives": len(y) - int(sum(y))},
                                           "held_out": {"positives": int(sum(hy)), "negatives": len(hy) - int(sum(hy))}}
     results["metarm"] = {"head": "likelihood", "scale": rm.scale, "bias": rm.bias, "fit": dataclasses.asdict(fit),
-                         "auc": roc_auc(hy, scores.tolist()) if 0 < sum(hy) < len(hy) else float("nan"),
-                         "accuracy": float(np.mean((scores > 0) == np.asarray(hy))), "n": float(len(hy))}
+                         **held_out_metrics(hy, scores)}
     rm.save(work / "models" / "metarm", lm_path="../cold_start", fit=fit)
     return rm
 

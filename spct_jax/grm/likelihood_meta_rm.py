@@ -39,7 +39,8 @@ from spct_jax.data.schema import PreferenceItem
 from spct_jax.grm.prompts import build_prompt
 from spct_jax.grm.voting import permute
 from spct_jax.models.transformer import Decoder
-from spct_jax.sampling import bucket
+from spct_jax.eval.metrics import roc_auc
+from spct_jax.sampling import length_bucketed_batches
 from spct_jax.tokenizer import Tokenizer
 from spct_jax.train.losses import sequence_logprobs
 
@@ -92,11 +93,7 @@ class LikelihoodMetaRM:
         encoded = [self.encode(x) for x in inputs]
         graphdef, state = nnx.split(self.lm)
         out = np.zeros(len(encoded), np.float32)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            length = bucket(max(len(encoded[i][0]) for i in idx))
-            rows = bucket(len(idx), minimum=1)
+        for idx, rows, length in length_bucketed_batches([len(seq) for seq, _ in encoded], self.batch_size):
             ids = np.full((rows, length), self.tokenizer.pad_id, np.int32)
             mask = np.zeros((rows, length), bool)
             target = np.zeros((rows, length), bool)
@@ -171,8 +168,6 @@ def fit_scale_bias(feature: np.ndarray, labels: np.ndarray, *, max_iter: int = 5
 def fit_likelihood_meta_rm(lm: Decoder, tokenizer: Tokenizer, inputs: Sequence[MetaInput], labels: Sequence[bool], *,
                            template: str, batch_size: int = 16) -> tuple[LikelihoodMetaRM, Fit]:
     """Fit scale and bias on labelled trajectories (label = correct by Eq. 10); the LM is not changed."""
-    from spct_jax.eval.metrics import roc_auc
-
     if len(inputs) != len(labels):
         raise ValueError(f"{len(inputs)} trajectories but {len(labels)} labels")
     rm = LikelihoodMetaRM(lm=lm, tokenizer=tokenizer, template=template, batch_size=batch_size)

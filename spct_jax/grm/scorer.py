@@ -25,7 +25,7 @@ from spct_jax.grm.prompts import build_metarm_prompt, build_prompt
 from spct_jax.grm.rules import parse_for_template
 from spct_jax.grm.voting import permute, sample_permutations, unpermute, vote
 from spct_jax.models.transformer import Decoder
-from spct_jax.sampling import bucket, sample
+from spct_jax.sampling import length_bucketed_batches, sample
 from spct_jax.tokenizer import Tokenizer
 
 # Paper, App. D.1: "the temperature is set to 0.5" for all inference-time scaling runs (greedy = 0).
@@ -180,11 +180,7 @@ def score_sequences(rm, seqs: Sequence[Sequence[int]], *, pad_id: int, batch_siz
     """Scalar scores for token sequences; lengths are bucketed (powers of two) to bound recompiles."""
     graphdef, state = nnx.split(rm)
     out = np.zeros(len(seqs), np.float32)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        length = bucket(max(len(seqs[i]) for i in idx))
-        rows = bucket(len(idx), minimum=1)
+    for idx, rows, length in length_bucketed_batches([len(x) for x in seqs], batch_size):
         ids = np.full((rows, length), pad_id, np.int32)
         mask = np.zeros((rows, length), bool)
         for r, i in enumerate(idx):

@@ -77,6 +77,11 @@ def metarm_batch(examples: Sequence[MetaRMExample], idx: Sequence[int], *, pad_i
 def evaluate_metarm(rm, examples: Sequence[MetaRMExample], *, pad_id: int) -> dict[str, float]:
     """Held-out ROC-AUC (positive = correct trajectory) and accuracy at logit 0."""
     scores = score_sequences(rm, [e.ids for e in examples], pad_id=pad_id)
-    labels = np.asarray([e.label > 0.5 for e in examples])
-    auc = roc_auc(labels.tolist(), scores.tolist()) if 0 < labels.sum() < len(labels) else float("nan")
-    return {"auc": float(auc), "accuracy": float(np.mean((scores > 0) == labels)), "n": float(len(examples))}
+    return held_out_metrics([e.label > 0.5 for e in examples], scores)
+
+
+def held_out_metrics(labels: Sequence[bool], scores: np.ndarray) -> dict[str, float]:
+    """ROC-AUC of meta scores (logits) for correct trajectories (nan with one class), accuracy at logit 0, count."""
+    labels = np.asarray(labels, bool)
+    auc = roc_auc(labels.tolist(), np.asarray(scores).tolist()) if 0 < labels.sum() < len(labels) else float("nan")
+    return {"auc": float(auc), "accuracy": float(np.mean((np.asarray(scores) > 0) == labels)), "n": float(len(labels))}
