@@ -23,10 +23,9 @@ from spct_jax.data.toy import ToyConfig, toy_splits
 from spct_jax.models.registry import load_model
 from spct_jax.models.scalar_head import ScalarRM
 from spct_jax.parallel import MeshConfig, make_mesh
-from spct_jax.train import grpo as grpo_module
 from spct_jax.train import grpo_cli
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
-from spct_jax.train.grpo import GRPOConfig, GRPOUpdate
+from spct_jax.train.grpo import GRPOConfig, GRPOUpdate, sampler_calls
 from spct_jax.train.metrics import read_jsonl_metrics
 from spct_jax.train.rollout import RolloutConfig
 from spct_jax.train.stage_common import load_checkpoint, stage_run
@@ -182,28 +181,27 @@ TOY = toy_splits(0, {"rl": 3}, ToyConfig(num_responses=(2, 2)))["rl"]
 ROLLOUT = RolloutConfig(max_new_tokens=4, template="toy")
 
 
-def test_rollout_batch_prompts_sets_the_sampler_calls_not_the_trajectories(monkeypatch):
+def test_rollout_batch_prompts_sets_the_sampler_calls_not_the_trajectories():
+    def sizes(n, per_call):
+        return [len(range(n)[part]) for part in sampler_calls(n, per_call)]
+
+    # Every prompt once, in order, at most per_call a call.
+    assert sizes(3, None) == [3] and sizes(3, 2) == [2, 1] and sizes(3, 1) == [1, 1, 1] and sizes(4, 2) == [2, 2]
+    assert [i for part in sampler_calls(7, 3) for i in range(7)[part]] == list(range(7))
+    assert sampler_calls(0, 2) == []
+
     model, tok = load_model("tiny-random")
     opt = OptimizerConfig(learning_rate=1e-3)
     graphdef, state = create_train_state(model, opt, seed=0)
     step = make_grpo_step(graphdef, optimizer=opt, loss=GRPOLossConfig(group_size=2))
-    calls: list[int] = []
-    real = grpo_module.sample_trajectories
-
-    def counting(grm, items, *args, **kw):
-        calls.append(len(items))
-        return real(grm, items, *args, **kw)
-
-    monkeypatch.setattr(grpo_module, "sample_trajectories", counting)
     got = {}
     for per_call in (None, 2, 1):
         cfg = GRPOConfig(prompts_per_step=3, loss=GRPOLossConfig(group_size=2), rollout=ROLLOUT,
                          rollout_batch_prompts=per_call)
         update = GRPOUpdate(graphdef, tok, TOY, step, state.params, cfg, template="toy")
-        calls.clear()
         trajs = update.rollouts(state.params, TOY, salt=1_000)
         got[per_call] = [[(t.perm, t.completion_ids) for t in group] for group in trajs]
-        assert calls == {None: [3], 2: [2, 1], 1: [1, 1, 1]}[per_call], (per_call, calls)
+    # The grouping changes the sampler's batch, not a single trajectory.
     assert got[None] == got[2] == got[1]
     assert [len(group) for group in got[None]] == [2, 2, 2]
 

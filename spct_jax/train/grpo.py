@@ -75,6 +75,12 @@ def rollout_batch(trajs: Sequence[Sequence[Trajectory]], pad_id: int, *, length_
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}, rewards
 
 
+def sampler_calls(num_prompts: int, per_call: int | None) -> list[slice]:
+    """The prompts of each rollout sampler call, in order: `per_call` at a time (None: all in one call)."""
+    step = per_call or num_prompts
+    return [slice(start, min(start + step, num_prompts)) for start in range(0, num_prompts, step)]
+
+
 class GRPOUpdate:
     """`update(state, prompt_indices) -> (state, metrics)`: rollout, rewards, reference log-probs, GRPO step(s).
 
@@ -98,10 +104,9 @@ class GRPOUpdate:
         """G trajectories per prompt, `cfg.rollout_batch_prompts` prompts per sampler call. Every draw is seeded
         per (item, salt, sample), so the grouping changes memory, not the trajectories."""
         grm = GenerativeRewardModel(nnx.merge(self.graphdef, params), self.tokenizer, template=self.template)
-        per_call = self.cfg.rollout_batch_prompts or len(prompts)
         out: list[list[Trajectory]] = []
-        for start in range(0, len(prompts), per_call):
-            out += sample_trajectories(grm, prompts[start:start + per_call], self.cfg.group_size, seed=self.cfg.seed,
+        for part in sampler_calls(len(prompts), self.cfg.rollout_batch_prompts):
+            out += sample_trajectories(grm, prompts[part], self.cfg.group_size, seed=self.cfg.seed,
                                        cfg=self.cfg.rollout, salt=salt, progress=False)
         return out
 
