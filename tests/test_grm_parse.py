@@ -33,9 +33,22 @@ def test_last_box_after_scores_wins():
     assert parse_scores("Scores: \\boxed{1, 2} and Final Scores: \\boxed{5,6}", 2).scores == (5, 6)
 
 
-def test_without_a_scores_line_the_last_box_anywhere_counts():
-    # Table 17 of the paper shows a real generation ending this way.
-    assert parse_scores("### Analysis: ...\n### Output: \\boxed{10, 7}", 2).scores == (10, 7)
+def test_without_a_scores_line_no_box_counts():
+    # A truncated single-response trajectory quoting the judged response's own box: with the old fallback (last
+    # box anywhere) it parsed as \boxed{1} and earned RL's +1 (Eq. 11): a reward-hacking path.
+    truncated = "Analysis: The response concludes that x = 4, i.e. \\boxed{1}. However, step 3 divides by"
+    r = parse_scores(truncated, 1, low=0, high=1)
+    assert not r.ok and r.code == "no_scores_line"
+    # The paper's Table 17 output without the App. G "Scores:" line fails too (the rule is strict by design).
+    assert parse_scores("### Analysis: ...\n### Output: \\boxed{10, 7}", 2).code == "no_scores_line"
+
+
+def test_a_later_mention_of_scores_does_not_hide_the_box():
+    text = "Analysis: fine.\nScores: \\boxed{8, 9}\nThese Scores: reflect the criteria above."
+    assert parse_scores(text, 2).scores == (8, 9)
+    assert split_sections("Specific Criteria: p\n" + text) == ("p", "fine.")
+    # An anchor inside the analysis and the real one: the box after them both is the scores.
+    assert parse_scores("Analysis: Scores: are hard \\boxed{3}.\nScores: \\boxed{8, 9}", 2).scores == (8, 9)
 
 
 @pytest.mark.parametrize("text,code", [
@@ -62,7 +75,8 @@ def test_without_a_scores_line_the_last_box_anywhere_counts():
     ("Scores: \\boxed{" + "9" * 100_000 + ", 5}", "out_of_range"),
     ("Scores: \\boxed{8, 9", "unclosed_boxed"),
     ("Scores: \\boxed{{8, 9}", "unclosed_boxed"),
-    ("", "no_boxed"),
+    ("", "no_scores_line"),
+    ("Analysis: \\boxed{8, 9}", "no_scores_line"),
     ("Scores:", "no_boxed"),
     ("Specific Criteria: ... Analysis: ... Scores: 8, 9", "no_boxed"),
 ])

@@ -68,3 +68,11 @@ def test_judge_template_reward():
     assert rule_reward("Scores: \\boxed{x}", [0.0, 1.0], template="judge") == -1.0
     with pytest.raises(ValueError):
         rule_reward("Scores: \\boxed{1}", [0.0, 1.0], template="nope")
+
+
+def test_a_box_quoted_without_a_scores_line_earns_no_reward():
+    # Eq. 11 must not reward a truncated trajectory for the judged response's own \boxed{} (parse.py, rule 1).
+    truncated = "Analysis: The response concludes ... \\boxed{1}. However, step 3 divides by"
+    assert rule_reward(truncated, [1.0], template="single") == -1.0
+    assert rule_reward(truncated + "\nScores: \\boxed{1}", [1.0],
+                       template="single") == 1.0

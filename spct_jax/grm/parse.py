@@ -6,11 +6,14 @@ The paper gives no regex; the App. G output format is
     Scores: \\boxed{s_1, ..., s_n}
 so the rule here is (our choice, kept strict because a wrong parse silently corrupts rewards):
 
-1. Anchor: the LAST "Scores:" in the text (case-sensitive, optional spaces before the colon; "Final Scores:"
-   also matches). If there is one, only text after it is searched, so a \\boxed{} quoted from a math response
-   inside the analysis is never mistaken for the scores. If there is none, the whole text is searched: the
-   paper's own case study (Table 17) shows a real output ending "### Output: \\boxed{10, 7}" with no
-   "Scores:" line.
+1. Anchor: a "Scores:" line (case-sensitive, optional spaces before the colon; "Final Scores:" also matches)
+   must come before the box. Only text after the FIRST anchor is searched, so a \\boxed{} quoted from a math
+   response inside the analysis is never mistaken for the scores, and a later line that mentions "Scores:"
+   again does not hide the box before it. With no anchor the parse FAILS (`no_scores_line`): a truncated
+   generation such as "Analysis: the response concludes \\boxed{1}. However, step 3 divides by" must not earn
+   RL's +1 (Eq. 11) for a box it only quoted. (The paper's Table 17 shows one output ending "### Output:
+   \\boxed{10, 7}" without the App. G "Scores:" line; the App. G template asks for the line, and a stricter
+   rule costs a failed sample where a looser one would hand a reward-hacking path to RL.)
 2. Take the last \\boxed{ in that region and its matching } (nested braces counted). Unclosed -> failure.
 3. Split the contents on ASCII commas. Each piece, stripped of whitespace, must be an optionally negative run
    of ASCII digits 0-9 (so Arabic-Indic '٣', full-width '３', '8.5', '**8**' are rejected; Python's int()
@@ -33,7 +36,8 @@ MAX_TOKEN_CHARS = 12
 
 ERROR_CODES = (
     "not_text",          # the input is not a str
-    "no_boxed",          # no \boxed{ in the searched region (after the last "Scores:", or anywhere)
+    "no_scores_line",    # no "Scores:" anchor anywhere: a box without one is not trusted (rule 1)
+    "no_boxed",          # no \boxed{ after the first "Scores:"
     "unclosed_boxed",    # the last \boxed{ has no matching }
     "template_echo",     # \boxed{x, x}: the template's example, not scores
     "wrong_count",       # not exactly num_responses comma-separated pieces
@@ -93,14 +97,28 @@ def _matching_brace(text: str, open_at: int) -> int:
     return -1
 
 
+def _scores_box(text: str) -> tuple[re.Match[str] | None, re.Match[str] | None]:
+    """(the anchor that introduces the scores box, the box's opening match): the last \\boxed{ after the FIRST
+    "Scores:", and the last "Scores:" before that box (which ends the critique). Either may be None."""
+    first = _ANCHOR.search(text)
+    if first is None:
+        return None, None
+    box = _last_match(_BOXED, text, first.end())
+    if box is None:
+        return first, None
+    anchor = first
+    for m in _ANCHOR.finditer(text, first.end(), box.start()):
+        anchor = m
+    return anchor, box
+
+
 def last_boxed(text: str) -> tuple[str | None, str | None]:
     """(contents of the box holding the scores, None) or (None, error) following rules 1-2 above."""
-    anchor = _last_match(_ANCHOR, text)
-    start = 0 if anchor is None else anchor.end()
-    box = _last_match(_BOXED, text, start)
+    anchor, box = _scores_box(text)
+    if anchor is None:
+        return None, "no_scores_line: no 'Scores:' line, so no \\boxed{...} is taken as the scores"
     if box is None:
-        where = "anywhere (and no 'Scores:' line)" if anchor is None else "after the last 'Scores:'"
-        return None, f"no_boxed: no \\boxed{{...}} {where}"
+        return None, "no_boxed: no \\boxed{...} after 'Scores:'"
     close = _matching_brace(text, box.end() - 1)
     if close < 0:
         return None, f"unclosed_boxed: the last \\boxed{{ is never closed: {_show(text[box.end():])}"
@@ -149,7 +167,8 @@ def split_sections(text: str) -> tuple[str, str]:
     """(principles, critique): the 'Specific Criteria:' and 'Analysis:' parts of a generation, stripped.
 
     Principles run from the first 'Specific Criteria:' to the next 'Analysis:' (or 'Scores:', or the end);
-    the critique from the first 'Analysis:' after that to the last 'Scores:' (or the end). Markdown bold
+    the critique from the first 'Analysis:' after that to the 'Scores:' that introduces the scores box (or the
+    last 'Scores:', or the end). Markdown bold
     around a header ('**Analysis:**') is allowed. A missing part is ''. Never raises.
     """
     if not isinstance(text, str):
@@ -163,7 +182,10 @@ def split_sections(text: str) -> tuple[str, str]:
     critique = ""
     c_head = _CRITIQUE.search(text, search_from)
     if c_head is not None:
-        # The LAST 'Scores:' ends the critique, as in parse_scores: an earlier one is prose inside the analysis.
-        anchor = _last_match(_ANCHOR, text, c_head.end())
+        # The 'Scores:' that introduces the scores box ends the critique (parse_scores' anchor): an earlier one
+        # is prose inside the analysis, a later one prose after the scores. Without a box, the last one.
+        anchor, box = _scores_box(text)
+        if box is None or anchor.start() < c_head.end():
+            anchor = _last_match(_ANCHOR, text, c_head.end())
         critique = _trim(text[c_head.end():len(text) if anchor is None else anchor.start()])
     return principles, critique
