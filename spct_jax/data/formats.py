@@ -13,7 +13,8 @@ Formats (name: what a row looks like; see SPEC section 10 and the modules in spc
   sharegpt_dpo             {conversations[{from, value}], chosen{from, value}, rejected{from, value}}
   llmbar                   {input, output_1, output_2, label 1|2} (LLMBar's own files) -> best = label - 1
   realmistake              {input, llm_response, error_label, metadata{id}} -> one response, reward 1 if no_error
-  schema                   PreferenceItem.to_json() rows
+  schema                   PreferenceItem.to_json() rows; `rewards` without a `best` field get best = the
+                           unique maximum of the rewards (Eq. 10), a shared maximum is a bad row
 
 Policy: a malformed row raises DataError naming `file:line` (`file:[index]` in JSON arrays and parquet) and the
 field, before any item is returned. With on_error="skip" the row is left out and listed in the ReadReport.

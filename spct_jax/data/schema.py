@@ -3,6 +3,9 @@
 A `PreferenceItem` is what flows from file readers into prompts, rules and benchmarks. Ground truth is kept
 in two forms because the paper needs both: `rewards` (the per-response labels r_i of Eq. 10) and `best`
 (argmax_l r_l, which Eq. 10 requires to be unique for n >= 2).
+
+Rows of the schema's own JSON may give `rewards` without `best`; `native_best` then derives `best` from the unique
+maximum of the rewards and refuses a shared maximum (see its docstring for the `"best": null` case).
 """
 from __future__ import annotations
 
@@ -89,9 +92,16 @@ class PreferenceItem:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "PreferenceItem":
+        """The inverse of to_json; a dict with `rewards` and no `best` key gets `native_best`'s index."""
+        uid = str(d["uid"])
+        rewards = None if d.get("rewards") is None else [float(x) for x in d["rewards"]]
+        try:
+            best = native_best(rewards, d.get("best"), has_best="best" in d)
+        except DataError as e:
+            raise DataError(f"item {uid!r}: {e}") from None
         return cls(context=[Turn(role=t["role"], content=t["content"]) for t in d["context"]],
-                   responses=list(d["responses"]), rewards=None if d.get("rewards") is None else [float(x) for x in d["rewards"]],
-                   best=d.get("best"), source=d.get("source", "spct"), uid=str(d["uid"]), meta=dict(d.get("meta") or {}))
+                   responses=list(d["responses"]), rewards=rewards, best=best, source=d.get("source", "spct"),
+                   uid=uid, meta=dict(d.get("meta") or {}))
 
 
 def best_from_rewards(rewards: list[float]) -> int | None:
@@ -100,3 +110,27 @@ def best_from_rewards(rewards: list[float]) -> int | None:
         return None
     top = max(rewards)
     return rewards.index(top) if rewards.count(top) == 1 else None
+
+
+def native_best(rewards: list[float] | None, best: int | None, *, has_best: bool) -> int | None:
+    """The `best` of a row of the schema's own JSON, where Eq. 10 decides the best response from `rewards`.
+
+    - a `best` index is kept as given (PreferenceItem checks that it is the unique maximum of the rewards);
+    - no `best` field, rewards for n >= 2 responses: their unique argmax. A shared maximum raises DataError: Eq. 10
+      cannot judge such a row, and a silent best=None would make training drop it as "no unique best";
+    - `"best": null`: the unique argmax where there is one, else None. A null next to a shared maximum is a tie the
+      row declares: PreferenceItem.to_json writes exactly that for items with no unique best by design (a PPE
+      correctness question with several correct answers, an UltraFeedback row with tied ratings), so those dumps
+      read back unchanged.
+    Without rewards (or for one response, which Eq. 10 compares with its label instead) `best` stays as given.
+    """
+    if best is not None or rewards is None:
+        return best
+    derived = best_from_rewards(rewards)
+    if derived is None and not has_best and len(rewards) >= 2:
+        top = max(rewards)
+        tied = [i for i, r in enumerate(rewards) if r == top]
+        raise DataError(f"field 'rewards': the maximum {top:g} is not unique (responses {tied}), so Eq. 10 has no "
+                        "best response; make one reward the maximum, or write \"best\": null to keep the row as a "
+                        "tie (training then drops it)")
+    return derived

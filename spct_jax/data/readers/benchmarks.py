@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from spct_jax.data.readers.fields import Drop, Row, make_item, prompt_context, turns
-from spct_jax.data.schema import PreferenceItem, Turn, best_from_rewards
+from spct_jax.data.schema import DataError, PreferenceItem, Turn, best_from_rewards, native_best
 
 
 def _meta(row: Row, **fields: str) -> dict[str, Any]:
@@ -136,6 +136,10 @@ def schema(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
     best = row.value.get("best")
     if best is not None and (isinstance(best, bool) or not isinstance(best, int)):
         row.fail("best", f"expected an integer index or null, got {best!r}")
+    try:  # rewards without a best: Eq. 10's unique maximum, or a loud failure at this file:line
+        best = native_best(rewards, best, has_best="best" in row.value)
+    except DataError as e:
+        raise DataError(f"{row.loc}: {e}") from None
     meta = row.value.get("meta") or {}
     if not isinstance(meta, dict):
         row.fail("meta", f"expected an object, got {type(meta).__name__}")
