@@ -300,6 +300,39 @@ def test_ppe_preference_and_correctness():
                            subset="ifeval")["IFEval"] == 1.0
 
 
+def test_ppe_correctness_pairwise_predictions_score_like_the_pairs_of_whole_ones():
+    """Predictions keyed question_id+j (2 scores, pair order [a, b]) score each conflict pair as the same numbers
+    read off a whole K-score prediction would; Best-of-K exists only where every question was predicted whole."""
+    from spct_jax.eval.ppe import conflict_pair_items
+
+    math_q = correctness_item("m1", [1, 0, 0, 1], [[0, 1], [2, 3], [1, 3]], "math_best_of_k")
+    gpqa_q = correctness_item("g1", [0, 1, 0, 0], [[0, 1], [1, 2]], "gpqa")
+    whole = {"m1": [8.0, 3.0, 5.0, 5.0], "g1": [4.0, 9.0, 9.0, 1.0]}
+    pairs = [p for q in (math_q, gpqa_q) for p in conflict_pair_items(q)]
+    assert [(p.uid, p.responses, p.best) for p in pairs] == [
+        ("m1+0", ["r0", "r1"], 0), ("m1+1", ["r2", "r3"], 1), ("m1+2", ["r1", "r3"], 1),
+        ("g1+0", ["r0", "r1"], 1), ("g1+1", ["r1", "r2"], 0)]
+    assert pairs[2].meta["question_id"] == "m1" and pairs[2].meta["conflict_pair"] == [1, 3]
+    pairwise = {p.uid: [whole[p.meta["question_id"]][i] for i in p.meta["conflict_pair"]] for p in pairs}
+    for ties in ("half", "wrong", "random"):
+        w = score_benchmark("ppe", [math_q, gpqa_q], whole, ties=ties, seed=3)
+        got = score_benchmark("ppe", [math_q, gpqa_q], pairwise, ties=ties, seed=3)
+        assert got == {k: v for k, v in w.items() if "Best-of-K" not in k}
+        # The pair items themselves (e.g. read back from a run's items.jsonl) score the same.
+        assert score_benchmark("ppe", pairs, pairwise, ties=ties, seed=3) == got
+    assert set(got) == {"MATH", "GPQA", "PPE Correctness"}
+    # One set whole, one pairwise: Best-of-K for the whole set only, no pooled Best-of-K.
+    mixed = {"m1": whole["m1"], **{u: s for u, s in pairwise.items() if u.startswith("g1")}}
+    out = score_benchmark("ppe", [math_q, gpqa_q], mixed)
+    assert out["MATH Best-of-K"] == 1.0 and "GPQA Best-of-K" not in out and "PPE Correctness Best-of-K" not in out
+    with pytest.raises(PredictionError, match="'m1\\+1'"):
+        score_benchmark("ppe", [math_q], {u: s for u, s in pairwise.items() if u != "m1+1"})
+    with pytest.raises(PredictionError, match="'m1': predicted whole .* and also per conflict pair"):
+        score_benchmark("ppe", [math_q], {**pairwise, "m1": whole["m1"]})
+    with pytest.raises(PredictionError, match="uid 'm1\\+0': 4 scores for 2 responses"):
+        score_benchmark("ppe", [math_q], {**pairwise, "m1+0": whole["m1"]})
+
+
 def test_expected_best_of_k_matches_brute_force():
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -328,6 +361,37 @@ def test_roc_auc_matches_sklearn_with_ties():
         assert roc_auc(y, s) == pytest.approx(metrics.roc_auc_score(y, s), abs=1e-12)
     with pytest.raises(ValueError, match="one class"):
         roc_auc([1, 1], [0.3, 0.4])
+
+
+def test_roc_auc_with_failures_gives_an_unscored_item_chance_credit_in_every_pair():
+    from spct_jax.eval.metrics import roc_auc_with_failures
+
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        n = int(rng.integers(2, 12))
+        y = [bool(x) for x in rng.integers(0, 2, size=n)]
+        y[0], y[1] = True, False
+        s = [None if rng.random() < 0.3 else float(rng.integers(1, 5)) for _ in range(n)]
+        credit = [1.0 if a is not None and b is not None and a > b else 0.0 if a is not None and b is not None
+                  and a < b else 0.5 for a, yp in zip(s, y) if yp for b, yn in zip(s, y) if not yn]
+        assert roc_auc_with_failures(y, s) == pytest.approx(np.mean(credit))
+        if None not in s:
+            assert roc_auc_with_failures(y, s) == roc_auc(y, s)
+    with pytest.raises(ValueError, match="one class"):
+        roc_auc_with_failures([True, True], [None, 1.0])
+
+
+def test_realmistake_missing_predictions_are_failures_but_a_file_matching_nothing_is_an_error():
+    items = [PreferenceItem(context=[{"role": "user", "content": "t"}], responses=["r"], rewards=[float(ok)],
+                            best=None, source="realmistake", uid=uid) for uid, ok in [("a", 1), ("b", 0), ("c", 0)]]
+    out = score_benchmark("realmistake", items, {"a": [9.0], "b": [2.0]})
+    assert out["Failed"] == pytest.approx(1 / 3) and out["ROC-AUC"] == 0.75 and out["Accuracy"] == pytest.approx(2 / 3)
+    full = score_benchmark("realmistake", items, {"a": [9.0], "b": [2.0], "c": [5.0]})
+    assert full["Failed"] == 0.0 and full["ROC-AUC"] == 1.0 and full["Accuracy"] == 1.0
+    with pytest.raises(PredictionError, match="no prediction for any of the 3 items"):
+        score_benchmark("realmistake", items, {"zz": [1.0]})
+    with pytest.raises(PredictionError, match="uid 'a': 2 scores for 1 responses"):
+        score_benchmark("realmistake", items, {"a": [1.0, 2.0]})
 
 
 def test_realmistake_scores_match_sklearn():

@@ -156,3 +156,114 @@ def test_out_must_be_a_folder(data, tmp_path, capsys):
     assert spct(["eval", "run", "--model", "tiny-random", "--benchmark", "rewardbench", "--data", str(data),
                  "--out", str(tmp_path / "f")]) == 1
     assert "exists and is not a folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- PPE correctness: one prompt per conflict pair
+
+PPE_FIXTURE = Path(__file__).parent / "fixtures" / "data" / "formats" / "ppe_correctness.jsonl"
+
+
+def test_ppe_correctness_is_judged_one_conflict_pair_at_a_time(tmp_path, capsys):
+    """The fixture's questions have 32 responses each; every GRM prompt must hold one conflict pair (2 responses),
+    under PPE's pairwise uid question_id+j, and `spct eval score` must reproduce results.json from the pairs."""
+    from spct_jax.eval.run import run_main
+
+    out = tmp_path / "out"
+    assert run_main(["--model", "tiny-random", "--benchmark", "ppe", "--subset", "math", "--data", str(PPE_FIXTURE),
+                     "--k", "1", "--max-new-tokens", "8", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in PPE_FIXTURE.read_text().splitlines()]
+    want = {}  # uid -> (the pair's two responses, best)
+    for row in rows:
+        for j, (a, b) in enumerate(row["sampled_conflict_pairs"]):
+            want[f"{row['question_id']}+{j}"] = ([row[f"response_{a + 1}"], row[f"response_{b + 1}"]],
+                                                  0 if row["scores"][a] > row["scores"][b] else 1)
+    dumped = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines()]
+    assert [d["uid"] for d in dumped] == list(want) == ["mmlu-1+0", "mmlu-1+1", "mmlu-2+0", "mmlu-2+1", "mmlu-2+2",
+                                                        "mmlu-2+3"]
+    for d in dumped:
+        assert (d["responses"], d["best"]) == want[d["uid"]]
+        assert d["samples"] and all(len(s["permutation"]) == 2 for s in d["samples"])
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [p["uid"] for p in preds] == list(want) and all(len(p["scores"]) == 2 for p in preds)
+    results = json.loads((out / "results.json").read_text())
+    [run] = results["runs"]
+    # Best-of-K needs all 32 scores of a question, which pairwise judging never produces.
+    assert set(run["scores"]) == {"MATH", "PPE Correctness"}
+    capsys.readouterr()
+    assert spct(["eval", "score", "--benchmark", "ppe", "--subset", "math", "--data", str(PPE_FIXTURE),
+                 "--predictions", str(out / "predictions.jsonl"), "--json", "--strict"]) == 0
+    assert json.loads(capsys.readouterr().out) == run["scores"]
+
+
+# ---------------------------------------------------------------- ReaLMistake: per-sample means across items
+
+def _realmistake(uid: str, ok: bool) -> PreferenceItem:
+    return PreferenceItem(context=[{"role": "user", "content": f"task {uid}"}], responses=[f"response {uid}"],
+                          rewards=[1.0 if ok else 0.0], best=None, source="realmistake", uid=uid,
+                          meta={"error_label": "no_error" if ok else "error"})
+
+
+def _single_samples(score: int, parsed: int, k: int = 8) -> list[SampleRecord]:
+    """k samples of a one-response item: the first `parsed` give `score`, the rest failed to parse."""
+    return [SampleRecord(permutation=(0,), text="", principles="", critique="",
+                         scores=(score,) if j < parsed else None, error=None if j < parsed else "no \\boxed{}",
+                         meta_score=float(j)) for j in range(k)]
+
+
+def _realmistake_runs(cases, tmp_path, k_metas=None):
+    """score_runs (what `spct eval run` scores) on hand-made samples; also writes the data file and the
+    predictions so that `spct eval score` can be checked against the same numbers."""
+    from spct_jax.eval.run import build_parser, score_runs
+
+    items = [_realmistake(uid, ok) for uid, ok, _, _ in cases]
+    plan = Plan(ks=[8], k_metas=k_metas, temperature=0.5)
+    rows = []
+    for item, (_, _, score, parsed) in zip(items, cases):
+        samples = _single_samples(score, parsed)
+        rows.append(item_dump(item, samples, votes_for(item, samples, plan, seed=0)))
+    args = build_parser().parse_args(["--model", "m", "--benchmark", "realmistake", "--data", "d", "--out", "o",
+                                      "--k", "8"])
+    runs, files = score_runs(items, rows, plan, args)
+    data = tmp_path / "realmistake.jsonl"
+    data.write_text("".join(json.dumps({"input": it.context[0]["content"], "llm_response": it.responses[0],
+                                        "error_label": it.meta["error_label"], "metadata": {"id": it.uid}}) + "\n"
+                            for it in items))
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    return runs, data
+
+
+def _score_cli(data, pred, capsys) -> dict:
+    capsys.readouterr()
+    assert spct(["eval", "score", "--benchmark", "realmistake", "--data", str(data), "--predictions", str(pred),
+                 "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_realmistake_ranks_items_by_their_per_sample_mean(tmp_path, capsys):
+    # A no-error item with 6 of 8 samples parsed at 8 (sum 48) against an error item with 8 of 8 at 7 (sum 56):
+    # the sums rank them backwards (AUC 0.0); the means (8 vs 7) rank them right. A second no-error item with 5 of
+    # 8 at 8 (sum 40) fell under the old summed threshold 5.5 * 8 = 44 and was called "error".
+    cases = [("a", True, 8, 6), ("b", False, 7, 8), ("c", True, 8, 5)]
+    runs, data = _realmistake_runs(cases, tmp_path, k_metas=[4])
+    for run in runs:  # Voting@8, then MetaRM@8 keeping 4 (the mean over the 4 kept)
+        lines = [json.loads(x) for x in (tmp_path / run["predictions"]).read_text().splitlines()]
+        assert lines == [{"uid": "a", "scores": [8.0]}, {"uid": "b", "scores": [7.0]}, {"uid": "c", "scores": [8.0]}]
+        assert run["scores"]["ROC-AUC"] == run["scores"]["ReaLMistake"] == 1.0
+        # Per-sample threshold 5.5: a and c are "no_error" (right), b at 7 is "no_error" too (wrong).
+        assert run["scores"]["Accuracy"] == pytest.approx(2 / 3) and run["scores"]["Failed"] == 0.0
+        assert _score_cli(data, tmp_path / run["predictions"], capsys) == run["scores"]
+
+
+def test_realmistake_item_with_no_parsed_sample_is_a_failure_not_an_error_verdict(tmp_path, capsys):
+    # c's 8 samples all failed: no score. It must not be scored 0 and so called "error" (its label, by luck here).
+    cases = [("a", True, 8, 8), ("b", False, 3, 8), ("c", False, 0, 0)]
+    [run], data = _realmistake_runs(cases, tmp_path)
+    lines = [json.loads(x) for x in (tmp_path / run["predictions"]).read_text().splitlines()]
+    assert [x["uid"] for x in lines] == ["a", "b"]  # no prediction for c
+    s = run["scores"]
+    assert s["Failed"] == pytest.approx(1 / 3)
+    assert s["ROC-AUC"] == pytest.approx(0.75)  # a>b: 1; a vs the unscored c: chance, 1/2
+    assert s["Accuracy"] == pytest.approx(2 / 3)  # c is wrong, whatever its label
+    assert (s["Precision"], s["Recall"]) == (1.0, 0.5)  # c is not an "error" verdict
+    assert _score_cli(data, tmp_path / run["predictions"], capsys) == s

@@ -11,10 +11,14 @@ by the benchmark's own section names, plus one headline key per benchmark:
 | rewardbench | "RewardBench"                       | "Chat", "Chat Hard", "Safety", "Reasoning"        | "half"  |
 | rmb         | "RMB"                               | "Pairwise/BoN Helpfulness/Harmlessness"           | "wrong" |
 | ppe         | "PPE Preference", "PPE Correctness" | "MMLU-Pro", "MATH", "GPQA", "MBPP-Plus", "IFEval" | "half"  |
-| realmistake | "ReaLMistake" (= "ROC-AUC")         | "Accuracy", "Precision", "Recall", "F1"           | -       |
+| realmistake | "ReaLMistake" (= "ROC-AUC")         | "Accuracy", "Precision", "Recall", "F1", "Failed" | -       |
 
 All values are in [0, 1]; a section with no items is absent. `ties` is each scorer's default tie rule (see
 metrics.py); ReaLMistake's ROC-AUC counts a tied positive/negative pair as 1/2.
+
+Two benchmarks are predicted differently from their data items (see their modules): a PPE correctness question is
+predicted per conflict pair (uid question_id+j, 2 scores) - or whole, K scores, which adds Best-of-K - and a
+ReaLMistake item may have no prediction at all (the judge failed on it), reported under "Failed".
 """
 from __future__ import annotations
 

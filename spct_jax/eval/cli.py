@@ -18,7 +18,7 @@ from spct_jax.data.schema import PreferenceItem
 from spct_jax.eval import ppe
 from spct_jax.eval.benchmarks import BENCHMARKS, score_benchmark
 from spct_jax.eval.metrics import TIE_RULES
-from spct_jax.eval.predictions import check_predictions, load_predictions
+from spct_jax.eval.predictions import PredictionError, load_predictions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmark data files or folders (read recursively), e.g. RMB's pairwise and BoN sets")
     p.add_argument("--format", default=None, help="data format for the reader (default: detected from the fields)")
     p.add_argument("--predictions", required=True, metavar="PRED.jsonl",
-                   help='one {"uid": ..., "scores": [...]} line per item, scores in the original response order')
+                   help='one {"uid": ..., "scores": [...]} line per item, scores in the original response order '
+                        "(ppe correctness: per conflict pair, uid question_id+j, or per question with all K scores; "
+                        "realmistake: an item without a line counts as failed)")
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by section name")
     p.add_argument("--ties", choices=TIE_RULES, default=None,
                    help="tie rule (default per benchmark: rewardbench half, rmb wrong, ppe half)")
@@ -37,11 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-sets", action="store_true", help="rewardbench: [2,2,2,2,1] average with prior sets")
     p.add_argument("--details", action="store_true", help="rewardbench/rmb: add per-subset accuracies")
     p.add_argument("--threshold", type=float, default=None,
-                   help="realmistake: predict 'error' iff score < threshold (default 5.5, for 1-10 scores)")
+                   help="realmistake: predict 'error' iff score < threshold (default 5.5, the midpoint of the "
+                        "1-10 scale; spct eval run's predictions are per-sample means)")
     p.add_argument("--subset", default=None,
                    help="ppe: the correctness set of all the data (mmlu_pro, math, gpqa, ifeval, mbpp_plus); "
                         "default: the set named in each data path")
     p.add_argument("--strict", action="store_true", help="fail on predictions that match no item")
+    # (each scorer checks that every item it needs has a prediction; --strict adds the converse)
     return p
 
 
@@ -75,6 +79,14 @@ def _read(paths: Sequence[str], format: str | None, benchmark: str) -> list[Pref
     return items
 
 
+def answered_uids(benchmark: str, items: Sequence[PreferenceItem], preds: dict) -> set[str]:
+    """The uids a predictions file may hold for these items: PPE correctness questions are predicted per conflict
+    pair (question_id+j) unless predicted whole (ppe.prediction_items)."""
+    if benchmark == "ppe":
+        return {it.uid for it in ppe.prediction_items(items, preds)}
+    return {it.uid for it in items}
+
+
 def _table(name: str, n_items: int, results: dict[str, float]) -> str:
     width = max(len(k) for k in results)
     lines = [f"{name}: {n_items} items (%)"]
@@ -90,17 +102,19 @@ def score_main(argv: Sequence[str] | None = None) -> int:
     try:
         items = _read(args.data, args.format, args.benchmark)
         preds = load_predictions(args.predictions)
-        if args.strict:
-            check_predictions(items, preds, allow_extra=False)
+        expected = answered_uids(args.benchmark, items, preds)
+        extra = [u for u in preds if u not in expected]
+        if args.strict and extra:
+            shown = ", ".join(repr(u) for u in extra[:5]) + (", ..." if len(extra) > 5 else "")
+            raise PredictionError(f"{len(extra)} predictions match no item: uid {shown}")
         results = score_benchmark(args.benchmark, items, preds, **_options(args))
     except (ValueError, OSError) as e:
         # DataError and PredictionError are ValueErrors; so are an option the benchmark does not take and a
         # metric undefined on the data (ROC-AUC with one class).
         print(f"spct eval score: error: {e}", file=sys.stderr)
         return 1
-    unused = len(set(preds) - {item.uid for item in items})
-    if unused:
-        print(f"spct eval score: note: {unused} predictions match no item and were not used", file=sys.stderr)
+    if extra:
+        print(f"spct eval score: note: {len(extra)} predictions match no item and were not used", file=sys.stderr)
     if not results:
         print("spct eval score: error: no items to score", file=sys.stderr)
         return 1

@@ -1,5 +1,5 @@
-"""The metric kernels every benchmark scorer shares: picking the best response under a tie rule, ROC-AUC,
-binary precision/recall/F1, and expected best-of-K.
+"""The metric kernels every benchmark scorer shares: picking the best response under a tie rule, ROC-AUC (also
+with unscored items), binary precision/recall/F1, and expected best-of-K.
 
 Tie rules (the `ties` argument of every accuracy-based scorer). A tie is a shared maximum that includes the
 ground-truth best response; a response that is beaten outright earns 0 under every rule.
@@ -77,6 +77,29 @@ def roc_auc(labels: Sequence[int | bool], scores: Sequence[float]) -> float:
     midrank = np.cumsum(counts) - (counts - 1) / 2.0
     rank_sum_pos = float(midrank[inverse][y].sum())
     return (rank_sum_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def roc_auc_with_failures(labels: Sequence[int | bool], scores: Sequence[float | None]) -> float:
+    """ROC-AUC where an item without a score (None: the judge failed on it) ties with every other item, so each
+    positive/negative pair it belongs to earns 1/2 - exactly the credit `roc_auc` gives a tied pair, i.e. chance.
+
+    Dropping the failed items instead would let a judge that fails on the hard items look better than one that
+    tries them; placing them at a fixed score (the scale's midpoint, or 0) would rank them against the scored items
+    as if the judge had said something. Without failures this is `roc_auc`.
+    """
+    y = np.asarray(labels, dtype=bool)
+    if len(scores) != len(y) or y.ndim != 1:
+        raise ValueError(f"labels and scores must be 1-D of one length, got {y.shape} and {len(scores)}")
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("ROC-AUC is undefined with only one class present")
+    scored = np.asarray([s is not None for s in scores], dtype=bool)
+    pos, neg = int((y & scored).sum()), int((~y & scored).sum())
+    concordant = 0.0  # credit summed over the pairs of two scored items
+    if pos and neg:
+        concordant = roc_auc(y[scored], [s for s in scores if s is not None]) * pos * neg
+    return (concordant + 0.5 * (n_pos * n_neg - pos * neg)) / (n_pos * n_neg)
 
 
 def binary_metrics(y_true: Sequence[int | bool], y_pred: Sequence[int | bool]) -> dict[str, float]:

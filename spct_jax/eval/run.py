@@ -10,13 +10,26 @@ MetaRM@k keeps the top k_meta of those k by meta score; k_meta defaults to k/2 (
 A prediction is the vote totals, so ties between responses are scored by the benchmark's own rule, exactly as
 `spct eval score` would score the same file; `--ties random` gives the paper's seeded random tie-break instead.
 
+What is judged is not always the data's item (results.json: `items` counts judged items, `benchmark_items` the
+data's):
+  ppe          a correctness question (32 responses) is judged as its conflict pairs, one 2-response item per
+               pair with uid question_id+j (ppe.py: PPE's own pairwise view; 32 chain-of-thought answers do not fit
+               one prompt). --limit counts questions, so every judged question is scored whole.
+  realmistake  ROC-AUC and the threshold compare scores ACROSS items, and a sum over the samples that parsed
+               depends on how many parsed (6 of 8 at 8 = 48 ranks below 8 of 8 at 7 = 56). The prediction is
+               therefore the per-sample mean, totals / samples summed (the parsed ones for Voting, the kept ones
+               for MetaRM), as serve's pointwise rewards; --threshold is per sample (default 5.5, on 1-10). An
+               item none of whose samples parsed has no score and no predictions line: realmistake.py counts it
+               under "Failed" and scores it as a failed judgement, never as an "error" verdict.
+
 Artifacts in --out (each written to a temporary name, then renamed, and only after every item is judged, so a
 crash leaves no half-written file):
-  predictions.jsonl            one {"uid", "scores"} line per item, Voting@k totals in the original response order
+  predictions.jsonl            one {"uid", "scores"} line per judged item, Voting@k totals in the original response
+                               order (realmistake: the per-sample mean; none for an item with no parsed sample)
   predictions_metarm.jsonl     the same for MetaRM@k (with --meta-rm)
     (several k: predictions_k{K}.jsonl and predictions_metarm_k{K}.jsonl, one per k; any of them scores with
     `spct eval score --predictions ...` to the numbers in results.json)
-  items.jsonl                  per item: uid, source, meta, context, responses, ground truth (rewards, best),
+  items.jsonl                  per judged item: uid, source, meta, context, responses, ground truth (rewards, best),
                                samples [{permutation, text, principles, critique, scores (original order) | null,
                                error, meta_score, kept (in the headline vote)}], votes [{method, k, k_meta,
                                totals, best, kept, num_valid, num_failed}]
@@ -85,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-meta", type=_int_list, default=None, metavar="KM[,KM...]",
                    help="samples the meta RM keeps, one per k in ascending k order (default: k/2 rounded up)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--limit", type=int, default=None, help="judge only the first N items")
+    p.add_argument("--limit", type=int, default=None,
+                   help="judge only the first N data items (a PPE correctness question counts once, with all its "
+                        "conflict pairs)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=None, help="default: 0.5 (paper) if max k > 1, else 0")
     p.add_argument("--seed", type=int, default=0, help="sampling, shuffle and tie-break seed")
@@ -96,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--details", action="store_true", help="rewardbench/rmb: add per-subset accuracies")
     p.add_argument("--subset", default=None, help="ppe: the correctness set of all the data")
     p.add_argument("--threshold", type=float, default=None,
-                   help="realmistake: per-sample error threshold (default 5.5 on the 1-10 scale), multiplied by "
-                        "the number of samples voting (k, or k_meta) since predictions are vote sums")
+                   help="realmistake: predict 'error' iff the per-sample mean score < threshold (default 5.5, "
+                        "the midpoint of the 1-10 scale; the same for every k, as predictions are means)")
     p.add_argument("--viewer-limit", type=int, default=500, help="items shown in viewer.html (default 500)")
     return p
 
@@ -157,12 +172,26 @@ def score_options(args: argparse.Namespace, method: str, k: int, k_meta: int | N
         opts["prior_sets"] = True
     if args.details:
         opts["details"] = True
-    if args.benchmark == "realmistake":
-        per_sample = realmistake.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
-        opts["threshold"] = per_sample * (k_meta if method == "metarm" else k)
-    elif args.threshold is not None:
-        raise ValueError("--threshold applies to realmistake only")
+    if args.threshold is not None:
+        if args.benchmark != "realmistake":
+            raise ValueError("--threshold applies to realmistake only")
+        opts["threshold"] = args.threshold  # per sample: the predictions are per-sample means (judged_prediction)
     return opts
+
+
+def judged_items(benchmark: str, items: Sequence[PreferenceItem]) -> list[PreferenceItem]:
+    """The items the GRM judges: PPE correctness questions as their conflict pairs (module docstring)."""
+    return ppe.pairwise_items(items) if benchmark == "ppe" else list(items)
+
+
+def judged_prediction(benchmark: str, vote: Mapping[str, Any]) -> list[float] | None:
+    """One judged item's prediction from its vote: the totals, or for ReaLMistake, whose metrics compare items with
+    each other, the mean over the samples summed (None when no sample was: the item has no score)."""
+    totals = [float(x) for x in vote["totals"]]
+    if benchmark != "realmistake":
+        return totals
+    summed = len(vote["kept"])
+    return [t / summed for t in totals] if summed else None
 
 
 def votes_for(item: PreferenceItem, samples: Sequence[SampleRecord], plan: Plan, seed: int) -> list[dict[str, Any]]:
@@ -205,8 +234,11 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     keys: list[str] = []
     for r in runs:
         keys += [key for key in r["scores"] if key not in keys]
+    counted = f"{results['items']} items"
+    if results.get("benchmark_items", results["items"]) != results["items"]:
+        counted = f"{results['items']} judged items from {results['benchmark_items']} data items"
     lines = [f"# {results['benchmark']}: {results['model']}", "",
-             f"{results['items']} items · temperature {results['temperature']} · max_new_tokens "
+             f"{counted} · temperature {results['temperature']} · max_new_tokens "
              f"{results['max_new_tokens']} · seed {results['seed']} · parse rate "
              f"{100 * results['parse_rate']:.1f}% of {results['samples']} samples", "",
              "| method | k | k_meta | " + " | ".join(keys) + " |",
@@ -292,11 +324,14 @@ def judge(grm: GenerativeRewardModel, items: Sequence[PreferenceItem], plan: Pla
 
 def score_runs(items: Sequence[PreferenceItem], rows: Sequence[Mapping[str, Any]], plan: Plan,
                args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
-    """(results.json's runs, {predictions file name: bytes}) for every method@k of the plan."""
+    """(results.json's runs, {predictions file name: bytes}) for every method@k of the plan. `items` are the data's
+    items, `rows` the judged items' dumps (judged_items); the scorer is given the data's items and the judged
+    predictions, as `spct eval score --data ... --predictions ...` is, so both give the same numbers."""
     several = len(plan.ks) > 1
     runs, files = [], {}
     for r, (method, k, k_meta) in enumerate(plan.runs):
-        preds = {row["uid"]: [float(x) for x in row["votes"][r]["totals"]] for row in rows}
+        judged = {row["uid"]: judged_prediction(args.benchmark, row["votes"][r]) for row in rows}
+        preds = {uid: s for uid, s in judged.items() if s is not None}
         name = predictions_name(method, k, several)
         files[name] = _jsonl([{"uid": uid, "scores": s} for uid, s in preds.items()])
         used = [row["votes"][r] for row in rows]
@@ -316,9 +351,10 @@ def run_main(argv: Sequence[str]) -> int:
     try:
         plan = make_plan(args)
         items = load_items(args)
+        judged = judged_items(args.benchmark, items)
         # Score all-zero predictions before loading the model: a data or option error the scorer would raise
         # (an unknown subset, a ReaLMistake file with one class) then costs seconds, not a whole GRM run.
-        zeros = {it.uid: [0.0] * it.num_responses for it in items}
+        zeros = {it.uid: [0.0] * it.num_responses for it in judged}
         for method, k, k_meta in plan.runs:
             score_benchmark(args.benchmark, items, zeros, **score_options(args, method, k, k_meta))
         grm = load_judge(args)
@@ -327,7 +363,7 @@ def run_main(argv: Sequence[str]) -> int:
         return 1
 
     started = time.time()
-    rows = judge(grm, items, plan, args)
+    rows = judge(grm, judged, plan, args)
     runs, files = score_runs(items, rows, plan, args)
     samples = sum(len(row["samples"]) for row in rows)
     valid = sum(s["scores"] is not None for row in rows for s in row["samples"])
@@ -344,7 +380,8 @@ def run_main(argv: Sequence[str]) -> int:
     files["viewer.html"] = render_report(viewer_rows, title=f"{PROG}: {args.benchmark}", subtitle=str(args.model),
                                          runs=runs, total_items=len(rows)).encode("utf-8", errors="replace")
     results = {"benchmark": args.benchmark, "model": str(args.model), "meta_rm": args.meta_rm, "data": args.data,
-               "items": len(items), "k": plan.ks, "k_meta": plan.k_metas, "temperature": plan.temperature,
+               "items": len(judged), "benchmark_items": len(items), "k": plan.ks, "k_meta": plan.k_metas,
+               "temperature": plan.temperature,
                "max_new_tokens": args.max_new_tokens, "seed": args.seed, "template": args.template,
                "samples": samples, "parse_rate": valid / max(1, samples), "elapsed_s": round(time.time() - started, 1),
                "runs": runs, "files": sorted([*files, "results.json", "results.md"])}
