@@ -21,6 +21,7 @@ from spct_jax.models.config import PRESETS
 from spct_jax.parallel.mesh import MeshConfig, parse_accelerator
 
 DTYPES = ("float32", "bfloat16")
+HINTED_MODES = ("all", "unsolved", "none")  # spct_jax.train.rft.HINTED_MODES (not imported: keeps loading cheap)
 REMAT = ("none", "full")
 
 
@@ -76,6 +77,12 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.rft.max_seq_len = 4096  # ours: [P] does not give it; GRM prompt + critique fit (SPEC §1.4: ~250-400 tokens out)
     c.rft.num_microbatches = rft_microbatches  # ours: gradient accumulation to bound activation memory
     c.rft.data = ""  # ours: path of the RFT data (local or under the gcsfuse mount)
+    c.rft.hinted = "all"  # [P] §3.2 hinted sampling, one hinted sample per item: "all" (ours: our reading of the
+    #                       paper, Table 4 ablates it as a full source), "unsolved" (only items no plain sample got
+    #                       right) or "none" (Table 4's "w/o Hinted Sampling"); docs/paper-choices.md
+    c.rft.temperature = 1.0  # ours: [P] gives no sampling temperature for rejective sampling
+    c.rft.max_new_tokens = 1024  # ours: as grpo.max_new_tokens (both sample training trajectories)
+    c.rft.general_data = ""  # ours: JSONL of general instruction data mixed into the SFT ([P] mixes 1070K); "" = none
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.learning_rate = 4e-7  # [P] App. C.1
@@ -92,6 +99,10 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.grpo.ref_dtype = "bfloat16"  # ours: the frozen reference (= the RFT checkpoint) only runs forward
     c.grpo.kv_dtype = "bfloat16"  # ours; must equal model.compute_dtype (the sampler's KV cache is in it)
     c.grpo.data = ""  # ours
+    # [P] App. C.1: RL items whose 3 samples by a smaller GRM (DeepSeek-V2-Lite-Chat) are all correct are removed.
+    c.grpo.filter_too_easy = True  # [P] App. C.1
+    c.grpo.filter_samples = 3  # [P] App. C.1: "all generated rewards are correct for three times"
+    c.grpo.filter_checkpoint = ""  # ours: the filtering GRM; "" = model.init_checkpoint (the paper used a smaller one)
 
     c.metarm = ml_collections.ConfigDict()
     c.metarm.learning_rate = 1e-5  # [P] App. C.1
@@ -101,6 +112,7 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.metarm.max_seq_len = 4096  # ours: meta-RM template (query, responses, principles, critique)
     c.metarm.num_microbatches = metarm_microbatches  # ours
     c.metarm.data = ""  # ours
+    c.metarm.holdout_fraction = 0.1  # ours: [P] reports no held-out split; a seeded fraction of the items
 
     c.inference = ml_collections.ConfigDict()
     c.inference.temperature = 0.5  # [P] App. D.1: "the temperature is set to 0.5" for inference-time scaling
@@ -155,6 +167,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
              f"batch shards (mesh data x fsdp)")
     need(c.rft.n_rft >= 1 and c.metarm.n_rft >= 1, "rft.n_rft", "must be >= 1")
     need(c.rft.max_seq_len > 1 and c.metarm.max_seq_len > 1, "rft.max_seq_len", "must be > 1")
+    need(c.rft.hinted in HINTED_MODES, "rft.hinted", f"{c.rft.hinted!r} is not one of {HINTED_MODES}")
+    need(c.rft.temperature > 0, "rft.temperature", "rejective sampling must sample (> 0)")
+    need(c.rft.max_new_tokens > 0, "rft.max_new_tokens", "must be > 0")
+    need(c.grpo.filter_samples >= 1, "grpo.filter_samples", "must be >= 1")
+    need(0 <= c.metarm.holdout_fraction < 1, "metarm.holdout_fraction", "must be in [0, 1)")
 
     g = c.grpo
     need(g.group_size >= 2, "grpo.group_size", "GRPO needs >= 2 rollouts per prompt for a group baseline")

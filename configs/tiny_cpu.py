@@ -49,15 +49,13 @@ def get_config():
     # The byte tokenizer spells the paper's ~3,000-character template as ~3,900 tokens; tiny-random's positions
     # go to 4096, so every length is 4096 and generations are short.
     c.rft.batch_size, c.rft.steps, c.rft.n_rft, c.rft.max_seq_len, c.rft.data = 2, 1, 2, 4096, FIXTURE
-    c.rft.temperature = 1.0  # optional fields the rft CLI reads with defaults (see spct_jax/train/rft_cli.py)
     c.rft.max_new_tokens = 8
-    c.rft.general_data = ""
 
     c.grpo.batch_size, c.grpo.group_size, c.grpo.steps, c.grpo.data = 2, 2, 1, FIXTURE  # 1 prompt x G=2 per step
     c.grpo.max_prompt_len, c.grpo.max_new_tokens = 4080, 8
 
     c.metarm.batch_size, c.metarm.steps, c.metarm.n_rft, c.metarm.max_seq_len, c.metarm.data = 2, 1, 2, 4096, FIXTURE
-    c.metarm.holdout_fraction = 0.34  # optional (default 0.1): 1 of the 3 items is held out for AUC / accuracy
+    c.metarm.holdout_fraction = 0.34  # 1 of the 3 items is held out for AUC / accuracy
 
     c.inference.k, c.inference.k_meta = 2, 1
     c.inference.max_prompt_len, c.inference.max_new_tokens = 4080, 8

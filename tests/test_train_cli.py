@@ -116,6 +116,12 @@ def test_grpo_from_the_rft_model(run_dir, grpo_run):
     assert m["reward_mean"] == -1.0 and m["zero_variance_groups"] == 1.0 and m["parse_failure_rate"] == 1.0
     assert np.isfinite(m["loss"]) and np.isfinite(m["kl_mean"])
     assert (run_dir / "grpo" / "train" / "metrics.jsonl").is_file()
+    # The too-easy filter ([P] App. C.1, on by default) sampled 3 per item with the init checkpoint; a random model
+    # gets none right, so nothing is removed. The result is cached for a rerun.
+    f = grpo_run["too_easy_filter"]
+    assert f["enabled"] and f["items"] == 3 and f["samples"] == 3 and f["too_easy"] == 0 and f["kept"] == 3
+    cached = json.loads((run_dir / "grpo" / "too_easy_filter.json").read_text())
+    assert cached["kept"] == [0, 1, 2] and cached["report"] == f
     policy, tok = load_model(run_dir / "grpo" / "model")
     assert tok.vocab_size == ByteTokenizer().vocab_size
     assert policy.config.num_layers == 2

@@ -4,6 +4,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from spct_jax import sampling
@@ -11,7 +12,7 @@ from spct_jax.data.toy import ToyConfig, toy_splits
 from spct_jax.models import ModelConfig, init_model
 from spct_jax.models.registry import load_model
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
-from spct_jax.train.grpo import GRPOConfig, rollout_batch
+from spct_jax.train.grpo import GRPOConfig, rollout_batch, too_easy
 from spct_jax.train.losses import group_advantages
 from spct_jax.train.rollout import RolloutConfig, Trajectory
 from spct_jax.train.stages import StageRun, grpo
@@ -103,3 +104,51 @@ def test_update_padding_follows_length_multiple_and_leaves_the_update_alone(tmp_
     a, b = rows[1][0], rows[64][0]
     for k in ("loss", "kl_mean", "reward_mean", "rollout_length", "grad_norm"):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
+def test_reference_in_the_policy_dtype_survives_donated_updates(tmp_path):
+    """reference_dtype equal to the params' dtype: `astype` would hand back the policy's own arrays, and the first
+    donated update would delete them under the reference. The Python API must copy; two updates then run."""
+    model, tok = load_model("tiny-random")
+    items = toy_splits(0, {"rl": 4}, ToyConfig(num_responses=(2, 2)))["rl"]
+    run = StageRun(workdir=str(tmp_path), steps=2, batch_size=2, seed=0, progress_bar=False,
+                   optimizer=OptimizerConfig(learning_rate=1e-3, total_steps=2))
+    cfg = GRPOConfig(prompts_per_step=2, loss=GRPOLossConfig(group_size=2), reference_dtype="float32",
+                     rollout=RolloutConfig(max_new_tokens=4, template="toy"))
+    _, info = grpo(model, tok, items, run, cfg, template="toy")
+    assert info["steps"] == 2
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1]
+
+
+def test_tempered_logprobs_are_the_sampling_distribution():
+    """Rollouts at T = 0.5 come from softmax(logits / 0.5): the log-probs GRPO's ratio and KL use (LogprobFn and
+    the loss at the rollout temperature) equal the sampler's own log-probs of the drawn tokens; at T = 1 they
+    do not, which is what made T != 1 rollouts off-policy."""
+    model = init_model(TINY, seed=3)
+    prompts = [[1, 2, 3], [4, 5, 6]]
+    out = sampling.sample(model, prompts, num_samples=2, max_new_tokens=6, temperature=0.5, seed=0)
+    rows = [(p, s, lp) for p, ss, lps in zip(prompts, out.tokens, out.logprobs) for s, lp in zip(ss, lps)]
+    ids = np.asarray([p + s for p, s, _ in rows], np.int32)
+    sampled = np.asarray([lp for _, _, lp in rows], np.float32)  # [B, 6]
+    params = nnx.state(model, nnx.Param)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    tempered = np.asarray(make_logprob_fn(nnx.graphdef(model), chunk=8, temperature=0.5)(params, batch))[:, 3:]
+    plain = np.asarray(make_logprob_fn(nnx.graphdef(model), chunk=8)(params, batch))[:, 3:]
+    np.testing.assert_allclose(tempered, sampled, atol=2e-5)
+    assert np.abs(plain - sampled).max() > 1e-2
+
+
+def test_grpo_refuses_truncated_rollouts():
+    with pytest.raises(ValueError, match="top_p"):
+        GRPOConfig(rollout=RolloutConfig(top_p=0.9))
+
+
+def test_too_easy_marks_exactly_the_all_correct_items():
+    """[P] App. C.1: an RL item is removed when all 3 samples are correct by Eq. 10; one wrong or unparsable
+    sample keeps it."""
+    t = lambda ok, error=None: Trajectory(  # noqa: E731
+        uid="u", perm=(0, 1), template="default", hinted=False, prompt_ids=(1,), completion_ids=(2,), logprobs=(0.0,),
+        text="", scores=None if error else (9, 1), error=error, correct=ok)
+    groups = [[t(True)] * 3, [t(True), t(True), t(False)], [t(False)] * 3, [t(True), t(True), t(False, "no_boxed")]]
+    assert too_easy(groups) == [True, False, False, False]

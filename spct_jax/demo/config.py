@@ -56,7 +56,10 @@ class DemoConfig:
     rft_steps: int = 360  # 450 until the runtime cut (issue 9's note)
     rft_lr: float = 1e-3
     rft_teacher_mix: int = 400  # teacher examples mixed in, as the paper mixes general instruction data
+    hinted: str = "all"  # RFT's hinted sampling (train/rft.py HINTED_MODES; "all" is our reading of [P] §3.2)
     # Stage 2: GRPO.
+    # [P] App. C.1 removes RL items a smaller GRM gets right in all of 3 samples; here the cold start filters.
+    rl_filter_too_easy: bool = True
     grpo_steps: int = 90
     grpo_prompts_per_step: int = 16  # x G = 4 rollouts = 64 sequences per update
     grpo_lr: float = 2e-4  # 1e-3 collapsed the RFT model (47% greedy); 1e-4 and 3e-4 for 45 steps gave no gain

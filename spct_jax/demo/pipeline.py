@@ -37,7 +37,7 @@ from spct_jax.models.scalar_head import ScalarRM, save_scalar_rm
 from spct_jax.models.transformer import init_model
 from spct_jax.models.weights import save_pretrained
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
-from spct_jax.train.grpo import GRPOConfig
+from spct_jax.train.grpo import GRPOConfig, filter_too_easy
 from spct_jax.train.metarm import evaluate_metarm, held_out_metrics, metarm_examples
 from spct_jax.train.rft import RFTConfig, rejective_sampling, write_rft_dataset
 from spct_jax.train.rollout import RolloutConfig, sample_trajectories
@@ -221,7 +221,8 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     # -- stage 1: RFT ---------------------------------------------------------------------------------------------
     log.info("stage 1: rejective sampling (N_RFT = %d) + SFT", cfg.n_rft)
     rft_res = rejective_sampling(GenerativeRewardModel(cold, tok, template=TEMPLATE), splits["rft"],
-                                 RFTConfig(n_rft=cfg.n_rft, rollout=rollout, seed=cfg.seed), progress=progress)
+                                 RFTConfig(n_rft=cfg.n_rft, hinted=cfg.hinted, rollout=rollout, seed=cfg.seed),
+                                 progress=progress)
     write_rft_dataset(rft_res, work / "rft" / "rft_data.jsonl")
     results["stats"]["rft"] = rft_res.stats.as_dict()
     log.info("RFT stats %s", rft_res.stats.as_dict())
@@ -236,7 +237,17 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     log.info("stage 2: GRPO (G = 4, beta = %.3f, rollouts at T = %.2f)", cfg.grpo_beta, cfg.grpo_temperature)
     gcfg = GRPOConfig(prompts_per_step=cfg.grpo_prompts_per_step, loss=GRPOLossConfig(beta=cfg.grpo_beta),
                       rollout=dataclasses.replace(rollout, temperature=cfg.grpo_temperature), seed=cfg.seed)
-    rl_model, _ = stopped_if_preempted("grpo", grpo(rft_model, tok, splits["rl"],
+    rl_items = splits["rl"]
+    if cfg.rl_filter_too_easy:
+        keep, report = filter_too_easy(GenerativeRewardModel(cold, tok, template=TEMPLATE), rl_items, seed=cfg.seed,
+                                       cfg=gcfg.rollout, progress=progress)
+        if len(keep) < cfg.grpo_prompts_per_step:
+            raise RuntimeError(f"the too-easy filter left {len(keep)} RL items, fewer than one update's "
+                               f"{cfg.grpo_prompts_per_step} prompts")
+        rl_items = [rl_items[i] for i in keep]
+        results["stats"]["rl_filter"] = report.as_dict()
+        log.info("too-easy filter (cold start, 3 samples): removed %d of %d RL items", report.too_easy, report.items)
+    rl_model, _ = stopped_if_preempted("grpo", grpo(rft_model, tok, rl_items,
                                                     stage_run("grpo", cfg.grpo_steps, cfg.grpo_lr, seed_offset=2),
                                                     gcfg, template=TEMPLATE))
     export(rl_model, "rl")

@@ -61,7 +61,10 @@ def report_markdown(results: dict) -> str:
         lines.append(f"- control, MetaRM@{k} with random meta scores (a random k/2 kept): {_pct(c['mean'])} "
                      f"(sd {_pct(c['sd'])} over {int(c['draws'])} draws) against the meta RM's "
                      f"{_pct(results['scaling']['metarm'][k])}")
-    lines += [f"- RFT rejective sampling: {json.dumps(st.get('rft'))}",
+    lines += [f"- RFT rejective sampling: {json.dumps(st.get('rft'))}"]
+    if st.get("rl_filter"):
+        lines.append(f"- RL too-easy filter (cold start, 3 samples per item): {json.dumps(st['rl_filter'])}")
+    lines += [
               f"- parse rate of T = 0.5 samples: {_pct(results.get('parse_rate_sampled', 0.0))}",
               "- accuracy = the voted best response equals the ground-truth best; ties are broken by a seeded "
               "shuffle (the paper's rule); Voting@k / MetaRM@k use the first k of the " f"{max(int(k) for k in results['scaling']['voting'])} samples drawn per item."]

@@ -4,6 +4,17 @@ One update = sample G rollouts per prompt with the current policy (responses shu
 +1/-1 by Eq. 10 (no format reward), normalise rewards within each group, compute the frozen RFT reference's
 per-token log-probs outside the update (chunked, never [B, T, V] at once), then take the GRPO step.
 
+Temperature. Rollouts sampled at T != 1 come from softmax(logits / T), so every log-prob of Eq. 15 (the policy's,
+the old policy's and the reference's) is taken at the same T: the ratio is then the one of the distribution the
+rollouts were drawn from (on-policy), and the k3 KL compares the tempered policy with the tempered reference (the
+choice verl makes too). Top-p / top-k truncation is refused: the truncated distribution's log-probs are not a
+smooth function of the logits, and the paper's GRPO samples plainly.
+
+RL data ([P] App. C.1): "We also remove the samples that are viewed too easy for DeepSeek-V2-Lite-Chat, i.e. all
+generated rewards are correct for three times according to Equation 10". `filter_too_easy` does that with a
+given (smaller) GRM before training; all-correct groups would get advantage 0 anyway, but they cost rollouts and
+still count in the loss's denominator and its KL term.
+
 The rollout lives inside the step function handed to `run_training`, so the shared loop's resume, checkpoint,
 SIGTERM and metrics machinery applies unchanged: the data source only yields which prompts to use, and every
 random draw is seeded by (seed, update number), so a resumed run replays exactly.
@@ -45,6 +56,11 @@ class GRPOConfig:
     def __post_init__(self):
         if self.rollout_batch_prompts is not None and self.rollout_batch_prompts < 1:
             raise ValueError(f"rollout_batch_prompts must be >= 1 or None, got {self.rollout_batch_prompts}")
+        if self.rollout.temperature <= 0:
+            raise ValueError(f"rollout.temperature must be > 0 (GRPO samples), got {self.rollout.temperature}")
+        if self.rollout.top_p not in (None, 1.0):
+            raise ValueError(f"rollout.top_p={self.rollout.top_p}: GRPO's ratios need the untruncated sampling "
+                             "distribution (module docstring); use top_p=None")
 
     @property
     def group_size(self) -> int:
@@ -98,7 +114,7 @@ class GRPOUpdate:
         self.template = template
         self.feed = feed
         self.logprobs = make_logprob_fn(graphdef, chunk=cfg.logprob_chunk, mesh=step.mesh,
-                                        param_shardings=step.param_shardings)
+                                        param_shardings=step.param_shardings, temperature=cfg.rollout.temperature)
 
     def rollouts(self, params: nnx.State, prompts: Sequence[PreferenceItem], salt: int) -> list[list[Trajectory]]:
         """G trajectories per prompt, `cfg.rollout_batch_prompts` prompts per sampler call. Every draw is seeded
@@ -137,3 +153,43 @@ class GRPOUpdate:
             zero_variance_groups=float(np.mean(grouped.std(axis=1) == 0)),
         )
         return state, metrics
+
+
+# -- RL data: the too-easy filter ([P] App. C.1) -------------------------------------------------------------------
+FILTER_SALT = 31  # separates the filter's draws from RFT's (0, 1) and GRPO's (1000 + update)
+
+
+@dataclasses.dataclass(frozen=True)
+class TooEasyReport:
+    """What `filter_too_easy` did: item counts and the filter GRM's own accuracy on the samples it drew."""
+
+    items: int
+    too_easy: int  # all `samples` trajectories correct by Eq. 10: removed
+    kept: int
+    samples: int  # per item
+    sample_accuracy: float  # fraction of all drawn trajectories that were correct
+    parse_failure_rate: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def too_easy(trajs: Sequence[Sequence[Trajectory]]) -> list[bool]:
+    """Per item: are all of its trajectories correct by Eq. 10? (A parse failure is not correct.)"""
+    return [bool(ts) and all(t.correct for t in ts) for ts in trajs]
+
+
+def filter_too_easy(grm: GenerativeRewardModel, items: Sequence[PreferenceItem], *, samples: int = 3, seed: int,
+                    cfg: RolloutConfig, progress: bool | None = None) -> tuple[list[int], TooEasyReport]:
+    """(indices of the items to keep, report): an item is removed when its `samples` trajectories from `grm` are
+    all correct ([P] App. C.1: three samples of DeepSeek-V2-Lite-Chat, a smaller model than the policy).
+    Deterministic: seeded by (seed, item, sample)."""
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    trajs = sample_trajectories(grm, items, samples, seed=seed, cfg=cfg, salt=FILTER_SALT, progress=progress)
+    kept = [i for i, easy in enumerate(too_easy(trajs)) if not easy]
+    flat = [t for ts in trajs for t in ts]
+    report = TooEasyReport(items=len(items), too_easy=len(items) - len(kept), kept=len(kept), samples=samples,
+                           sample_accuracy=float(np.mean([t.correct for t in flat])) if flat else 0.0,
+                           parse_failure_rate=float(np.mean([t.error is not None for t in flat])) if flat else 0.0)
+    return kept, report

@@ -8,6 +8,11 @@ grpo.learning_rate; grpo.steps updates, resumable under run_dir/grpo/train. Item
 prompt + max_new_tokens exceeds grpo.max_prompt_len + grpo.max_new_tokens, are dropped and counted.
 The policy is saved as run_dir/grpo/model (HF folder with tokenizer files).
 
+RL data ([P] App. C.1): with grpo.filter_too_easy (the default), items whose grpo.filter_samples trajectories by
+the filtering GRM (grpo.filter_checkpoint, "" = model.init_checkpoint) are all correct by Eq. 10 are removed before
+training; what was removed is written to run_dir/grpo/too_easy_filter.json and reused by a rerun (a resumed run
+must train on the same items), and its counts are in summary.json.
+
 Memory knobs: grpo.rollout_batch_prompts prompts (x G rows) per sampler call; grpo.ref_dtype, the dtype the frozen
 reference's params are held in (when it differs from model.param_dtype the reference is a cast copy and the
 policy trains on the loaded arrays themselves, so the reference adds only its narrow copy); grpo.kv_dtype must
@@ -40,6 +45,36 @@ def grpo_config(config: ml_collections.ConfigDict):
                       reference_dtype=None if g.ref_dtype == config.model.param_dtype else g.ref_dtype)
 
 
+def too_easy_filtered(config: ml_collections.ConfigDict, items: list, policy, cfg, mesh) -> tuple[list, dict]:
+    """(items left after the too-easy filter, its report). The report is cached in run_dir/grpo: a rerun (e.g.
+    after a preemption) reuses the kept list instead of sampling again, and fails if the items changed."""
+    from spct_jax.grm.scorer import GenerativeRewardModel
+    from spct_jax.train.grpo import filter_too_easy
+
+    g = config.grpo
+    if not g.filter_too_easy:
+        return items, {"enabled": False}
+    path = stage_dir(config, "grpo") / "too_easy_filter.json"
+    uids = [it.uid for it in items]
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("candidates") != uids:
+            raise StageError(f"{path}: written for other grpo.data items; delete it to filter again", exit_code=1)
+        log.info("reusing %s: %d of %d items kept", path, len(cached["kept"]), len(uids))
+        return [items[i] for i in cached["kept"]], cached["report"]
+    spec = g.filter_checkpoint or config.model.init_checkpoint
+    model, tokenizer = policy if spec == config.model.init_checkpoint else load_checkpoint(
+        spec, "grpo.filter_checkpoint", config.model, mesh)
+    log.info("too-easy filter: %d samples of %d items by %s", g.filter_samples, len(items), spec)
+    kept, report = filter_too_easy(GenerativeRewardModel(model, tokenizer), items, samples=g.filter_samples,
+                                   seed=config.seed, cfg=cfg.rollout)
+    info = {"enabled": True, "checkpoint": spec, **report.as_dict()}
+    log.info("too-easy filter: removed %d of %d items (sample accuracy %.3f)", report.too_easy, report.items,
+             report.sample_accuracy)
+    write_json(path, {"candidates": uids, "kept": kept, "report": info})
+    return [items[i] for i in kept], info
+
+
 def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     from spct_jax.grm.scorer import GenerativeRewardModel
     from spct_jax.train.stages import grpo
@@ -53,8 +88,10 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     cfg = grpo_config(config)
     items, dropped = usable_items(read_items(g.data, "grpo.data"), GenerativeRewardModel(model, tokenizer),
                                   cfg.rollout, max_tokens=g.max_prompt_len + g.max_new_tokens)
+    items, summary_filter = too_easy_filtered(config, items, (model, tokenizer), cfg, mesh)
     summary: dict[str, Any] = {"stage": "grpo", "init_checkpoint": m.init_checkpoint, "items": len(items),
-                               "dropped_items": dropped, "prompts_per_step": cfg.prompts_per_step,
+                               "dropped_items": dropped, "too_easy_filter": summary_filter,
+                               "prompts_per_step": cfg.prompts_per_step,
                                "group_size": cfg.group_size, "beta": g.beta, "epsilon": g.epsilon}
     if len(items) < cfg.prompts_per_step:
         raise StageError(f"config field 'grpo.batch_size': {g.batch_size} rollouts = {cfg.prompts_per_step} prompts "

@@ -42,8 +42,13 @@ def _target_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
-def logprobs_from_hidden(model: nnx.Module, hidden: jax.Array, input_ids: jax.Array, *, chunk: int = 512) -> jax.Array:
+def logprobs_from_hidden(model: nnx.Module, hidden: jax.Array, input_ids: jax.Array, *, chunk: int = 512,
+                         temperature: float = 1.0) -> jax.Array:
     """hidden [B, T, D] (final-normed) -> logp [B, T] via `model.logits_from_hidden`, `chunk` positions at a time.
+
+    temperature: the log-probs of softmax(logits / temperature), the distribution the sampler draws from at that
+    temperature (sampling.py divides the same soft-capped logits), so GRPO's ratios of rollouts sampled at T != 1
+    are on-policy.
 
     Only [B, chunk, V] logits exist at once, forward and backward: each chunk is rematerialised
     (`jax.checkpoint`), so the backward pass keeps the chunk's hidden states, not its logits. When the whole
@@ -55,7 +60,8 @@ def logprobs_from_hidden(model: nnx.Module, hidden: jax.Array, input_ids: jax.Ar
     targets = input_ids[:, 1:]  # [B, n]
 
     def one_chunk(h_c: jax.Array, tgt_c: jax.Array) -> jax.Array:  # [B, C, D], [B, C] -> [B, C]
-        return _target_logprobs(model.logits_from_hidden(h_c), tgt_c)
+        logits = model.logits_from_hidden(h_c)
+        return _target_logprobs(logits if temperature == 1.0 else logits / temperature, tgt_c)
 
     if n <= chunk:
         lp = one_chunk(h, targets)
@@ -71,10 +77,11 @@ def logprobs_from_hidden(model: nnx.Module, hidden: jax.Array, input_ids: jax.Ar
 
 
 def sequence_logprobs(model: nnx.Module, input_ids: jax.Array, attention_mask: jax.Array, *,
-                      chunk: int = 512) -> jax.Array:
-    """out[:, t] = log p(ids[t] | ids[<t]) under `model` ([B, T], 0 at t = 0); logits are built `chunk` at a time."""
+                      chunk: int = 512, temperature: float = 1.0) -> jax.Array:
+    """out[:, t] = log p(ids[t] | ids[<t]) under `model` at `temperature` ([B, T], 0 at t = 0); logits are built
+    `chunk` at a time."""
     hidden, _ = model.hidden_states(input_ids, attention_mask)  # [B, T, D]
-    return logprobs_from_hidden(model, hidden, input_ids, chunk=chunk)
+    return logprobs_from_hidden(model, hidden, input_ids, chunk=chunk, temperature=temperature)
 
 
 # -- RFT ---------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
    exceeds inference.max_prompt_len, or that Eq. 10 cannot judge, are dropped and counted). Each trajectory is
    labelled correct / incorrect by Eq. 10 and rendered with the meta-RM template (App. G (c)); examples longer
    than metarm.max_seq_len are dropped and counted in the class balance.
-2. Hold-out: a seeded fraction of the ITEMS (metarm.holdout_fraction, default 0.1, ours; at least one item when
+2. Hold-out: a seeded fraction of the ITEMS (metarm.holdout_fraction, 0.1 in configs/base.py, ours; at least one item when
    there are two or more) with all their trajectories, so no item is on both sides; the rest is trained on.
 3. The meta RM is ScalarRM.from_decoder of meta_rm.init_checkpoint's backbone ([P]: Gemma-2-27B base), or of
    the GRM's own backbone when that field is empty; a fresh scalar head on the last token. BCE with metarm.*
@@ -31,7 +31,6 @@ from spct_jax.train.stage_common import (DTYPES, StageError, is_main_process, la
                                          usable_items, write_json)
 
 log = logging.getLogger("spct.metarm")
-DEFAULT_HOLDOUT_FRACTION = 0.1  # ours: [P] reports no held-out split for the meta RM
 
 
 def holdout_split(n_items: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -53,9 +52,7 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     m, r, inf = config.model, config.metarm, config.inference
     workdir = out / "train"
     train = stage_run(config, "metarm", mesh, workdir)  # checks the batch split before sampling
-    fraction = float(r.get("holdout_fraction", DEFAULT_HOLDOUT_FRACTION))
-    if not 0 <= fraction < 1:
-        raise StageError(f"config field 'metarm.holdout_fraction' = {fraction}: must be in [0, 1)")
+    fraction = float(r.holdout_fraction)
     grm_model, tokenizer = load_checkpoint(m.init_checkpoint, "model.init_checkpoint", m, mesh)
     grm = GenerativeRewardModel(grm_model, tokenizer)
     rollout = RolloutConfig(temperature=inf.temperature, max_new_tokens=inf.max_new_tokens)

@@ -3,9 +3,19 @@
 For every RM item, sample N_RFT trajectories (responses shuffled per sample) and judge each by Eq. 10:
   * reject incorrect trajectories;
   * drop the item when all N_RFT are correct ("too easy");
-  * when none is correct, run hinted sampling once: the prompt gets "The best response is: Response j", and the
-    trajectory is kept if correct. It is trained WITHOUT the hint in the prompt (SPEC §2.1 recommends this so the
-    model does not learn to rely on a hint it will never see).
+  * hinted sampling (`RFTConfig.hinted`): the prompt gets "The best response is: Response j", ONE trajectory per
+    item is sampled, and it is kept if correct. It is trained WITHOUT the hint in the prompt (SPEC §2.1 recommends
+    this so the model does not learn to rely on a hint it will never see). Which items get a hint:
+
+        "all"       every item that is not too easy ([P] §3.2 "besides non-hinted sampling ... each query and
+                    the corresponding responses are sampled once"; Table 4 ablates hinted and non-hinted sampling
+                    as two full sources). The default: our reading of the paper.
+        "unsolved"  only items none of whose N_RFT plain samples is correct (a narrower reading: the hint as a
+                    fallback for what the GRM "could hardly generate correct rewards" for)
+        "none"      no hinted sampling (Table 4, "w/o Hinted Sampling")
+
+    Single-response items never get a hint: "The best response is: Response j" names nothing among one response
+    (App. G (b) has no hint), so they are neither hinted-sampled nor labelled hinted.
 The kept trajectories become SFT examples (prompt = the un-hinted GRM prompt in the presented order, target = the
 trajectory), optionally mixed with general instruction data (the paper's 1070K in-house set). The non-hinted
 trajectories, right or wrong, are also the meta RM's training data (SPEC §5).
@@ -27,18 +37,21 @@ from spct_jax.train.rollout import RolloutConfig, Trajectory, sample_trajectorie
 
 # App. C.1: "The sampling time N_RFT is set to 3."
 PAPER_N_RFT = 3
+HINTED_MODES = ("all", "unsolved", "none")  # which items get one hinted sample (module docstring)
 
 
 @dataclasses.dataclass(frozen=True)
 class RFTConfig:
     n_rft: int = PAPER_N_RFT
-    hinted: bool = True  # §3.2: hinted sampling for items no plain sample gets right (ablation ② in Table 4)
+    hinted: str = "all"  # §3.2 hinted sampling: "all" | "unsolved" | "none" (module docstring; "all" is ours)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     seed: int = 0
 
     def __post_init__(self):
         if self.n_rft < 1:
             raise ValueError("n_rft must be >= 1")
+        if self.hinted not in HINTED_MODES:
+            raise ValueError(f"hinted must be one of {HINTED_MODES}, got {self.hinted!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +75,9 @@ class RFTStats:
     accepted: int = 0  # non-hinted trajectories kept
     rejected: int = 0  # non-hinted trajectories dropped as incorrect
     too_easy_items: int = 0  # items whose N_RFT samples were all correct (dropped)
-    hinted_items: int = 0  # items with no correct sample, sent to hinted sampling
+    hinted_items: int = 0  # items sent to hinted sampling (one trajectory each)
     hinted_accepted: int = 0
-    unsolved_items: int = 0  # still no correct trajectory after the hint
+    unsolved_items: int = 0  # items left with no kept trajectory (hint or not)
     parse_failures: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -85,8 +98,9 @@ def example_from(item: PreferenceItem, traj: Trajectory) -> RFTExample:
                       hinted=traj.hinted)
 
 
-def select(item: PreferenceItem, plain: Sequence[Trajectory], stats: RFTStats) -> tuple[list[RFTExample], bool]:
-    """The rejection rule for one item's non-hinted trajectories: (kept examples, needs a hint)."""
+def select(item: PreferenceItem, plain: Sequence[Trajectory], stats: RFTStats) -> tuple[list[RFTExample], str]:
+    """The rejection rule for one item's non-hinted trajectories: (kept examples, verdict), the verdict being
+    "too_easy" (every sample correct: the item is dropped), "unsolved" (none correct) or "partial"."""
     stats.items += 1
     stats.sampled += len(plain)
     stats.parse_failures += sum(t.error is not None for t in plain)
@@ -94,9 +108,16 @@ def select(item: PreferenceItem, plain: Sequence[Trajectory], stats: RFTStats) -
     stats.rejected += len(plain) - len(correct)
     if len(correct) == len(plain):
         stats.too_easy_items += 1  # "the query and responses with all N_RFT trajectories correct (too easy)"
-        return [], False
+        return [], "too_easy"
     stats.accepted += len(correct)
-    return [example_from(item, t) for t in correct], not correct
+    return [example_from(item, t) for t in correct], "partial" if correct else "unsolved"
+
+
+def wants_hint(item: PreferenceItem, verdict: str, mode: str) -> bool:
+    """Whether `item` gets one hinted sample under `mode` (module docstring), given select()'s verdict."""
+    if mode == "none" or verdict == "too_easy" or item.num_responses < 2:
+        return False
+    return mode == "all" or verdict == "unsolved"
 
 
 def rejective_sampling(grm: GenerativeRewardModel, items: Sequence[PreferenceItem], cfg: RFTConfig,
@@ -104,26 +125,27 @@ def rejective_sampling(grm: GenerativeRewardModel, items: Sequence[PreferenceIte
     plain = sample_trajectories(grm, items, cfg.n_rft, seed=cfg.seed, cfg=cfg.rollout, progress=progress)
     stats = RFTStats()
     examples: list[RFTExample] = []
-    need_hint: list[PreferenceItem] = []
-    for item, trajs in zip(items, plain):
-        kept, hint = select(item, trajs, stats)
+    need_hint: list[int] = []
+    unsolved: set[int] = set()  # indices of items with no kept trajectory yet
+    for i, (item, trajs) in enumerate(zip(items, plain)):
+        kept, verdict = select(item, trajs, stats)
         examples.extend(kept)
-        if hint:
-            need_hint.append(item)
-    if cfg.hinted and need_hint:
-        stats.hinted_items = len(need_hint)
+        if verdict == "unsolved":
+            unsolved.add(i)
+        if wants_hint(item, verdict, cfg.hinted):
+            need_hint.append(i)
+    stats.hinted_items = len(need_hint)
+    if need_hint:
         # "For hinted sampling, each query and the corresponding responses are sampled once, and trajectories
         # are only rejected when incorrect."
-        hinted = sample_trajectories(grm, need_hint, 1, seed=cfg.seed, cfg=cfg.rollout, hinted=True, salt=1,
-                                     progress=progress)
-        for item, (traj,) in zip(need_hint, hinted):
+        hinted = sample_trajectories(grm, [items[i] for i in need_hint], 1, seed=cfg.seed, cfg=cfg.rollout,
+                                     hinted=True, salt=1, progress=progress)
+        for i, (traj,) in zip(need_hint, hinted):
             if traj.correct:
                 stats.hinted_accepted += 1
-                examples.append(example_from(item, traj))
-            else:
-                stats.unsolved_items += 1
-    else:
-        stats.unsolved_items = len(need_hint)
+                examples.append(example_from(items[i], traj))
+                unsolved.discard(i)
+    stats.unsolved_items = len(unsolved)
     return RFTResult(examples=examples, stats=stats, plain=plain)
 
 

@@ -4,7 +4,8 @@
    preference file or folder, any format `spct data check` reads). Items Eq. 10 cannot judge (no ground truth, no
    unique best) or whose prompt + max_new_tokens exceeds rft.max_seq_len are dropped and counted.
 2. Rejective sampling (spct_jax.train.rft): rft.n_rft trajectories per item, responses shuffled per sample; wrong
-   ones rejected, all-correct items dropped as too easy, hinted sampling for items with none correct. Written to
+   ones rejected, all-correct items dropped as too easy, one hinted sample per item as rft.hinted says ("all" items
+   that are not too easy, "unsolved" ones only, or "none"). Written to
    run_dir/rft/rft_data.jsonl and rft_data.jsonl.stats.json. A rerun that finds both reuses them (sampling is the
    expensive half; delete them to sample again).
 3. SFT on the kept trajectories, mixed with rft.general_data when set, with rft.learning_rate / batch_size / steps /
@@ -14,9 +15,9 @@
    `spct grpo --config.model.init_checkpoint=run_dir/rft/model` work. Tokenizer files are copied from a folder
    checkpoint; tiny-random's byte tokenizer is exported as an equivalent tokenizer.json.
 
-Optional fields, read with defaults because configs/base.py does not define them: rft.temperature (1.0, ours: the
-paper gives no sampling temperature for RFT), rft.max_new_tokens (grpo.max_new_tokens: both are training
-rollouts), rft.hinted (True, [P] §3.2), rft.general_data ("" = none; JSONL of {"messages", "target"} or sharegpt).
+Sampling fields: rft.temperature (ours: the paper gives no sampling temperature for RFT), rft.max_new_tokens,
+rft.hinted ([P] §3.2; docs/paper-choices.md), rft.general_data ("" = none; JSONL of {"messages", "target"} or
+sharegpt).
 """
 from __future__ import annotations
 
@@ -37,8 +38,7 @@ def rollout_config(config: ml_collections.ConfigDict):
     from spct_jax.train.rollout import RolloutConfig
 
     r = config.rft
-    return RolloutConfig(temperature=float(r.get("temperature", 1.0)),
-                         max_new_tokens=int(r.get("max_new_tokens", config.grpo.max_new_tokens)))
+    return RolloutConfig(temperature=float(r.temperature), max_new_tokens=int(r.max_new_tokens))
 
 
 def sample_dataset(config: ml_collections.ConfigDict, grm, summary: dict[str, Any]) -> list:
@@ -55,15 +55,14 @@ def sample_dataset(config: ml_collections.ConfigDict, grm, summary: dict[str, An
         summary["rft_stats"] = json.loads(stats_path.read_text())
         return read_rft_dataset(dataset)
     rollout = rollout_config(config)
-    hinted = bool(r.get("hinted", True))
     items, dropped = usable_items(read_items(r.data, "rft.data"), grm, rollout, max_tokens=r.max_seq_len,
-                                  hinted=hinted)
+                                  hinted=r.hinted != "none")
     summary.update(items=len(items), dropped_items=dropped)
     if not items:
         raise StageError(f"config field 'rft.data' = {r.data!r}: no usable item (dropped: {dropped})", exit_code=1)
     log.info("rejective sampling: %d items x N_RFT=%d at T=%g, <= %d new tokens", len(items), r.n_rft,
              rollout.temperature, rollout.max_new_tokens)
-    result = rejective_sampling(grm, items, RFTConfig(n_rft=r.n_rft, hinted=hinted, rollout=rollout,
+    result = rejective_sampling(grm, items, RFTConfig(n_rft=r.n_rft, hinted=r.hinted, rollout=rollout,
                                                       seed=config.seed))
     if is_main_process():
         write_rft_dataset(result, dataset)
@@ -76,7 +75,7 @@ def sft_records(config: ml_collections.ConfigDict, examples: list) -> list:
     from spct_jax.train.rft import general_instruction_records
 
     records = [e.sft_record() for e in examples]
-    general = config.rft.get("general_data", "")
+    general = config.rft.general_data
     if general:
         try:
             records += general_instruction_records(general)

@@ -72,9 +72,11 @@ def sample_trajectories(grm: GenerativeRewardModel, items: Sequence[PreferenceIt
         prompts = []
         for perm in perms:
             if hinted:
-                if item.best is None and item.num_responses > 1:
-                    raise ValueError(f"item {item.uid!r}: hinted sampling needs a unique ground-truth best")
-                hint = presented_position(perm, item.best) if item.num_responses > 1 else None
+                # A hint names the best of >= 2 responses; a single response has none (App. G (b) has no hint).
+                if item.num_responses < 2 or item.best is None:
+                    raise ValueError(f"item {item.uid!r}: hinted sampling needs >= 2 responses and a unique "
+                                     f"ground-truth best")
+                hint = presented_position(perm, item.best)
             prompts.append(grm.prompt_ids(item, perm, template=template, hint_best=hint))
         plans.append((item, s, template, perms, prompts))
     flat_prompts = [p for *_, ps in plans for p in ps]

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -159,15 +160,17 @@ def grpo(model: nnx.Module, tokenizer: Tokenizer, items: Sequence[PreferenceItem
     """GRPO from `model`; the KL reference is `reference` (default: `model` itself, i.e. the RFT checkpoint).
 
     With `cfg.reference_dtype` set, the reference is a copy cast to that dtype; when it is `model`'s own copy, the
-    policy then trains on `model`'s arrays instead of a copy of them, so that only the narrow reference is added
+    policy then trains on `model`'s arrays instead of a copy of them, so that only the reference copy is added
     to memory. The first update donates those arrays: `model` is consumed and must not be used afterwards.
     """
     own_reference = reference is None and cfg.reference_dtype is not None
     ref_params = nnx.state(reference if reference is not None else model, nnx.Param)
     if cfg.reference_dtype is not None:
-        ref_params = jax.tree.map(lambda x: x.astype(cfg.reference_dtype), ref_params)  # sharding is kept
+        # An explicit copy even when the dtype is already the params' own: `astype` to the same dtype returns the
+        # SAME array, which the policy's first (donated) update would then invalidate under the reference.
+        ref_params = jax.tree.map(lambda x: jnp.astype(x, cfg.reference_dtype, copy=True), ref_params)  # sharding kept
     graphdef, state, step = _start(model, run, make_grpo_step, copy_params=not own_reference, loss=cfg.loss,
-                                   chunk=cfg.logprob_chunk)
+                                   chunk=cfg.logprob_chunk, temperature=cfg.rollout.temperature)
     if step.param_shardings is not None:  # the frozen reference lives on the same layout as the policy
         ref_params = jax.device_put(ref_params, step.param_shardings)
     update = GRPOUpdate(graphdef, tokenizer, items, step, ref_params, cfg, template=template, feed=run.feed(),

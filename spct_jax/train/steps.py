@@ -189,13 +189,19 @@ def sft_loss_fn(*, chunk: int = 512) -> LossFn:
     return loss_fn
 
 
-def grpo_loss_fn(loss_cfg: GRPOLossConfig = GRPOLossConfig(), *, chunk: int = 512) -> LossFn:
+def grpo_loss_fn(loss_cfg: GRPOLossConfig = GRPOLossConfig(), *, chunk: int = 512, temperature: float = 1.0
+                 ) -> LossFn:
     """GRPO on completion tokens. Batch: input_ids, attention_mask, loss_mask (completion tokens), ref_logp,
     advantages [B], and old_logp. Without old_logp the policy's own log-probs (gradient stopped) stand in: with
-    one update per rollout batch (DeepSeekMath's original GRPO) they are equal, and this saves a forward pass."""
+    one update per rollout batch (DeepSeekMath's original GRPO) they are equal, and this saves a forward pass.
+
+    temperature: the rollouts' sampling temperature. pi_theta, pi_old and pi_ref of Eq. 15 are all taken at it
+    (softmax(logits / T)), so the ratio is the one of the distribution the rollouts came from, and ref_logp /
+    old_logp must be computed at the same T (`make_logprob_fn(..., temperature=T)`)."""
 
     def loss_fn(model: nnx.Module, batch: Batch):
-        logp = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], chunk=chunk)  # [B, T]
+        logp = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], chunk=chunk,
+                                 temperature=temperature)  # [B, T]
         old = batch["old_logp"] if "old_logp" in batch else jax.lax.stop_gradient(logp)
         args = (logp, old, batch["ref_logp"], batch["advantages"], batch["loss_mask"])
         s, d = grpo_loss(*args, epsilon=loss_cfg.epsilon, beta=loss_cfg.beta, aggregation=loss_cfg.aggregation)
@@ -226,8 +232,9 @@ def make_sft_step(graphdef: nnx.GraphDef, *, optimizer: OptimizerConfig, chunk: 
 
 
 def make_grpo_step(graphdef: nnx.GraphDef, *, optimizer: OptimizerConfig, loss: GRPOLossConfig = GRPOLossConfig(),
-                   chunk: int = 512, **kw) -> TrainStep:
-    return make_train_step(graphdef, grpo_loss_fn(loss, chunk=chunk), optimizer=optimizer, **kw)
+                   chunk: int = 512, temperature: float = 1.0, **kw) -> TrainStep:
+    return make_train_step(graphdef, grpo_loss_fn(loss, chunk=chunk, temperature=temperature), optimizer=optimizer,
+                           **kw)
 
 
 def make_bce_step(graphdef: nnx.GraphDef, *, optimizer: OptimizerConfig,
@@ -238,19 +245,22 @@ def make_bce_step(graphdef: nnx.GraphDef, *, optimizer: OptimizerConfig,
 # -- forward-only log-probs (GRPO's reference and old policy) -----------------------------------------------------
 class LogprobFn:
     """`fn(params, batch) -> logp [B, T]` (log p(ids[t] | ids[<t]), 0 at t = 0), jitted, no gradient, logits
-    built `chunk` positions at a time. Used outside the update for the frozen reference and the old policy.
+    built `chunk` positions at a time. Used outside the update for the frozen reference and the old policy, at the
+    rollouts' sampling `temperature` (see grpo_loss_fn).
     Batch: input_ids, attention_mask (other fields are ignored). Compiled on first call."""
 
     def __init__(self, graphdef: nnx.GraphDef, *, chunk: int = 512, mesh: Mesh | None = None,
-                 param_shardings: Any = None):
+                 param_shardings: Any = None, temperature: float = 1.0):
         self.graphdef = graphdef
         self.chunk = chunk
+        self.temperature = temperature
         self.mesh = default_mesh() if mesh is None else mesh
         self.param_shardings = param_shardings
         self._jitted = None
 
     def _logprobs(self, params: nnx.State, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        return sequence_logprobs(nnx.merge(self.graphdef, params), input_ids, attention_mask, chunk=self.chunk)
+        return sequence_logprobs(nnx.merge(self.graphdef, params), input_ids, attention_mask, chunk=self.chunk,
+                                 temperature=self.temperature)
 
     def __call__(self, params: nnx.State, batch: Batch) -> jax.Array:
         if self._jitted is None:
@@ -262,5 +272,5 @@ class LogprobFn:
 
 
 def make_logprob_fn(graphdef: nnx.GraphDef, *, chunk: int = 512, mesh: Mesh | None = None,
-                    param_shardings: Any = None) -> LogprobFn:
-    return LogprobFn(graphdef, chunk=chunk, mesh=mesh, param_shardings=param_shardings)
+                    param_shardings: Any = None, temperature: float = 1.0) -> LogprobFn:
+    return LogprobFn(graphdef, chunk=chunk, mesh=mesh, param_shardings=param_shardings, temperature=temperature)
