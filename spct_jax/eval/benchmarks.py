@@ -44,7 +44,7 @@ OVERALL_PARTS: tuple[str, ...] = (rewardbench.SCORE_KEY, ppe.PREFERENCE_KEY, ppe
 def score_benchmark(name: str, items: Sequence[PreferenceItem], preds: Mapping[str, Sequence[float]],
                     **opts) -> dict[str, float]:
     """Score `items` of benchmark `name` with that benchmark's official rules; `opts` are the scorer's keyword
-    options (e.g. ties="random", seed=1, prior_sets=True, details=True, threshold=44.0, subset="math")."""
+    options (e.g. ties="random", seed=1, prior_sets=True, details=True, threshold=6.0, subset="math")."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
     scorer = BENCHMARKS[name]
