@@ -163,34 +163,52 @@ def test_out_must_be_a_folder(data, tmp_path, capsys):
 PPE_FIXTURE = Path(__file__).parent / "fixtures" / "data" / "formats" / "ppe_correctness.jsonl"
 
 
-def test_ppe_correctness_is_judged_one_conflict_pair_at_a_time(tmp_path, capsys):
-    """The fixture's questions have 32 responses each; every GRM prompt must hold one conflict pair (2 responses),
-    under PPE's pairwise uid question_id+j, and `spct eval score` must reproduce results.json from the pairs."""
-    from spct_jax.eval.run import run_main
-
-    out = tmp_path / "out"
-    assert run_main(["--model", "tiny-random", "--benchmark", "ppe", "--subset", "math", "--data", str(PPE_FIXTURE),
-                     "--k", "1", "--max-new-tokens", "8", "--out", str(out)]) == 0
-    rows = [json.loads(x) for x in PPE_FIXTURE.read_text().splitlines()]
-    want = {}  # uid -> (the pair's two responses, best)
+def _ppe_pairs_of(rows) -> dict:
+    """uid -> (the pair's two responses, best), from PPE correctness rows, in PPE's pairwise view."""
+    want = {}
     for row in rows:
         for j, (a, b) in enumerate(row["sampled_conflict_pairs"]):
             want[f"{row['question_id']}+{j}"] = ([row[f"response_{a + 1}"], row[f"response_{b + 1}"]],
                                                   0 if row["scores"][a] > row["scores"][b] else 1)
+    return want
+
+
+def test_ppe_correctness_items_are_judged_as_their_conflict_pairs():
+    from spct_jax.data.formats import read_preferences
+    from spct_jax.eval.run import judged_items
+
+    rows = [json.loads(x) for x in PPE_FIXTURE.read_text().splitlines()]
+    judged = judged_items("ppe", read_preferences(PPE_FIXTURE))
+    assert {it.uid: (it.responses, it.best) for it in judged} == _ppe_pairs_of(rows)
+    assert [it.uid for it in judged] == ["mmlu-1+0", "mmlu-1+1", "mmlu-2+0", "mmlu-2+1", "mmlu-2+2", "mmlu-2+3"]
+
+
+def test_ppe_correctness_run_prompts_hold_two_responses(tmp_path, capsys):
+    """The fixture's questions have 32 responses each; every GRM prompt must hold one conflict pair (2 responses),
+    under PPE's pairwise uid question_id+j, and `spct eval score` must reproduce results.json from the pairs.
+    (The first question only: its 2 pairs exercise the whole path at a third of the sampling time.)"""
+    from spct_jax.eval.run import run_main
+
+    data = tmp_path / "ppe.jsonl"
+    data.write_text(PPE_FIXTURE.read_text().splitlines()[0] + "\n")
+    out = tmp_path / "out"
+    assert run_main(["--model", "tiny-random", "--benchmark", "ppe", "--subset", "math", "--data", str(data),
+                     "--k", "1", "--max-new-tokens", "8", "--out", str(out)]) == 0
+    want = _ppe_pairs_of([json.loads(data.read_text())])
     dumped = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines()]
-    assert [d["uid"] for d in dumped] == list(want) == ["mmlu-1+0", "mmlu-1+1", "mmlu-2+0", "mmlu-2+1", "mmlu-2+2",
-                                                        "mmlu-2+3"]
+    assert [d["uid"] for d in dumped] == list(want) == ["mmlu-1+0", "mmlu-1+1"]
     for d in dumped:
         assert (d["responses"], d["best"]) == want[d["uid"]]
         assert d["samples"] and all(len(s["permutation"]) == 2 for s in d["samples"])
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [p["uid"] for p in preds] == list(want) and all(len(p["scores"]) == 2 for p in preds)
     results = json.loads((out / "results.json").read_text())
+    assert (results["items"], results["benchmark_items"]) == (2, 1)
     [run] = results["runs"]
     # Best-of-K needs all 32 scores of a question, which pairwise judging never produces.
     assert set(run["scores"]) == {"MATH", "PPE Correctness"}
     capsys.readouterr()
-    assert spct(["eval", "score", "--benchmark", "ppe", "--subset", "math", "--data", str(PPE_FIXTURE),
+    assert spct(["eval", "score", "--benchmark", "ppe", "--subset", "math", "--data", str(data),
                  "--predictions", str(out / "predictions.jsonl"), "--json", "--strict"]) == 0
     assert json.loads(capsys.readouterr().out) == run["scores"]
 
