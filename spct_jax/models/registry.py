@@ -16,11 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from spct_jax import paths
 from spct_jax.models.config import ModelConfig
 from spct_jax.models.transformer import Decoder, init_model
 from spct_jax.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 NAMED = ("tiny-random", "smollm2-135m")
+# What a checkpoint folder's tokenizer is made of (HF `tokenizers`, sentencepiece, chat template).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json")
 
 
 def tiny_random_config(vocab_size: int) -> ModelConfig:
@@ -30,18 +34,27 @@ def tiny_random_config(vocab_size: int) -> ModelConfig:
 
 
 def load_model(spec: str | os.PathLike, *, dtype=jnp.float32, seed: int = 0, compute_dtype=None,
-               place: Callable[[tuple[Any, ...], np.ndarray], jax.Array] | None = None
+               place: Callable[[tuple[Any, ...], np.ndarray], jax.Array] | None = None, mesh=None
                ) -> tuple[Decoder, Tokenizer]:
-    """(model, tokenizer) for a `--model` value.
+    """(model, tokenizer) for a `--model` value (a local, gcsfuse or `gs://` folder, a `.gguf`, or a name).
 
-    dtype: the params' dtype; compute_dtype defaults to it. place(path, host_array) puts each tensor on device(s)
-    as it is read (e.g. `parallel.rules.rule_placer(mesh)`: straight into its sharded layout).
+    dtype: the params' dtype; compute_dtype defaults to it. mesh: every param lands in the partition rules'
+    layout on it (`parallel.rules`, the train steps' layout), and each process reads from an HF folder only the
+    rows its own devices hold (`weights.load_into`); a `.gguf` is read whole on each process, tiny-random drawn
+    whole. place(path, host_array): the older hook, given each tensor whole (e.g. `rule_placer(mesh)`).
     """
+    if mesh is not None and place is not None:
+        raise ValueError("load_model: give mesh= or place=, not both")
     spec_s = str(spec)
     if spec_s == "tiny-random":
         tok = ByteTokenizer()
         model = init_model(tiny_random_config(tok.vocab_size), seed=seed, dtype=compute_dtype or dtype,
                            param_dtype=dtype)
+        if mesh is not None:
+            from spct_jax.models.weights import rule_shardings
+
+            sharding = rule_shardings(mesh)
+            place = lambda path, host: jax.device_put(host, sharding(path, host.shape))  # noqa: E731
         if place is not None:  # small enough to draw on one device first
             graphdef, state = nnx.split(model)
             flat = dict(nnx.to_flat_state(state))
@@ -53,13 +66,31 @@ def load_model(spec: str | os.PathLike, *, dtype=jnp.float32, seed: int = 0, com
         from spct_jax.models.smollm2 import smollm2_gguf_path
 
         spec_s = str(smollm2_gguf_path())
-    path = Path(spec_s)
+    from spct_jax.models.weights import from_pretrained
+
+    path = paths.as_path(spec_s)
     if path.suffix == ".gguf":
         from spct_jax.models.gguf_import import load_gguf
 
-        return load_gguf(path, dtype=dtype, compute_dtype=compute_dtype, place=place)
+        if mesh is not None:
+            from spct_jax.parallel.rules import rule_placer
+
+            place = rule_placer(mesh)
+        return load_gguf(Path(spec_s), dtype=dtype, compute_dtype=compute_dtype, place=place)
     if not path.is_dir():
         raise FileNotFoundError(f"--model {spec_s!r}: not a checkpoint folder, a .gguf file or one of {NAMED}")
-    from spct_jax.models.weights import from_pretrained
+    model = from_pretrained(path, dtype=dtype, compute_dtype=compute_dtype, place=place, mesh=mesh)
+    return model, _tokenizer(path)
 
-    return from_pretrained(path, dtype=dtype, compute_dtype=compute_dtype, place=place), load_tokenizer(path)
+
+def _tokenizer(folder) -> Tokenizer:
+    """The folder's tokenizer; a remote folder's small tokenizer files are copied to a local temp dir first."""
+    if not paths.is_remote(folder):
+        return load_tokenizer(Path(os.fspath(folder)))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in TOKENIZER_FILES:
+            if (folder / name).exists():
+                paths.copy_file(folder / name, Path(tmp) / name)
+        return load_tokenizer(Path(tmp))

@@ -21,7 +21,7 @@ from flax import nnx
 from spct_jax.models.config import ConfigError, ModelConfig
 from spct_jax.models.transformer import Decoder, Dense
 from spct_jax.models.weights import (Mapping, Path_, decoder_mapping, export_tensors, load_into, read_hf_config,
-                                     write_checkpoint)
+                                     rule_shardings, spans_processes, write_checkpoint)
 
 _ARCHITECTURES = {"gemma2": "Gemma2ForSequenceClassification", "llama": "LlamaForSequenceClassification",
                   "qwen2": "Qwen2ForSequenceClassification"}
@@ -90,25 +90,30 @@ def _num_labels(hf: dict) -> int:
 
 
 def load_scalar_rm(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype=None,
-                   place: Callable[[Path_, np.ndarray], jax.Array] | None = None) -> ScalarRM:
+                   place: Callable[[Path_, np.ndarray], jax.Array] | None = None, mesh=None) -> ScalarRM:
     """Load an HF `{Gemma2,Llama,Qwen2}ForSequenceClassification` folder with `num_labels=1`.
 
-    dtype: the params' dtype; compute_dtype defaults to it. place: as in `weights.load_into`.
+    dtype: the params' dtype; compute_dtype defaults to it. mesh: params land in the partition rules' layout,
+    each process reading only its own devices' rows; place: the older whole-tensor hook (`weights.load_into`).
     """
+    if mesh is not None and place is not None:
+        raise ValueError("load_scalar_rm: give mesh= or place=, not both")
     hf = read_hf_config(path)
     labels = _num_labels(hf)
     if labels != 1:
         raise ConfigError(f"{path}: field 'id2label' gives num_labels={labels}; a scalar RM needs num_labels=1")
     cfg = ModelConfig.from_hf_config(hf)
     abstract = nnx.eval_shape(lambda: ScalarRM(cfg, rngs=nnx.Rngs(0), dtype=compute_dtype or dtype, param_dtype=dtype))
-    return load_into(abstract, path, scalar_rm_mapping(abstract.config), dtype=dtype, place=place)
+    return load_into(abstract, path, scalar_rm_mapping(abstract.config), dtype=dtype, place=place,
+                     sharding=None if mesh is None else rule_shardings(mesh))
 
 
 def save_scalar_rm(rm: ScalarRM, path: str | os.PathLike, *, dtype=np.float32,
-                   max_shard_bytes: int = 5 * 1024**3) -> None:
+                   max_shard_bytes: int = 5 * 1024**3, extra_files=None) -> None:
     """Write `rm` as an HF `XForSequenceClassification` folder (num_labels=1) that transformers loads.
 
     transformers finds the scored token by `input_ids != pad_token_id`, so the config must name a pad token.
+    An RM whose params span processes is written collectively: call it on every process (`write_checkpoint`).
     """
     cfg = rm.config
     if cfg.pad_token_id is None:
@@ -117,7 +122,8 @@ def save_scalar_rm(rm: ScalarRM, path: str | os.PathLike, *, dtype=np.float32,
     hf = cfg.to_hf_config()
     hf.update(architectures=[_ARCHITECTURES[cfg.family]], id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
               torch_dtype={np.dtype(np.float32): "float32"}.get(np.dtype(dtype), "bfloat16"))
-    write_checkpoint(path, hf, export_tensors(rm, scalar_rm_mapping(cfg), dtype), max_shard_bytes=max_shard_bytes)
+    write_checkpoint(path, hf, export_tensors(rm, scalar_rm_mapping(cfg), dtype), max_shard_bytes=max_shard_bytes,
+                     collective=spans_processes(rm), extra_files=extra_files)
 
 
 __all__ = ["ScalarRM", "init_scalar_rm", "load_scalar_rm", "save_scalar_rm", "scalar_rm_mapping"]

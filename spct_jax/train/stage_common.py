@@ -63,12 +63,11 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return overrides, rest
 
 
-def stage_dir(config: ml_collections.ConfigDict, stage: str) -> Path:
-    if "://" in config.run_dir:
-        # The shared loop's metrics log and these outputs are plain local files; fail before hours of sampling.
-        raise StageError(f"config field 'run_dir' = {config.run_dir!r}: remote run dirs are not supported by the "
-                         "training CLIs yet; use a local or gcsfuse-mounted path")
-    return Path(config.run_dir) / stage
+def stage_dir(config: ml_collections.ConfigDict, stage: str):
+    """run_dir/<stage> as an `epath.Path`: a local or gcsfuse path, or `gs://bucket/run/<stage>` (spct_jax.paths)."""
+    from spct_jax import paths
+
+    return paths.Path(config.run_dir) / stage
 
 
 def optimizer_config(config: ml_collections.ConfigDict, stage: str):
@@ -199,9 +198,9 @@ def byte_tokenizer_json():
 
 
 def on_host(module):
-    """`module` with every array gathered into one host copy, so that process 0 can export it. A collective:
-    every process must call it. With several processes each host then holds the whole model in RAM (the 27B in
-    float32: ~109 GB); the export is the one place that needs it. On one process: `module` unchanged."""
+    """`module` with every array gathered into one host copy on EVERY process (the 27B in float32: ~109 GB per
+    host). Superseded by `save_model`, which exports without it; kept for callers that still gather before
+    writing on process 0 alone. A collective: every process must call it. On one process: `module` unchanged."""
     import jax
     from flax import nnx
     from jax.experimental import multihost_utils
@@ -212,15 +211,40 @@ def on_host(module):
     return nnx.merge(graphdef, multihost_utils.process_allgather(state, tiled=True))
 
 
-def save_model(model, tokenizer, source: str, dest: Path, param_dtype: str) -> dict[str, Any]:
-    """An HF causal-LM folder (weights in the param dtype) plus tokenizer files: `--model dest` works in score.
-    Every process calls it (the gather is collective); process 0 writes."""
-    from spct_jax.models.weights import save_pretrained
+def save_model(model, tokenizer, source: str, dest, param_dtype: str) -> dict[str, Any]:
+    """An HF folder (weights in the param dtype) plus tokenizer files: `--model dest` works in score; a `ScalarRM`
+    becomes a sequence-classification folder. Every process calls it. A model sharded over processes is written
+    without a gather (`weights.write_checkpoint`: one row block at a time reaches process 0, which writes); the
+    folder appears whole (temp name, then rename) and every process returns after a barrier."""
+    import jax
+    from jax.experimental import multihost_utils
 
-    model = on_host(model)
-    if is_main_process():
-        save_pretrained(model, dest, dtype=DTYPES[param_dtype])
-        save_tokenizer(tokenizer, source, dest)
+    from spct_jax import paths
+    from spct_jax.models.scalar_head import ScalarRM, save_scalar_rm
+    from spct_jax.models.weights import save_pretrained, spans_processes
+
+    def tokenizer_files(folder) -> None:
+        if not paths.is_remote(folder):
+            save_tokenizer(tokenizer, source, Path(folder))
+            return
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as local:  # save_tokenizer writes local files
+            for name in save_tokenizer(tokenizer, source, Path(local)):
+                paths.copy_file(Path(local) / name, folder / name)
+
+    save = save_scalar_rm if isinstance(model, ScalarRM) else save_pretrained
+    if spans_processes(model) or jax.process_count() == 1:
+        save(model, dest, dtype=DTYPES[param_dtype], extra_files=tokenizer_files)
+    else:  # every process holds a whole copy: one writes, the others wait for it and hear how it went
+        error = None
+        if is_main_process():
+            try:
+                save(model, dest, dtype=DTYPES[param_dtype], extra_files=tokenizer_files)
+            except Exception as e:  # noqa: BLE001 - re-raised below on every process
+                error = e
+        if np.any(multihost_utils.process_allgather(np.asarray(error is not None, np.int32))):
+            raise error or OSError(f"exporting {dest} failed on process 0 (see its log)")
     return {"path": str(dest)}
 
 
