@@ -5,6 +5,7 @@
     spct data check PATH              validate preference files
     spct eval score|run ...           benchmark scoring with the official rules
     spct rft|grpo|metarm --config C   the training stages (ml_collections config files, --config.x=y overrides)
+    spct export STAGE_DIR             a stage's orbax checkpoint -> an HF folder, offline
     spct plan --config C              per-device memory plan for a mesh
     spct serve --model M              reward server for RL pipelines
 
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rft": ("spct_jax.train.rft_cli", "main", "stage 1: rejective fine-tuning"),
     "grpo": ("spct_jax.train.grpo_cli", "main", "stage 2: rule-based online RL (GRPO)"),
     "metarm": ("spct_jax.train.metarm_cli", "main", "train the meta RM"),
+    "export": ("spct_jax.train.export_cli", "main", "a stage's checkpoint -> an HF folder: `spct export STAGE_DIR`"),
     "plan": ("spct_jax.parallel.cli", "plan_main", "per-device memory plan for a config"),
     "serve": ("spct_jax.serve.server", "main", "serve a GRM as a reward endpoint"),
 }

@@ -94,3 +94,25 @@ def _tokenizer(folder) -> Tokenizer:
             if (folder / name).exists():
                 paths.copy_file(folder / name, Path(tmp) / name)
         return load_tokenizer(Path(tmp))
+
+
+def describe_model(spec: str | os.PathLike) -> tuple[ModelConfig, Tokenizer]:
+    """(config, tokenizer) of a `--model` value without reading its weights (e.g. to export a trained copy)."""
+    spec_s = str(spec)
+    if spec_s == "tiny-random":
+        tok = ByteTokenizer()
+        return tiny_random_config(tok.vocab_size), tok
+    if spec_s == "smollm2-135m":
+        from spct_jax.models.smollm2 import smollm2_gguf_path
+
+        spec_s = str(smollm2_gguf_path())
+    path = paths.as_path(spec_s)
+    if path.suffix == ".gguf":
+        from spct_jax.models.gguf_import import config_from_gguf, tokenizer_for
+
+        return config_from_gguf(Path(spec_s)), tokenizer_for(Path(spec_s))
+    if not path.is_dir():
+        raise FileNotFoundError(f"--model {spec_s!r}: not a checkpoint folder, a .gguf file or one of {NAMED}")
+    from spct_jax.models.weights import read_hf_config
+
+    return ModelConfig.from_hf_config(read_hf_config(path)), _tokenizer(path)

@@ -241,7 +241,9 @@ def write_safetensors(path: paths.PathLike, tensors: Iterable[TensorItem], metad
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # align the data section
     path = paths.as_path(path)
-    target = path.parent / (path.name + ".tmp") if atomic else path
+    # An object store publishes an object whole when its upload completes: no temp name needed (a rename there
+    # would copy every byte once more).
+    target = path.parent / (path.name + ".tmp") if atomic and not paths.is_remote(path) else path
     f = None
     error: Exception | None = None  # once set: stop writing, keep draining (other processes' collectives finish)
     try:
@@ -274,11 +276,8 @@ def write_safetensors(path: paths.PathLike, tensors: Iterable[TensorItem], metad
         if f is not None:
             f.close()
             f = None
-            if atomic:
-                if paths.is_remote(path):
-                    target.rename(path)
-                else:
-                    os.replace(target, path)
+            if target != path:
+                os.replace(target, path)
     except BaseException:
         if f is not None:
             f.close()

@@ -108,6 +108,17 @@ def load_scalar_rm(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype=
                      sharding=None if mesh is None else rule_shardings(mesh))
 
 
+def scalar_rm_hf_config(cfg: ModelConfig, dtype) -> dict:
+    """transformers' config.json of a sequence-classification RM (num_labels=1) with `cfg`'s backbone."""
+    if cfg.pad_token_id is None:
+        raise ConfigError("field 'pad_token_id' is None: transformers cannot pick the scored token of a padded "
+                          "batch without it; build the RM with config.replace(pad_token_id=...)")
+    hf = _backbone_config(cfg).to_hf_config()
+    hf.update(architectures=[_ARCHITECTURES[cfg.family]], id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
+              torch_dtype={np.dtype(np.float32): "float32"}.get(np.dtype(dtype), "bfloat16"))
+    return hf
+
+
 def save_scalar_rm(rm: ScalarRM, path: str | os.PathLike, *, dtype=np.float32,
                    max_shard_bytes: int = 5 * 1024**3, extra_files=None) -> None:
     """Write `rm` as an HF `XForSequenceClassification` folder (num_labels=1) that transformers loads.
@@ -116,14 +127,10 @@ def save_scalar_rm(rm: ScalarRM, path: str | os.PathLike, *, dtype=np.float32,
     An RM whose params span processes is written collectively: call it on every process (`write_checkpoint`).
     """
     cfg = rm.config
-    if cfg.pad_token_id is None:
-        raise ConfigError("field 'pad_token_id' is None: transformers cannot pick the scored token of a padded "
-                          "batch without it; build the RM with config.replace(pad_token_id=...)")
-    hf = cfg.to_hf_config()
-    hf.update(architectures=[_ARCHITECTURES[cfg.family]], id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
-              torch_dtype={np.dtype(np.float32): "float32"}.get(np.dtype(dtype), "bfloat16"))
+    hf = scalar_rm_hf_config(cfg, dtype)
     write_checkpoint(path, hf, export_tensors(rm, scalar_rm_mapping(cfg), dtype), max_shard_bytes=max_shard_bytes,
                      collective=spans_processes(rm), extra_files=extra_files)
 
 
-__all__ = ["ScalarRM", "init_scalar_rm", "load_scalar_rm", "save_scalar_rm", "scalar_rm_mapping"]
+__all__ = ["ScalarRM", "init_scalar_rm", "load_scalar_rm", "save_scalar_rm", "scalar_rm_hf_config",
+           "scalar_rm_mapping"]

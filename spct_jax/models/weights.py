@@ -398,6 +398,13 @@ def write_checkpoint(folder: paths.PathLike, hf_config: dict[str, Any], tensors:
         multihost_utils.sync_global_devices(f"spct export {folder}")
 
 
+def lm_hf_config(cfg: ModelConfig, dtype) -> dict[str, Any]:
+    """transformers' config.json of a causal LM with `cfg`, its weights stored in `dtype`."""
+    hf_config = cfg.to_hf_config()
+    hf_config["torch_dtype"] = {np.dtype(np.float32): "float32"}.get(np.dtype(dtype), "bfloat16")
+    return hf_config
+
+
 def save_pretrained(model: Decoder, path: paths.PathLike, *, dtype=np.float32,
                     max_shard_bytes: int = 5 * 1024**3,
                     extra_files: Callable[[paths.Path], None] | None = None) -> None:
@@ -406,11 +413,10 @@ def save_pretrained(model: Decoder, path: paths.PathLike, *, dtype=np.float32,
     A model whose params span processes is written collectively: call it on every process (`write_checkpoint`).
     """
     cfg = model.config
-    hf_config = cfg.to_hf_config()
-    hf_config["torch_dtype"] = {np.dtype(np.float32): "float32"}.get(np.dtype(dtype), "bfloat16")
-    write_checkpoint(path, hf_config, export_tensors(model, lm_mapping(cfg), dtype), max_shard_bytes=max_shard_bytes,
+    write_checkpoint(path, lm_hf_config(cfg, dtype), export_tensors(model, lm_mapping(cfg), dtype), max_shard_bytes=max_shard_bytes,
                      collective=spans_processes(model), extra_files=extra_files)
 
 
 __all__ = ["ConfigError", "WeightsError", "from_pretrained", "save_pretrained", "decoder_mapping", "load_into",
-           "rule_shardings", "staging_spec", "spans_processes", "tensor_blocks", "write_checkpoint"]
+           "lm_hf_config", "lm_mapping", "rule_shardings", "staging_spec", "spans_processes", "tensor_blocks",
+           "write_checkpoint"]

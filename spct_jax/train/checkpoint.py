@@ -13,6 +13,10 @@ handler can run between any two bytecodes, including inside the dispatch of a st
 donated. The training loop checks the flag between steps, saves, waits for the write and returns, so the process
 exits 0.
 
+Directories may be local, gcsfuse or `gs://bucket/...` (spct_jax.paths; orbax writes gs:// through tensorstore).
+`ParamsReader` reads a saved step's params alone, one tensor at a time (no optimizer state, no template), which is
+what `spct export` needs to turn a checkpoint into an HF folder offline.
+
 Multi-host: a preempted slice may signal one host, or signal hosts at different moments, yet a checkpoint is a
 collective (every process writes its shards of the same step) and so is every later train step. After each step
 every process calls `agree_to_stop` with its own flag; it all-gathers the flags, so all processes see the same
@@ -32,6 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from spct_jax import paths
 from spct_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = paths.as_path(directory)  # orbax needs an absolute path; a gs:// URI stays as written
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
 
     def save(self, step: int, state: TrainState, data_position: dict[str, Any] | None) -> None:
@@ -74,6 +79,71 @@ class Checkpointer:
         self.manager.close()  # waits for in-flight saves
 
     def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ParamsReader:
+    """The params of one saved step, read a tensor at a time: `shapes()` lists them, `read(path, sharding)`
+    restores one (orbax partial restore; with a NamedSharding over several processes each reads its shards).
+
+    Params live in the step's "state" item under "params", each nnx Variable as {"value": array}; a param path is
+    the nnx state path, e.g. ("layers", 0, "attn", "q_proj", "kernel") or ("backbone", "embed").
+    """
+
+    def __init__(self, directory: paths.PathLike, step: int | None = None):
+        self.directory = paths.as_path(directory)
+        if not self.directory.exists():
+            raise FileNotFoundError(f"no checkpoint directory {self.directory}")
+        options = ocp.CheckpointManagerOptions(read_only=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+        self.step = self.manager.latest_step() if step is None else step
+        if self.step is None or self.step not in self.manager.all_steps():
+            raise FileNotFoundError(f"{self.directory}: no checkpoint step {step if step is not None else ''}".strip()
+                                    + f" (steps: {sorted(self.manager.all_steps())})")
+        tree = self.manager.item_metadata(self.step)["state"]
+        tree = getattr(tree, "tree", tree)
+        if not isinstance(tree, dict) or "params" not in tree:
+            raise ValueError(f"{self.directory}/{self.step}: the state item holds no params")
+        self._meta: dict[tuple[Any, ...], Any] = {}
+
+        def walk(node: Any, path: tuple[Any, ...]) -> None:
+            if isinstance(node, dict) and set(node) == {"value"} and not isinstance(node["value"], dict):
+                self._meta[path] = node["value"]
+            elif isinstance(node, dict):
+                for k, v in node.items():
+                    walk(v, path + (int(k) if str(k).isdigit() else k,))
+
+        walk(tree["params"], ())
+
+    def shapes(self) -> dict[tuple[Any, ...], tuple[tuple[int, ...], np.dtype]]:
+        return {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in self._meta.items()}
+
+    def read(self, path: tuple[Any, ...], sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+        if path not in self._meta:
+            raise KeyError(f"{self.directory}/{self.step}: no param {'/'.join(map(str, path))}")
+        meta = self._meta[path]
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        item: Any = {"value": jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=sharding)}
+        for key in reversed(path):
+            item = {str(key): item}
+        item = {"params": item}
+        restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape,
+                                                                   dtype=s.dtype), item)
+        out = self.manager.restore(self.step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))["state"]
+        out = out["params"]
+        for key in path:
+            out = out[str(key)]
+        return out["value"]
+
+    def close(self) -> None:
+        self.manager.close()
+
+    def __enter__(self) -> "ParamsReader":
         return self
 
     def __exit__(self, *exc) -> None:

@@ -5,11 +5,11 @@ Resumability rests on one contract with the caller's data: a `BatchSource` is a 
 `position_after` is where the source must start to yield the batch after this one. The loop saves the position
 after the last batch the checkpointed state has trained on; resuming calls `source(saved_position)`. A source
 must be deterministic in its position (seeded shuffles, no wall-clock randomness); `epoch_batches` is one.
+The workdir may be local, gcsfuse or `gs://...` (spct_jax.paths): checkpoints and metrics both accept it.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from spct_jax import paths
 from spct_jax.train.checkpoint import Checkpointer, agree_to_stop, install_sigterm_handler
 from spct_jax.train.config import LoopConfig
 from spct_jax.train.metrics import MetricsLogger
@@ -67,7 +68,7 @@ def run_training(step_fn: StepFn, state: TrainState, batches: BatchSource, *, co
     processes, a SIGTERM on any of them stops all of them after the same step (`agree_to_stop`), and only
     process 0 writes the metrics files.
     """
-    ckpt = Checkpointer(os.path.join(config.workdir, "checkpoints"), keep=config.keep_checkpoints,
+    ckpt = Checkpointer(paths.join(config.workdir, "checkpoints"), keep=config.keep_checkpoints,
                         async_save=config.async_checkpointing)
     position: Position | None = None
     if ckpt.latest_step() is not None:

@@ -219,20 +219,11 @@ def save_model(model, tokenizer, source: str, dest, param_dtype: str) -> dict[st
     import jax
     from jax.experimental import multihost_utils
 
-    from spct_jax import paths
     from spct_jax.models.scalar_head import ScalarRM, save_scalar_rm
     from spct_jax.models.weights import save_pretrained, spans_processes
+    from spct_jax.train.export_cli import tokenizer_writer
 
-    def tokenizer_files(folder) -> None:
-        if not paths.is_remote(folder):
-            save_tokenizer(tokenizer, source, Path(folder))
-            return
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as local:  # save_tokenizer writes local files
-            for name in save_tokenizer(tokenizer, source, Path(local)):
-                paths.copy_file(Path(local) / name, folder / name)
-
+    tokenizer_files = tokenizer_writer(tokenizer, source)
     save = save_scalar_rm if isinstance(model, ScalarRM) else save_pretrained
     if spans_processes(model) or jax.process_count() == 1:
         save(model, dest, dtype=DTYPES[param_dtype], extra_files=tokenizer_files)

@@ -1,0 +1,149 @@
+"""`spct export STAGE_DIR`: a training stage's orbax checkpoint -> an HF folder, offline.
+
+    spct export run_dir/rft                       latest step -> run_dir/rft/model
+    spct export gs://bucket/run/grpo --step 200 --out gs://bucket/exports/grpo-200 --dtype bfloat16
+
+A stage dir is what `spct rft|grpo|metarm` write: `config.json` (the run config) and `train/checkpoints/` (orbax
+steps of the whole TrainState). Only the params are read, one tensor at a time (`checkpoint.ParamsReader`), so the
+optimizer state is never loaded and no host holds more than one tensor; a training job need not export at its end.
+The architecture and tokenizer come from the checkpoint the stage started from (`model.init_checkpoint`, or for
+metarm `meta_rm.init_checkpoint` when set; `--model` overrides), and a checkpoint whose params sit under
+`backbone/` is the meta RM, written as a sequence-classification folder. The export dtype defaults to the run's
+`model.param_dtype`.
+
+On several processes (`launch/run.sh export ...` on a pod slice, or SPCT_* variables) each tensor is restored
+sharded over all devices by the partition rules and written by process 0 without a gather (weights.write_checkpoint).
+The folder appears whole or not at all. Exit codes: 0 written, 1 an input that cannot be read, 2 a bad command line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from spct_jax import paths
+
+log = logging.getLogger("spct.export")
+DTYPE_NAMES = ("float32", "bfloat16")
+
+
+def tokenizer_writer(tokenizer, source: str):
+    """extra_files for weights.write_checkpoint: the tokenizer files `--model` needs next to the weights (copied
+    from a folder checkpoint, or exported; stage_common.save_tokenizer), written locally and copied to a remote
+    folder."""
+    from spct_jax.train.stage_common import save_tokenizer
+
+    def write(folder) -> None:
+        if not paths.is_remote(folder):
+            save_tokenizer(tokenizer, source, Path(folder))
+            return
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as local:
+            for name in save_tokenizer(tokenizer, source, Path(local)):
+                paths.copy_file(Path(local) / name, folder / name)
+
+    return write
+
+
+def _run_config(stage: paths.Path) -> dict[str, Any]:
+    path = stage / "config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def export_checkpoint(stage_dir: paths.PathLike, *, out: paths.PathLike | None = None, step: int | None = None,
+                      model: str | None = None, dtype: str | None = None,
+                      max_shard_bytes: int = 5 * 1024**3) -> dict[str, Any]:
+    """Write step `step` (default: latest) of `stage_dir`'s checkpoint as an HF folder at `out` (default
+    stage_dir/model). Every process calls it. -> a summary."""
+    import jax
+    import ml_dtypes
+    import numpy as np
+
+    from spct_jax.models.registry import describe_model
+    from spct_jax.models.scalar_head import scalar_rm_hf_config, scalar_rm_mapping
+    from spct_jax.models.weights import (WeightsError, lm_hf_config, lm_mapping, rule_shardings, tensor_blocks,
+                                         write_checkpoint)
+    from spct_jax.train.checkpoint import ParamsReader
+
+    stage = paths.as_path(stage_dir)
+    run = _run_config(stage)
+    run_model = run.get("model", {})
+    source = model or (run.get("meta_rm", {}).get("init_checkpoint") if stage.name == "metarm" else "") \
+        or run_model.get("init_checkpoint", "")
+    if not source:
+        raise ValueError(f"{stage}: no config.json naming model.init_checkpoint; give --model (the checkpoint the "
+                         "stage started from: its architecture and tokenizer)")
+    dtype = dtype or run_model.get("param_dtype", "float32")
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {DTYPE_NAMES}")
+    np_dtype = np.dtype(np.float32 if dtype == "float32" else ml_dtypes.bfloat16)
+    out = paths.as_path(out) if out is not None else stage / "model"
+
+    with ParamsReader(stage / "train" / "checkpoints", step) as reader:
+        saved = reader.shapes()
+        cfg, tokenizer = describe_model(source)
+        if any(p[0] == "backbone" for p in saved):  # the meta RM (ScalarRM): backbone + score head
+            if cfg.pad_token_id is None:  # as metarm_cli builds it: transformers needs a pad id to pick the token
+                cfg = cfg.replace(pad_token_id=tokenizer.pad_id)
+            mapping, hf_config, kind = scalar_rm_mapping(cfg), scalar_rm_hf_config(cfg, np_dtype), "scalar_rm"
+        else:
+            mapping, hf_config, kind = lm_mapping(cfg), lm_hf_config(cfg, np_dtype), "lm"
+        wanted = {path for _, path, _ in mapping}
+        extra, missing = sorted(map(str, set(saved) - wanted)), sorted(map(str, wanted - set(saved)))
+        if extra or missing:
+            raise WeightsError(f"{reader.directory} step {reader.step} does not fit {source!r}: "
+                               + (f"missing param {missing[0]}" if missing else f"unexpected param {extra[0]}")
+                               + f" ({len(missing)} missing, {len(extra)} unexpected)")
+        multi = jax.process_count() > 1
+        sharding = None
+        if multi:  # each tensor restored sharded by the rules: every host reads its shards only
+            from spct_jax.parallel.mesh import MeshConfig, make_mesh
+
+            sharding = rule_shardings(make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1)))
+        tensors = []
+        for hf, path, transpose in mapping:
+            shape, _ = saved[path]
+            file_shape = tuple(reversed(shape)) if transpose else shape
+
+            def produce(path=path, shape=shape, transpose=transpose):
+                arr = reader.read(path, None if sharding is None else sharding(path, shape))
+                return tensor_blocks(arr, transpose, np_dtype)
+
+            tensors.append((hf, file_shape, np_dtype, produce))
+        write_checkpoint(out, hf_config, tensors, max_shard_bytes=max_shard_bytes, collective=multi,
+                         extra_files=tokenizer_writer(tokenizer, source))
+        step = reader.step
+    log.info("exported %s step %d to %s", stage, step, out)
+    return {"path": str(out), "step": step, "kind": kind, "dtype": dtype, "source": source,
+            "tensors": len(mapping)}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="spct export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage_dir", help="run_dir/<stage> (local, gcsfuse or gs://)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--out", default=None, help="output folder (default: STAGE_DIR/model)")
+    parser.add_argument("--model", default=None, help="architecture and tokenizer source (default: the run config's)")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="weights dtype (default: model.param_dtype)")
+    parser.add_argument("--max-shard-gb", type=float, default=5.0, help="safetensors shard size (GB)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    from spct_jax.parallel.mesh import initialize_distributed
+
+    initialize_distributed()  # SPCT_* variables or a TPU pod; a no-op on one process
+    try:
+        summary = export_checkpoint(args.stage_dir, out=args.out, step=args.step, model=args.model,
+                                    dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 1024**3))
+    except (OSError, ValueError, KeyError) as e:
+        print(f"spct export: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+__all__ = ["export_checkpoint", "main", "tokenizer_writer"]
