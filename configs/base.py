@@ -27,7 +27,7 @@ REMAT = ("none", "full")
 
 def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, fsdp: int = -1, tensor: int = 1,
                 rft_microbatches: int = 1, grpo_microbatches: int = 1, metarm_microbatches: int = 1,
-                inference_batch_prompts: int = 8, rollout_batch_prompts: int = 128,
+                inference_batch_prompts: int = 8, rollout_batch_prompts: int = 128, sample_rows: int = 256,
                 grpo_beta: float = 0.08) -> ml_collections.ConfigDict:
     """A full run config for one model on one slice; keyword arguments are what differs between the files."""
     c = ml_collections.ConfigDict()
@@ -83,6 +83,7 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.rft.temperature = 1.0  # ours: [P] gives no sampling temperature for rejective sampling
     c.rft.max_new_tokens = 1024  # ours: as grpo.max_new_tokens (both sample training trajectories)
     c.rft.general_data = ""  # ours: JSONL of general instruction data mixed into the SFT ([P] mixes 1070K); "" = none
+    c.rft.sample_rows = sample_rows  # ours: rows per sampler call of rejective sampling (bounds its KV cache)
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.learning_rate = 4e-7  # [P] App. C.1
@@ -94,6 +95,8 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.grpo.max_prompt_len = 3072  # ours: GRM template (~700 tokens) + conversation + responses
     c.grpo.max_new_tokens = 1024  # ours: SPEC §1.4, Fig. 7: critiques are ~250-400 tokens; 1K is ample
     c.grpo.temperature = 1.0  # ours: [P] gives no rollout temperature
+    c.grpo.logprob_rows = c.grpo.batch_size // grpo_microbatches  # ours: rows per reference log-prob call, as in
+    #                                                                one micro-batch of the update (bounds its memory)
     c.grpo.rollout_batch_prompts = rollout_batch_prompts  # ours: prompts per sampler call (x G rows): bounds the KV
     c.grpo.num_microbatches = grpo_microbatches  # ours
     c.grpo.ref_dtype = "bfloat16"  # ours: the frozen reference (= the RFT checkpoint) only runs forward
@@ -113,6 +116,7 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.metarm.num_microbatches = metarm_microbatches  # ours
     c.metarm.data = ""  # ours
     c.metarm.holdout_fraction = 0.1  # ours: [P] reports no held-out split; a seeded fraction of the items
+    c.metarm.sample_rows = sample_rows  # ours: rows per sampler call when sampling the guided GRM's trajectories
 
     c.inference = ml_collections.ConfigDict()
     c.inference.temperature = 0.5  # [P] App. D.1: "the temperature is set to 0.5" for inference-time scaling
@@ -180,6 +184,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(0 < g.epsilon < 1, "grpo.epsilon", "must be in (0, 1)")
     need(g.temperature > 0, "grpo.temperature", "rollouts must sample (> 0)")
     need(g.max_prompt_len > 0 and g.max_new_tokens > 0, "grpo.max_new_tokens", "lengths must be > 0")
+    need(g.logprob_rows >= 1, "grpo.logprob_rows", "must be >= 1")
+    if g.logprob_rows < g.batch_size:  # otherwise one call takes the whole batch
+        need(g.batch_size % g.logprob_rows == 0 and g.logprob_rows % batch_ways == 0, "grpo.logprob_rows",
+             f"{g.logprob_rows} rows must divide grpo.batch_size {g.batch_size} and split over {batch_ways} batch "
+             "shards (mesh data x fsdp)")
+    need(c.rft.sample_rows >= 1 and c.metarm.sample_rows >= 1, "rft.sample_rows", "must be >= 1")
     need(1 <= g.rollout_batch_prompts <= g.batch_size // g.group_size, "grpo.rollout_batch_prompts",
          f"must be in [1, batch_size / group_size = {g.batch_size // g.group_size}]")
 

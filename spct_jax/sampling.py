@@ -40,7 +40,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from spct_jax.models.transformer import Decoder
-from spct_jax.parallel.rules import spec_ways
+from spct_jax.parallel.mesh import batch_axes
 
 _TRACES: Counter = Counter()  # incremented at trace time only: one count per compiled (shape, static-config) bucket
 _BISECT_STEPS = 32
@@ -159,29 +159,49 @@ def _choose(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: j
     return tok, jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
 
 
-def _prefill(model: Decoder, ids: jax.Array, mask: jax.Array, cache):
+def _prefill(model: Decoder, ids: jax.Array, mask: jax.Array, cache, pin=lambda x, kind="rows": x):
     """Prefill in chunks of PREFILL_CHUNK columns so attention scores are [chunk, S], never [P, S] at once, and
     project only the last column to the vocabulary (Gemma's 256k-wide logits for every prompt token would dwarf
-    the cache).  ids, mask: [U, P] -> (cache, logits of the last column [U, V])."""
+    the cache). `pin` keeps the cache and hidden states on their row shards between chunks.
+    ids, mask: [U, P] -> (cache, logits of the last column [U, V])."""
     u, p = ids.shape
     if p <= PREFILL_CHUNK:
         h, cache = model.hidden_states(ids, mask, cache)
-        return cache, model.logits_from_hidden(h[:, -1])
+        return pin(cache, "cache"), pin(model.logits_from_hidden(h[:, -1]))
     split = lambda x: x.reshape(u, p // PREFILL_CHUNK, PREFILL_CHUNK).swapaxes(0, 1)  # [chunks, U, C]
 
     def one(cache, chunk):
-        h, cache = model.hidden_states(chunk[0], chunk[1], cache)
-        return cache, h[:, -1]
+        h, cache = model.hidden_states(pin(chunk[0]), pin(chunk[1]), cache)
+        return pin(cache, "cache"), pin(h[:, -1])
 
     cache, lasts = jax.lax.scan(one, cache, (split(ids), split(mask)))
-    return cache, model.logits_from_hidden(lasts[-1])
+    return cache, pin(model.logits_from_hidden(lasts[-1]))
+
+
+def _local_take(x: jax.Array, src: jax.Array, shards: int) -> jax.Array:
+    """Rows of `x` picked by `src` WITHIN each of `shards` contiguous row blocks, so that a device never reads
+    another device's rows.  x: [S * U, ...], src: [S * Q] (indices into the row's own block of U) -> [S * Q, ...].
+
+        x    [ u0 u1 u2 u3 | u4 u5 u6 u7 ]     (S = 2 blocks of U = 4, one per row shard)
+        src  [ 0  0  3     | 1  2  2     ]     -> [ u0 u0 u3 | u5 u6 u6 ]
+
+    A vmap over the shard axis makes it a gather with a batch dimension, which GSPMD partitions along that axis:
+    no all-gather of `x` (a plain take with arbitrary indices would make every device gather the whole of it)."""
+    u, q = x.shape[0] // shards, src.shape[0] // shards
+    xs = x.reshape(shards, u, *x.shape[1:])
+    out = jax.vmap(lambda a, i: jnp.take(a, i, axis=0))(xs, src.reshape(shards, q))  # [S, Q, ...]
+    return out.reshape(shards * q, *x.shape[1:])
 
 
 def _generate(graphdef, state, ids, mask, prompt_src, row_key_data, max_new, temperature, top_p, *, st: _Static,
-              data_sharding):
-    """ids, mask: [U, P] distinct left-padded prompts; prompt_src: [Q] which distinct prompt each prompt slot
-    is; row_key_data: [R = Q * k, *key] uint32 raw key data, row q*k + j is sample j of prompt slot q
-    -> (tokens [R, N], logprobs [R, N], steps).
+              layout: "_Layout | None"):
+    """ids, mask: [S * U, P] left-padded prompts, U distinct ones per row shard; prompt_src: [S * Q] which prompt of
+    its OWN shard each prompt slot is; row_key_data: [R = S * Q * k, *key] uint32 raw key data, row q*k + j is
+    sample j of prompt slot q -> (tokens [R, N], logprobs [R, N], steps).
+
+    With a layout (a mesh), every array with a row dim is split over the row shards in contiguous blocks: shard s
+    prefills its own U prompts, gathers its own Q prefixes from them and decodes its own Q * k rows. Without one,
+    S = 1 and the same program runs on one device.
     """
     _TRACES[(ids.shape, prompt_src.shape, st)] += 1
     model: Decoder = nnx.merge(graphdef, state)
@@ -190,26 +210,22 @@ def _generate(graphdef, state, ids, mask, prompt_src, row_key_data, max_new, tem
     u, p = ids.shape
     k, n = st.num_samples, st.new_bucket
     rows = prompt_src.shape[0] * k
+    shards = 1 if layout is None else layout.shards
+    pin = (lambda x, kind="rows": x) if layout is None else layout.pin
+    ids, mask = pin(ids), pin(mask)
     if st.fan_out:
-        cache, last = _prefill(model, ids, mask, model.init_cache(u, p))  # each distinct prompt once
-        cache = cache.take(prompt_src).shared_by(k, n)  # [Q, P] prefix read by k rows each; nothing recomputed
-        last = jnp.repeat(jnp.take(last, prompt_src, axis=0), k, axis=0)  # [R, V]
+        # Prefill each shard's distinct prompts once, on that shard (the cache is pinned before any write).
+        cache, last = _prefill(model, ids, mask, pin(model.init_cache(u, p), "cache"), pin)
+        take = lambda x: _local_take(x, prompt_src, shards)  # noqa: E731
+        cache = dataclasses.replace(cache, k=tuple(map(take, cache.k)), v=tuple(map(take, cache.v)),
+                                    valid=take(cache.valid), next_pos=take(cache.next_pos))
+        cache = pin(cache.shared_by(k, n), "cache")  # [Q, P] prefix read by k rows each; nothing recomputed
+        last = pin(jnp.repeat(take(last), k, axis=0))  # [R, V]
     else:
-        row_src = jnp.repeat(prompt_src, k)
-        cache, last = _prefill(model, jnp.take(ids, row_src, axis=0), jnp.take(mask, row_src, axis=0),
-                               model.init_cache(rows, p + n))
-    if data_sharding is not None:
-        mesh = data_sharding.mesh
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        shards = spec_ways(data_sharding.spec, mesh)
-        prefix_rows = cache.prefix.valid.shape[0] if cache.prefix is not None else 0
-        # A prefix of fewer prompts than shards (k=32 samples of one prompt on 8 devices) is replicated.
-        prefix_sharding = data_sharding if prefix_rows % shards == 0 else replicated
-        specs = dataclasses.replace(
-            jax.tree.map(lambda x: data_sharding if x.ndim else replicated, dataclasses.replace(cache, prefix=None)),
-            prefix=None if cache.prefix is None else jax.tree.map(lambda _: prefix_sharding, cache.prefix))
-        cache = jax.lax.with_sharding_constraint(cache, specs)
-        last = jax.lax.with_sharding_constraint(last, data_sharding)
+        row_src = jnp.repeat(prompt_src, k)  # re-prefill every row (the baseline fan-out replaces)
+        take = lambda x: _local_take(x, row_src, shards)  # noqa: E731
+        cache, last = _prefill(model, pin(take(ids)), pin(take(mask)), pin(model.init_cache(rows, p + n), "cache"),
+                               pin)
     stops = jnp.asarray(st.stop_tokens, jnp.int32)
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
 
@@ -227,15 +243,53 @@ def _generate(graphdef, state, ids, mask, prompt_src, row_key_data, max_new, tem
         hit = jnp.any(tok[:, None] == stops[None, :], axis=-1) if st.stop_tokens else jnp.zeros_like(done)
         done = done | hit
         logits, cache = model.extend(tok[:, None], jnp.ones((rows, 1), bool), cache)
-        return step + 1, toks, lps, done, cache, logits[:, -1]
+        return step + 1, pin(toks), pin(lps), pin(done), pin(cache, "cache"), pin(logits[:, -1])
 
-    init = (jnp.zeros((), jnp.int32), jnp.full((rows, n), st.pad_id, jnp.int32), jnp.zeros((rows, n), jnp.float32),
-            jnp.zeros((rows,), bool), cache, last)
+    init = (jnp.zeros((), jnp.int32), pin(jnp.full((rows, n), st.pad_id, jnp.int32)),
+            pin(jnp.zeros((rows, n), jnp.float32)), pin(jnp.zeros((rows,), bool)), cache, last)
     steps, toks, lps, _, _, _ = jax.lax.while_loop(cond, body, init)
     return toks, lps, steps
 
 
-_jitted_generate = jax.jit(_generate, static_argnames=("st", "data_sharding"))
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """How the sampler's arrays lie on a mesh: every row dim (prompts, prompt slots, decode rows) over the
+    `row_axes` in contiguous blocks, KV heads over "tensor" when it divides them. Hashable: a jit static."""
+
+    mesh: jax.sharding.Mesh
+    row_axes: tuple[str, ...]
+
+    @property
+    def shards(self) -> int:
+        return int(np.prod([self.mesh.shape[a] for a in self.row_axes]))
+
+    def sharding(self, *spec) -> jax.sharding.NamedSharding:
+        return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec))
+
+    @property
+    def rows(self) -> jax.sharding.NamedSharding:
+        return self.sharding(self.row_axes or None)
+
+    def pin(self, x, kind: str = "rows"):
+        """with_sharding_constraint: an array's leading dim over the row axes, or a whole KVCache."""
+        if kind == "cache":
+            return jax.lax.with_sharding_constraint(x, self._cache_shardings(x))
+        return jax.lax.with_sharding_constraint(x, self.rows)
+
+    def _cache_shardings(self, cache):
+        heads = cache.k[0].shape[1] if cache.k else 1
+        tensor = "tensor" if "tensor" in self.mesh.axis_names and heads % self.mesh.shape["tensor"] == 0 else None
+        row = self.row_axes or None
+        kv, rows = self.sharding(row, tensor, None, None), self.rows
+        prefix = None
+        if cache.prefix is not None:
+            prefix = dataclasses.replace(cache.prefix, k=tuple(kv for _ in cache.prefix.k),
+                                         v=tuple(kv for _ in cache.prefix.v), valid=rows)
+        return dataclasses.replace(cache, k=tuple(kv for _ in cache.k), v=tuple(kv for _ in cache.v), valid=rows,
+                                   length=self.sharding(), next_pos=rows, prefix=prefix)
+
+
+_jitted_generate = jax.jit(_generate, static_argnames=("st", "layout"))
 
 
 @jax.jit
@@ -265,7 +319,7 @@ def _row_seed(prompt: Sequence[int], occurrence: int) -> int:
     return int.from_bytes(digest.digest(), "little") & 0x7FFFFFFF
 
 
-def _pad_left(prompts: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def _pad_left(prompts: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     ids = np.full((len(prompts), length), pad_id, np.int32)
     mask = np.zeros((len(prompts), length), bool)
     for r, p in enumerate(prompts):
@@ -274,56 +328,56 @@ def _pad_left(prompts: list[list[int]], length: int, pad_id: int) -> tuple[np.nd
     return ids, mask
 
 
-def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int = 1, max_new_tokens: int,
-           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           stop_tokens: Sequence[int] = (), seed: int = 0, max_batch_rows: int = 256,
-           mesh: jax.sharding.Mesh | None = None, data_axis: str | tuple[str, ...] = "data",
-           fan_out: bool = True, prompt_seeds: Sequence[int] | None = None,
-           progress: bool | None = None) -> Samples:
-    """Sample `num_samples` continuations of each prompt; temperature 0 is greedy.
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """One sampler call, laid out for S row shards (S = 1 without a mesh).
 
-    Prompts are grouped by length bucket (at most `max_batch_rows` = prompts x num_samples per call, at least one
-    prompt; rows padded to a power of two), so a job over prompts of many lengths compiles once per (length bucket, batch bucket, max_new bucket).
-    Identical prompts in a call are prefilled once. `prompt_seeds` (one int per prompt) replaces the default
-    per-prompt seed (a hash of the prompt's tokens and its occurrence number) when callers have stable ids.
-    With `mesh`, the rows are sharded over `data_axis`; parameters keep whatever sharding they already have. A
-    mesh may span several processes: then every process calls `sample` with the same arguments, the parameters
-    must be global arrays on the mesh's devices (e.g. placed by `param_shardings`), each host feeds and runs only
-    the rows its devices hold, and every process returns the same, whole `Samples`.
+    A prompt slot is one prompt with `per_slot` rows (samples j0 .. j0 + per_slot - 1 of it). Slots go to shards in
+    contiguous blocks of Q; each shard prefills the distinct prompts of its own slots (U per shard, padded):
+
+        slots (S=2, Q=2)   shard 0: [p0 x4, p1 x4]   shard 1: [p2 x4, p2' x4]   (p2' = p2's samples 4..7)
+        prompts            shard 0: [p0, p1]         shard 1: [p2, filler]
     """
-    if num_samples < 1 or max_new_tokens < 1:
-        raise ValueError("num_samples and max_new_tokens must be >= 1")
-    if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
-        raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 1")
-    prompts = [list(map(int, p)) for p in prompts]
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("empty prompt: every prompt needs at least one token (e.g. BOS)")
-    cfg = model.config
-    if any(t < 0 or t >= cfg.vocab_size for p in prompts for t in p):
-        raise ValueError(f"prompt token id out of range [0, {cfg.vocab_size})")
-    pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
-    greedy = temperature == 0 or top_k == 1
-    st = _Static(num_samples=num_samples, new_bucket=bucket(max_new_tokens), greedy=greedy,
-                 top_k=None if greedy or top_k is None else min(top_k, cfg.vocab_size),
-                 use_top_p=not greedy and top_p is not None and top_p < 1.0,
-                 stop_tokens=tuple(sorted(set(int(t) for t in stop_tokens))), pad_id=pad_id, fan_out=fan_out)
 
-    if prompt_seeds is None:
-        seen: Counter = Counter()
-        prompt_seeds = []
-        for p in prompts:
-            prompt_seeds.append(_row_seed(p, seen[tuple(p)]))
-            seen[tuple(p)] += 1
-    elif len(prompt_seeds) != len(prompts):
-        raise ValueError("prompt_seeds needs one seed per prompt")
-    base = jax.random.key(seed)
+    ids: np.ndarray  # [S * U, P] left-padded
+    mask: np.ndarray  # [S * U, P]
+    src: np.ndarray  # [S * Q] index of each slot's prompt within its shard's U
+    slots: list[tuple[int, int] | None]  # [S * Q] (prompt index, first sample) or None for filler
+    per_slot: int
+    row_keys: np.ndarray  # [S * Q * per_slot, 2] (prompt seed, sample index) as uint32
 
-    graphdef, state = nnx.split(model)
-    data_sharding, replicated, min_rows = None, None, 1
-    if mesh is not None:
-        data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        min_rows = spec_ways(data_sharding.spec, mesh)
+
+def _plan_call(group: Sequence[int], prompts: Sequence[Sequence[int]], seeds: Sequence[int], num_samples: int,
+               shards: int, pad_id: int) -> _Call:
+    # Fewer prompts than shards (k = 32 samples of one prompt on 8 devices): split each prompt's samples over
+    # several slots, so every shard decodes rows instead of the rows padding up to a multiple of the shards.
+    split = 1
+    while len(group) * split < shards and num_samples % (2 * split) == 0:
+        split *= 2
+    per_slot = num_samples // split
+    slots: list[tuple[int, int] | None] = [(i, t * per_slot) for i in group for t in range(split)]
+    q_pad = bucket(len(slots), minimum=1)
+    q_pad = -(-q_pad // shards) * shards  # every shard holds the same number of slots
+    slots += [None] * (q_pad - len(slots))
+    q = q_pad // shards
+    blocks = []  # per shard: its distinct prompts (dedup within the shard only: a prefix is read where it lives)
+    src = np.zeros(q_pad, np.int32)
+    for sh in range(shards):
+        unique: dict[tuple[int, ...], int] = {}
+        for r in range(sh * q, (sh + 1) * q):
+            key = (pad_id,) if slots[r] is None else tuple(prompts[slots[r][0]])  # filler: a 1-token prompt
+            src[r] = unique.setdefault(key, len(unique))
+        blocks.append(list(unique))
+    u = bucket(max(map(len, blocks)), minimum=1)
+    length = bucket(max(len(p) for b in blocks for p in b))
+    flat = [p for b in blocks for p in b + [(pad_id,)] * (u - len(b))]
+    ids, mask = _pad_left(flat, length, pad_id)
+    keys = [(0, 0) if slot is None else (seeds[slot[0]], slot[1] + j) for slot in slots for j in range(per_slot)]
+    return _Call(ids=ids, mask=mask, src=src, slots=slots, per_slot=per_slot, row_keys=np.asarray(keys, np.uint32))
+
+
+def _groups(prompts: Sequence[Sequence[int]], num_samples: int, max_batch_rows: int) -> list[list[int]]:
+    """Prompt indices per sampler call: same length bucket, at most max_batch_rows rows (at least one prompt)."""
     order = sorted(range(len(prompts)), key=lambda i: (bucket(len(prompts[i])), i))
     groups: list[list[int]] = []
     for i in order:
@@ -332,42 +386,139 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
             groups[-1].append(i)
         else:
             groups.append([i])
+    return groups
 
-    tokens: list = [None] * len(prompts)
-    logprobs: list = [None] * len(prompts)
+
+def _static(model: Decoder, num_samples: int, max_new_tokens: int, temperature: float, top_k: int | None,
+            top_p: float | None, stop_tokens: Sequence[int], fan_out: bool) -> _Static:
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ValueError("num_samples and max_new_tokens must be >= 1")
+    if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
+        raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 1")
+    cfg = model.config
+    greedy = temperature == 0 or top_k == 1
+    return _Static(num_samples=num_samples, new_bucket=bucket(max_new_tokens), greedy=greedy,
+                   top_k=None if greedy or top_k is None else min(top_k, cfg.vocab_size),
+                   use_top_p=not greedy and top_p is not None and top_p < 1.0,
+                   stop_tokens=tuple(sorted(set(int(t) for t in stop_tokens))),
+                   pad_id=cfg.pad_token_id if cfg.pad_token_id is not None else 0, fan_out=fan_out)
+
+
+def _check_prompts(model: Decoder, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+    prompts = [list(map(int, p)) for p in prompts]
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: every prompt needs at least one token (e.g. BOS)")
+    vocab = model.config.vocab_size
+    if any(t < 0 or t >= vocab for p in prompts for t in p):
+        raise ValueError(f"prompt token id out of range [0, {vocab})")
+    return prompts
+
+
+def _default_seeds(prompts: Sequence[Sequence[int]]) -> list[int]:
+    seen: Counter = Counter()
+    seeds = []
+    for p in prompts:
+        seeds.append(_row_seed(p, seen[tuple(p)]))
+        seen[tuple(p)] += 1
+    return seeds
+
+
+def _layout(mesh: jax.sharding.Mesh | None, row_axes: str | Sequence[str] | None) -> _Layout | None:
+    if mesh is None:
+        return None
+    if row_axes is None:
+        row_axes = batch_axes(mesh)
+    row_axes = (row_axes,) if isinstance(row_axes, str) else tuple(row_axes)
+    missing = [a for a in row_axes if a not in mesh.axis_names]
+    if missing:
+        raise ValueError(f"row axes {missing} are not axes of the mesh {dict(mesh.shape)}")
+    return _Layout(mesh=mesh, row_axes=row_axes)
+
+
+def _inputs(call: _Call, layout: _Layout | None, base: jax.Array) -> tuple:
+    seeds, samples = call.row_keys.T  # [R] each
+    key_data = np.asarray(_row_key_data(base, seeds, samples))  # [R, *key] uint32, the same on every host
+    host = (call.ids, call.mask, call.src, key_data)
+    if layout is None:
+        return tuple(map(jnp.asarray, host))
+    # Every row-indexed input is split over the row shards; each process copies only its own devices' rows.
+    return tuple(_to_global(x, layout.rows) for x in host)
+
+
+def _scalars(max_new_tokens: int, temperature: float, top_p: float | None) -> tuple:
+    return jnp.int32(max_new_tokens), jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p or 1.0)
+
+
+def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int = 1, max_new_tokens: int,
+           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           stop_tokens: Sequence[int] = (), seed: int = 0, max_batch_rows: int = 256,
+           mesh: jax.sharding.Mesh | None = None, data_axis: str | Sequence[str] | None = None,
+           fan_out: bool = True, prompt_seeds: Sequence[int] | None = None,
+           progress: bool | None = None) -> Samples:
+    """Sample `num_samples` continuations of each prompt; temperature 0 is greedy.
+
+    Prompts are grouped by length bucket (at most `max_batch_rows` = prompts x num_samples per call, at least one
+    prompt; rows padded to a power of two), so a job over prompts of many lengths compiles once per (length
+    bucket, batch bucket, max_new bucket). Identical prompts in a call are prefilled once (per row shard).
+    `prompt_seeds` (one int per prompt) replaces the default per-prompt seed (a hash of the prompt's tokens and its
+    occurrence number) when callers have stable ids.
+
+    With `mesh`, everything with a row is split over `data_axis` (default: the mesh's batch axes, data x fsdp):
+    the distinct prompts are prefilled where their rows decode, each shard reads only its own prefixes, the KV
+    cache's heads split over "tensor" when they divide, and the outputs are gathered once per call. Parameters keep
+    whatever sharding they already have (e.g. the partition rules'). A mesh may span several processes: then every
+    process calls `sample` with the same arguments, the parameters must be global arrays on the mesh's devices,
+    each host feeds only the rows its devices hold, and every process returns the same, whole `Samples`. The
+    tokens do not depend on the mesh, the batching or the number of processes.
+    """
+    st = _static(model, num_samples, max_new_tokens, temperature, top_k, top_p, stop_tokens, fan_out)
+    prompts = _check_prompts(model, prompts)
+    if prompt_seeds is None:
+        prompt_seeds = _default_seeds(prompts)
+    elif len(prompt_seeds) != len(prompts):
+        raise ValueError("prompt_seeds needs one seed per prompt")
+    layout = _layout(mesh, data_axis)
+    shards = 1 if layout is None else layout.shards
+    base = jax.random.key(seed)
+    graphdef, state = nnx.split(model)
+    groups = _groups(prompts, num_samples, max_batch_rows)
+
+    tokens: list = [[None] * num_samples for _ in prompts]
+    logprobs: list = [[None] * num_samples for _ in prompts]
     stop_set = set(st.stop_tokens)
     show = progress if progress is not None else len(groups) > 1
     for group in tqdm(groups, desc="sampling", unit="batch", disable=not show):
-        # Identical prompts (e.g. the same shuffle of one item) share a single prefill.
-        unique: dict[tuple[int, ...], int] = {}
-        prompt_src = [unique.setdefault(tuple(prompts[i]), len(unique)) for i in group]
-        row_keys = [(prompt_seeds[i], j) for i in group for j in range(num_samples)]
-        q_pad = bucket(len(group), minimum=1)
-        while (q_pad * num_samples) % min_rows:  # rows must split evenly over the data axis
-            q_pad *= 2
-        u_pad = bucket(len(unique), minimum=1)
-        length = bucket(max(len(p) for p in unique))
-        batch_prompts = list(unique) + [(pad_id,)] * (u_pad - len(unique))  # filler rows are discarded
-        ids, mask = _pad_left(batch_prompts, length, pad_id)
-        prompt_src += [0] * (q_pad - len(group))
-        row_keys += [(0, 0)] * ((q_pad - len(group)) * num_samples)
-        seeds, samples = np.asarray(row_keys, np.uint32).T  # [R] each
-        key_data = np.asarray(_row_key_data(base, seeds, samples))  # [R, *key] uint32, the same on every host
-        src = np.asarray(prompt_src, np.int32)  # [Q]
-        if data_sharding is None:
-            inputs = tuple(map(jnp.asarray, (ids, mask, src, key_data)))
-        else:  # the prompts are small and read by every row: replicated; the rows are split over the data axis
-            inputs = (_to_global(ids, replicated), _to_global(mask, replicated), _to_global(src, replicated),
-                      _to_global(key_data, data_sharding))
-        toks, lps, _ = _jitted_generate(graphdef, state, *inputs, jnp.int32(max_new_tokens),
-                                        jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p or 1.0),
-                                        st=st, data_sharding=data_sharding)
-        toks, lps = _to_host(toks), _to_host(lps)  # [R, N] each
-        for r, i in enumerate(group):
-            tokens[i], logprobs[i] = [], []
-            for j in range(num_samples):
-                row = toks[r * num_samples + j, :max_new_tokens].tolist()
+        call = _plan_call(group, prompts, prompt_seeds, num_samples, shards, st.pad_id)
+        toks, lps, _ = _jitted_generate(graphdef, state, *_inputs(call, layout, base),
+                                        *_scalars(max_new_tokens, temperature, top_p),
+                                        st=dataclasses.replace(st, num_samples=call.per_slot), layout=layout)
+        toks, lps = _to_host(toks), _to_host(lps)  # [R, N] each: the one gather of this call
+        for q, slot in enumerate(call.slots):
+            if slot is None:
+                continue
+            i, j0 = slot
+            for jj in range(call.per_slot):
+                row = toks[q * call.per_slot + jj, :max_new_tokens].tolist()
                 end = next((t + 1 for t, tok in enumerate(row) if tok in stop_set), len(row))
-                tokens[i].append(row[:end])
-                logprobs[i].append(lps[r * num_samples + j, :end].tolist())
+                tokens[i][j0 + jj] = row[:end]
+                logprobs[i][j0 + jj] = lps[q * call.per_slot + jj, :end].tolist()
     return Samples(tokens=tokens, logprobs=logprobs)
+
+
+def compile_call(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int = 1, max_new_tokens: int,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 stop_tokens: Sequence[int] = (), max_batch_rows: int = 256, mesh: jax.sharding.Mesh | None = None,
+                 data_axis: str | Sequence[str] | None = None, fan_out: bool = True):
+    """The compiled program of `sample`'s FIRST sampler call for these arguments, without running it:
+    `compile_call(...).memory_analysis()` is XLA's own per-device account of that call's memory (arguments,
+    outputs, temporaries), the figure the planner and the benchmarks compare with."""
+    st = _static(model, num_samples, max_new_tokens, temperature, top_k, top_p, stop_tokens, fan_out)
+    prompts = _check_prompts(model, prompts)
+    layout = _layout(mesh, data_axis)
+    group = _groups(prompts, num_samples, max_batch_rows)[0]
+    call = _plan_call(group, prompts, _default_seeds(prompts), num_samples, 1 if layout is None else layout.shards,
+                      st.pad_id)
+    graphdef, state = nnx.split(model)
+    args = (graphdef, state, *_inputs(call, layout, jax.random.key(0)), *_scalars(max_new_tokens, temperature, top_p))
+    return _jitted_generate.lower(*args, st=dataclasses.replace(st, num_samples=call.per_slot),
+                                  layout=layout).compile()

@@ -135,7 +135,7 @@ STAGES_WORKER = textwrap.dedent("""
     from spct_jax.train.grpo import GRPOConfig
     from spct_jax.train.metarm import MetaRMExample
     from spct_jax.train.metrics import read_jsonl_metrics
-    from spct_jax.train.rollout import RolloutConfig
+    from spct_jax.grm.trajectories import RolloutConfig
     from spct_jax.train.stages import StageRun, grpo, sft, train_metarm
 
     mesh = None  # layout "single": one process, one device, no mesh (the reference)

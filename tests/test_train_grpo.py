@@ -14,7 +14,7 @@ from spct_jax.models.registry import load_model
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
 from spct_jax.train.grpo import GRPOConfig, rollout_batch, too_easy
 from spct_jax.train.losses import group_advantages
-from spct_jax.train.rollout import RolloutConfig, Trajectory
+from spct_jax.grm.trajectories import RolloutConfig, Trajectory
 from spct_jax.train.stages import StageRun, grpo
 from spct_jax.train.state import create_train_state
 from spct_jax.train.steps import make_grpo_step, make_logprob_fn
@@ -85,7 +85,8 @@ def test_update_padding_follows_length_multiple_and_leaves_the_update_alone(tmp_
     padding is masked out of every term, so the metrics of two updates are the same either way."""
     traj = lambda n_prompt, n_completion: Trajectory(  # noqa: E731
         uid="u", perm=(0, 1), template="toy", hinted=False, prompt_ids=(5,) * n_prompt,
-        completion_ids=(6,) * n_completion, logprobs=(0.0,) * n_completion, text="", scores=None, error=None,
+        completion_ids=(6,) * n_completion, logprobs=(0.0,) * n_completion, text="", principles="", critique="",
+        scores=None, error=None,
         correct=False)
     trajs = [[traj(80, 60), traj(80, 20)]]
     assert rollout_batch(trajs, 0)[0]["input_ids"].shape == (2, 256)
@@ -149,6 +150,6 @@ def test_too_easy_marks_exactly_the_all_correct_items():
     sample keeps it."""
     t = lambda ok, error=None: Trajectory(  # noqa: E731
         uid="u", perm=(0, 1), template="default", hinted=False, prompt_ids=(1,), completion_ids=(2,), logprobs=(0.0,),
-        text="", scores=None if error else (9, 1), error=error, correct=ok)
+        text="", principles="", critique="", scores=None if error else (9, 1), error=error, correct=ok)
     groups = [[t(True)] * 3, [t(True), t(True), t(False)], [t(False)] * 3, [t(True), t(True), t(False, "no_boxed")]]
     assert too_easy(groups) == [True, False, False, False]

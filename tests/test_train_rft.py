@@ -4,7 +4,7 @@ import pytest
 from spct_jax.data.schema import PreferenceItem
 from spct_jax.grm.prompts import build_prompt
 from spct_jax.train.rft import RFTStats, example_from, select, wants_hint
-from spct_jax.train.rollout import Trajectory
+from spct_jax.grm.trajectories import Trajectory
 
 ITEM = PreferenceItem(context=[{"role": "user", "content": "What is 2+3?"}], responses=["5", "6", "4"],
                       rewards=None, best=0, source="t", uid="q1")
@@ -14,7 +14,8 @@ def traj(perm, scores, *, hinted=False, text="Specific Criteria: x\nAnalysis: y\
     from spct_jax.grm.rules import is_correct
 
     return Trajectory(uid="q1", perm=perm, template="default", hinted=hinted, prompt_ids=(1,), completion_ids=(2,),
-                      logprobs=(0.0,), text=text, scores=scores, error=None if scores else "no_boxed: x",
+                      logprobs=(0.0,), text=text, principles="", critique="", scores=scores,
+                      error=None if scores else "no_boxed: x",
                       correct=scores is not None and is_correct(scores, ITEM.gt_rewards()))
 
 
@@ -61,7 +62,7 @@ def test_rejective_sampling_never_hints_single_response_items():
     from spct_jax.grm.scorer import GenerativeRewardModel
     from spct_jax.models.registry import load_model
     from spct_jax.train.rft import RFTConfig, rejective_sampling
-    from spct_jax.train.rollout import RolloutConfig
+    from spct_jax.grm.trajectories import RolloutConfig
 
     model, tok = load_model("tiny-random")
     items = [PreferenceItem(context=[{"role": "user", "content": "2+3?"}], responses=["5", "6"], rewards=None,

@@ -27,7 +27,7 @@ from spct_jax.train import grpo_cli
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
 from spct_jax.train.grpo import GRPOConfig, GRPOUpdate, sampler_calls
 from spct_jax.train.metrics import read_jsonl_metrics
-from spct_jax.train.rollout import RolloutConfig
+from spct_jax.grm.trajectories import RolloutConfig
 from spct_jax.train.stage_common import load_checkpoint, stage_run
 from spct_jax.train.stages import StageRun, _remat_graphdef, grpo, length_blocks, sft
 from spct_jax.train.state import create_train_state, split_params

@@ -30,6 +30,7 @@ from spct_jax.demo.report import write_outputs
 from spct_jax.eval.metrics import roc_auc
 from spct_jax.grm.likelihood_meta_rm import LikelihoodMetaRM, MetaInput, fit_likelihood_meta_rm
 from spct_jax.grm.scorer import GenerativeRewardModel, item_seed
+from spct_jax.grm.trajectories import RolloutConfig
 from spct_jax.grm.rules import is_correct
 from spct_jax.grm.voting import vote
 from spct_jax.models.config import ModelConfig
@@ -38,9 +39,8 @@ from spct_jax.models.transformer import init_model
 from spct_jax.models.weights import save_pretrained
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
 from spct_jax.train.grpo import GRPOConfig, filter_too_easy
-from spct_jax.train.metarm import evaluate_metarm, held_out_metrics, metarm_examples
+from spct_jax.train.metarm import METARM_SALT, evaluate_metarm, held_out_metrics, metarm_examples
 from spct_jax.train.rft import RFTConfig, rejective_sampling, write_rft_dataset
-from spct_jax.train.rollout import RolloutConfig, sample_trajectories
 from spct_jax.train.stages import StageRun, grpo, sft, train_metarm
 
 log = logging.getLogger("spct.demo")
@@ -255,9 +255,9 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
 
     # -- stage 3: meta RM ----------------------------------------------------------------------------------------
     log.info("stage 3: meta RM (%s head)", cfg.metarm_head)
-    guided = sample_trajectories(GenerativeRewardModel(rl_model, tok, template=TEMPLATE), splits["metarm"], cfg.n_rft,
-                                 seed=cfg.seed, cfg=dataclasses.replace(rollout, temperature=cfg.eval_temperature),
-                                 salt=7, progress=progress)
+    guided = GenerativeRewardModel(rl_model, tok, template=TEMPLATE).trajectories(
+        splits["metarm"], cfg.n_rft, seed=cfg.seed, cfg=dataclasses.replace(rollout, temperature=cfg.eval_temperature),
+        salt=METARM_SALT, progress=progress)
     guided_pairs = [(it, t) for it, ts in zip(splits["metarm"], guided) for t in ts]
     held = max(1, len(guided_pairs) // 4)  # hold out the last quarter of guided samples for AUC
     if cfg.metarm_head == "likelihood":

@@ -226,7 +226,7 @@ def _sampler_kv_bytes(m: ModelConfig, rows: int, slots: int, itemsize: int, batc
     """The sampler's KV cache at its peak, an upper bound: the prefill cache of the distinct prompts [U, P], the
     shared prefix gathered from it for the prompt slots [Q, P] (KVCache.take, then shared_by) and the rows' own
     slots [R, N] are live together. Every GRPO rollout and every Voting@k sample shuffles the responses
-    (train/rollout.py, [P] §4), so nearly every row is its own prompt (U = Q = R): 2 R P + R N <= 2 R (P + N)."""
+    (grm/trajectories.py, [P] §4), so nearly every row is its own prompt (U = Q = R): 2 R P + R N <= 2 R (P + N)."""
     return 2 * kv_cache_bytes(m, rows, slots, itemsize, batch_ways, t)
 
 

@@ -37,7 +37,7 @@ from spct_jax.sampling import bucket
 from spct_jax.tokenizer import Tokenizer
 from spct_jax.train.config import GRPOLossConfig
 from spct_jax.train.losses import group_advantages
-from spct_jax.train.rollout import RolloutConfig, Trajectory, sample_trajectories
+from spct_jax.grm.trajectories import RolloutConfig, Trajectory, sampling_copy
 from spct_jax.train.state import TrainState
 from spct_jax.train.steps import TrainStep, make_logprob_fn
 
@@ -49,13 +49,16 @@ class GRPOConfig:
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)  # T=1.0 (ours, GRPO practice)
     inner_epochs: int = 1  # "original GRPO" (DeepSeekMath): one update per rollout batch
     seed: int = 0
-    logprob_chunk: int = 512
+    logprob_chunk: int = 512  # positions per logits chunk in the log-prob pass
+    logprob_rows: int | None = None  # rows per reference / old-policy log-prob call (bounds it); None = all at once
     rollout_batch_prompts: int | None = None  # prompts per sampler call (x G rows, bounds the KV cache); None = all
     reference_dtype: str | None = None  # the frozen reference's params ("bfloat16" halves them); None = the policy's
 
     def __post_init__(self):
         if self.rollout_batch_prompts is not None and self.rollout_batch_prompts < 1:
             raise ValueError(f"rollout_batch_prompts must be >= 1 or None, got {self.rollout_batch_prompts}")
+        if self.logprob_rows is not None and self.logprob_rows < 1:
+            raise ValueError(f"logprob_rows must be >= 1 or None, got {self.logprob_rows}")
         if self.rollout.temperature <= 0:
             raise ValueError(f"rollout.temperature must be > 0 (GRPO samples), got {self.rollout.temperature}")
         if self.rollout.top_p not in (None, 1.0):
@@ -100,9 +103,9 @@ def sampler_calls(num_prompts: int, per_call: int | None) -> list[slice]:
 class GRPOUpdate:
     """`update(state, prompt_indices) -> (state, metrics)`: rollout, rewards, reference log-probs, GRPO step(s).
 
-    Multi-host: the sampler runs as one program over all devices with every row on every host (the GRM built
-    here has no mesh, so `sample` does not split the rows), so every process holds all rollouts; each then feeds only
-    its own rows of the update batch (`feed`), and the log-probs stay on device, sharded like the batch.
+    Multi-host: the sampler runs as one program over all devices, each device decoding its own rows, and every
+    process gets all rollouts back (sampling.py); each then feeds only its own rows of the update batch (`feed`),
+    and the log-probs stay on device, sharded like the batch, computed `cfg.logprob_rows` rows at a time.
     """
 
     def __init__(self, graphdef: nnx.GraphDef, tokenizer: Tokenizer, items: Sequence[PreferenceItem],
@@ -114,16 +117,21 @@ class GRPOUpdate:
         self.template = template
         self.feed = feed
         self.logprobs = make_logprob_fn(graphdef, chunk=cfg.logprob_chunk, mesh=step.mesh,
-                                        param_shardings=step.param_shardings, temperature=cfg.rollout.temperature)
+                                        param_shardings=step.param_shardings, temperature=cfg.rollout.temperature,
+                                        rows=cfg.logprob_rows)
 
     def rollouts(self, params: nnx.State, prompts: Sequence[PreferenceItem], salt: int) -> list[list[Trajectory]]:
-        """G trajectories per prompt, `cfg.rollout_batch_prompts` prompts per sampler call. Every draw is seeded
-        per (item, salt, sample), so the grouping changes memory, not the trajectories."""
-        grm = GenerativeRewardModel(nnx.merge(self.graphdef, params), self.tokenizer, template=self.template)
+        """G trajectories per prompt, `cfg.rollout_batch_prompts` prompts per sampler call, rows split over the
+        step's mesh, from a copy of the params in the compute dtype made once for the phase (never the fp32
+        masters). Every draw is seeded per (item, salt, sample), so the grouping changes memory, not the
+        trajectories."""
+        policy = sampling_copy(nnx.merge(self.graphdef, params))
+        grm = GenerativeRewardModel(policy, self.tokenizer, template=self.template, mesh=self.step.mesh)
         out: list[list[Trajectory]] = []
         for part in sampler_calls(len(prompts), self.cfg.rollout_batch_prompts):
-            out += sample_trajectories(grm, prompts[part], self.cfg.group_size, seed=self.cfg.seed,
-                                       cfg=self.cfg.rollout, salt=salt, progress=False)
+            rows = (part.stop - part.start) * self.cfg.group_size  # the whole part in one sampler call
+            out += grm.trajectories(prompts[part], self.cfg.group_size, seed=self.cfg.seed, cfg=self.cfg.rollout,
+                                    salt=salt, max_batch_rows=rows, progress=False)
         return out
 
     def __call__(self, state: TrainState, prompt_indices: np.ndarray) -> tuple[TrainState, dict[str, float]]:
@@ -186,7 +194,7 @@ def filter_too_easy(grm: GenerativeRewardModel, items: Sequence[PreferenceItem],
     Deterministic: seeded by (seed, item, sample)."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    trajs = sample_trajectories(grm, items, samples, seed=seed, cfg=cfg, salt=FILTER_SALT, progress=progress)
+    trajs = grm.trajectories(items, samples, seed=seed, cfg=cfg, salt=FILTER_SALT, progress=progress)
     kept = [i for i, easy in enumerate(too_easy(trajs)) if not easy]
     flat = [t for ts in trajs for t in ts]
     report = TooEasyReport(items=len(items), too_easy=len(items) - len(kept), kept=len(kept), samples=samples,

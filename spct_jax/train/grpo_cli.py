@@ -35,13 +35,13 @@ log = logging.getLogger("spct.grpo")
 def grpo_config(config: ml_collections.ConfigDict):
     from spct_jax.train.config import GRPOLossConfig
     from spct_jax.train.grpo import GRPOConfig
-    from spct_jax.train.rollout import RolloutConfig
+    from spct_jax.grm.trajectories import RolloutConfig
 
     g = config.grpo
     return GRPOConfig(prompts_per_step=g.batch_size // g.group_size,
                       loss=GRPOLossConfig(epsilon=g.epsilon, beta=g.beta, group_size=g.group_size),
                       rollout=RolloutConfig(temperature=g.temperature, max_new_tokens=g.max_new_tokens),
-                      seed=config.seed, rollout_batch_prompts=g.rollout_batch_prompts,
+                      seed=config.seed, rollout_batch_prompts=g.rollout_batch_prompts, logprob_rows=g.logprob_rows,
                       reference_dtype=None if g.ref_dtype == config.model.param_dtype else g.ref_dtype)
 
 
@@ -49,6 +49,7 @@ def too_easy_filtered(config: ml_collections.ConfigDict, items: list, policy, cf
     """(items left after the too-easy filter, its report). The report is cached in run_dir/grpo: a rerun (e.g.
     after a preemption) reuses the kept list instead of sampling again, and fails if the items changed."""
     from spct_jax.grm.scorer import GenerativeRewardModel
+    from spct_jax.grm.trajectories import sampling_copy
     from spct_jax.train.grpo import filter_too_easy
 
     g = config.grpo
@@ -66,8 +67,8 @@ def too_easy_filtered(config: ml_collections.ConfigDict, items: list, policy, cf
     model, tokenizer = policy if spec == config.model.init_checkpoint else load_checkpoint(
         spec, "grpo.filter_checkpoint", config.model, mesh)
     log.info("too-easy filter: %d samples of %d items by %s", g.filter_samples, len(items), spec)
-    kept, report = filter_too_easy(GenerativeRewardModel(model, tokenizer), items, samples=g.filter_samples,
-                                   seed=config.seed, cfg=cfg.rollout)
+    kept, report = filter_too_easy(GenerativeRewardModel(sampling_copy(model), tokenizer, mesh=mesh), items,
+                                   samples=g.filter_samples, seed=config.seed, cfg=cfg.rollout)
     info = {"enabled": True, "checkpoint": spec, **report.as_dict()}
     log.info("too-easy filter: removed %d of %d items (sample accuracy %.3f)", report.too_easy, report.items,
              report.sample_accuracy)

@@ -17,12 +17,13 @@ from spct_jax.eval.metrics import roc_auc
 from spct_jax.grm.prompts import build_metarm_prompt
 from spct_jax.grm.scorer import score_sequences
 from spct_jax.grm.voting import permute
+from spct_jax.grm.trajectories import Trajectory
 from spct_jax.tokenizer import Tokenizer
-from spct_jax.train.rollout import Trajectory
 
 # App. C.1: "The learning rate is 1 x 10^-5 and the batch size is 512 for the meta RM training."
 PAPER_METARM_LR = 1e-5
 PAPER_METARM_BATCH = 512
+METARM_SALT = 7  # the guided GRM's samples are draws independent of RFT's (grm/trajectories.py, "One seed scheme")
 
 
 @dataclasses.dataclass(frozen=True)

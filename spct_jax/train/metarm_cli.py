@@ -43,8 +43,8 @@ def holdout_split(n_items: int, fraction: float, seed: int) -> tuple[list[int], 
 def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     from spct_jax.grm.scorer import GenerativeRewardModel
     from spct_jax.models.scalar_head import ScalarRM, save_scalar_rm
-    from spct_jax.train.metarm import evaluate_metarm, metarm_examples
-    from spct_jax.train.rollout import RolloutConfig, sample_trajectories
+    from spct_jax.train.metarm import METARM_SALT, evaluate_metarm, metarm_examples
+    from spct_jax.grm.trajectories import RolloutConfig, sampling_copy
     from spct_jax.train.stages import train_metarm
 
     out = stage_dir(config, "metarm")
@@ -54,14 +54,17 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     train = stage_run(config, "metarm", mesh, workdir)  # checks the batch split before sampling
     fraction = float(r.holdout_fraction)
     grm_model, tokenizer = load_checkpoint(m.init_checkpoint, "model.init_checkpoint", m, mesh)
-    grm = GenerativeRewardModel(grm_model, tokenizer)
+    # The guided GRM only samples here: a compute-dtype copy on the mesh, dropped when sampling is done.
+    grm = GenerativeRewardModel(sampling_copy(grm_model), tokenizer, mesh=mesh)
     rollout = RolloutConfig(temperature=inf.temperature, max_new_tokens=inf.max_new_tokens)
     items, dropped = usable_items(read_items(r.data, "metarm.data"), grm, rollout,
                                   max_tokens=inf.max_prompt_len + inf.max_new_tokens)
     if not items:
         raise StageError(f"config field 'metarm.data' = {r.data!r}: no usable item (dropped: {dropped})", exit_code=1)
     log.info("sampling %d items x %d trajectories at T=%g", len(items), r.n_rft, rollout.temperature)
-    trajs = sample_trajectories(grm, items, r.n_rft, seed=config.seed, cfg=rollout, salt=7)
+    trajs = grm.trajectories(items, r.n_rft, seed=config.seed, cfg=rollout, salt=METARM_SALT,
+                             max_batch_rows=r.sample_rows)
+    del grm
 
     source = config.meta_rm.init_checkpoint or m.init_checkpoint
     if config.meta_rm.init_checkpoint:

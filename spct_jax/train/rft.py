@@ -33,11 +33,12 @@ from spct_jax.data.schema import PreferenceItem
 from spct_jax.grm.prompts import build_prompt
 from spct_jax.grm.scorer import GenerativeRewardModel
 from spct_jax.grm.voting import permute
-from spct_jax.train.rollout import RolloutConfig, Trajectory, sample_trajectories
+from spct_jax.grm.trajectories import RolloutConfig, Trajectory
 
 # App. C.1: "The sampling time N_RFT is set to 3."
 PAPER_N_RFT = 3
 HINTED_MODES = ("all", "unsolved", "none")  # which items get one hinted sample (module docstring)
+HINT_SALT = 1  # the hinted pass draws independently of the plain one (grm/trajectories.py, "One seed scheme")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +47,13 @@ class RFTConfig:
     hinted: str = "all"  # §3.2 hinted sampling: "all" | "unsolved" | "none" (module docstring; "all" is ours)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     seed: int = 0
+    sample_rows: int = 256  # ours: rows per sampler call; bounds the KV cache of the phase
 
     def __post_init__(self):
         if self.n_rft < 1:
             raise ValueError("n_rft must be >= 1")
+        if self.sample_rows < 1:
+            raise ValueError("sample_rows must be >= 1")
         if self.hinted not in HINTED_MODES:
             raise ValueError(f"hinted must be one of {HINTED_MODES}, got {self.hinted!r}")
 
@@ -122,7 +126,8 @@ def wants_hint(item: PreferenceItem, verdict: str, mode: str) -> bool:
 
 def rejective_sampling(grm: GenerativeRewardModel, items: Sequence[PreferenceItem], cfg: RFTConfig,
                        *, progress: bool | None = None) -> RFTResult:
-    plain = sample_trajectories(grm, items, cfg.n_rft, seed=cfg.seed, cfg=cfg.rollout, progress=progress)
+    plain = grm.trajectories(items, cfg.n_rft, seed=cfg.seed, cfg=cfg.rollout, max_batch_rows=cfg.sample_rows,
+                             progress=progress)
     stats = RFTStats()
     examples: list[RFTExample] = []
     need_hint: list[int] = []
@@ -138,8 +143,8 @@ def rejective_sampling(grm: GenerativeRewardModel, items: Sequence[PreferenceIte
     if need_hint:
         # "For hinted sampling, each query and the corresponding responses are sampled once, and trajectories
         # are only rejected when incorrect."
-        hinted = sample_trajectories(grm, [items[i] for i in need_hint], 1, seed=cfg.seed, cfg=cfg.rollout,
-                                     hinted=True, salt=1, progress=progress)
+        hinted = grm.trajectories([items[i] for i in need_hint], 1, seed=cfg.seed, cfg=cfg.rollout, hinted=True,
+                                  salt=HINT_SALT, max_batch_rows=cfg.sample_rows, progress=progress)
         for i, (traj,) in zip(need_hint, hinted):
             if traj.correct:
                 stats.hinted_accepted += 1

@@ -35,7 +35,7 @@ log = logging.getLogger("spct.rft")
 
 
 def rollout_config(config: ml_collections.ConfigDict):
-    from spct_jax.train.rollout import RolloutConfig
+    from spct_jax.grm.trajectories import RolloutConfig
 
     r = config.rft
     return RolloutConfig(temperature=float(r.temperature), max_new_tokens=int(r.max_new_tokens))
@@ -63,6 +63,7 @@ def sample_dataset(config: ml_collections.ConfigDict, grm, summary: dict[str, An
     log.info("rejective sampling: %d items x N_RFT=%d at T=%g, <= %d new tokens", len(items), r.n_rft,
              rollout.temperature, rollout.max_new_tokens)
     result = rejective_sampling(grm, items, RFTConfig(n_rft=r.n_rft, hinted=r.hinted, rollout=rollout,
+                                                      sample_rows=r.sample_rows,
                                                       seed=config.seed))
     if is_main_process():
         write_rft_dataset(result, dataset)
@@ -86,6 +87,7 @@ def sft_records(config: ml_collections.ConfigDict, examples: list) -> list:
 
 def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     from spct_jax.grm.scorer import GenerativeRewardModel
+    from spct_jax.grm.trajectories import sampling_copy
     from spct_jax.train.stages import sft
 
     out = stage_dir(config, "rft")
@@ -94,7 +96,9 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     train = stage_run(config, "rft", mesh, out / "train")  # checks the batch split before hours of sampling
     model, tokenizer = load_checkpoint(m.init_checkpoint, "model.init_checkpoint", m, mesh)
     summary: dict[str, Any] = {"stage": "rft", "init_checkpoint": m.init_checkpoint}
-    examples = sample_dataset(config, GenerativeRewardModel(model, tokenizer), summary)
+    # Rejective sampling reads a compute-dtype copy of the weights on the mesh (rows split over its batch axes);
+    # the copy is dropped when sampling ends, before the SFT trains the param-dtype masters.
+    examples = sample_dataset(config, GenerativeRewardModel(sampling_copy(model), tokenizer, mesh=mesh), summary)
     records = sft_records(config, examples)
     summary["sft_records"] = {"rft": len(examples), "general": len(records) - len(examples)}
     if not records:

@@ -247,20 +247,37 @@ class LogprobFn:
     """`fn(params, batch) -> logp [B, T]` (log p(ids[t] | ids[<t]), 0 at t = 0), jitted, no gradient, logits
     built `chunk` positions at a time. Used outside the update for the frozen reference and the old policy, at the
     rollouts' sampling `temperature` (see grpo_loss_fn).
-    Batch: input_ids, attention_mask (other fields are ignored). Compiled on first call."""
+
+    rows: at most this many rows go through the model at once (a `lax.map` over row blocks, rows taken strided as
+    the update's micro-batches are, so every block is spread over all batch shards): the forward's activations,
+    whose attention scores alone are [rows, heads, T, T] float32 per layer, are set by `rows`, not by B.
+    Batch: input_ids, attention_mask (other fields are ignored). Compiled on first call (per batch shape)."""
 
     def __init__(self, graphdef: nnx.GraphDef, *, chunk: int = 512, mesh: Mesh | None = None,
-                 param_shardings: Any = None, temperature: float = 1.0):
+                 param_shardings: Any = None, temperature: float = 1.0, rows: int | None = None):
+        if rows is not None and rows < 1:
+            raise ValueError(f"rows must be >= 1 or None, got {rows}")
         self.graphdef = graphdef
         self.chunk = chunk
         self.temperature = temperature
+        self.rows = rows
         self.mesh = default_mesh() if mesh is None else mesh
         self.param_shardings = param_shardings
         self._jitted = None
 
     def _logprobs(self, params: nnx.State, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        return sequence_logprobs(nnx.merge(self.graphdef, params), input_ids, attention_mask, chunk=self.chunk,
-                                 temperature=self.temperature)
+        def one(ids, mask):
+            return sequence_logprobs(nnx.merge(self.graphdef, params), ids, mask, chunk=self.chunk,
+                                     temperature=self.temperature)
+
+        b = input_ids.shape[0]
+        if self.rows is None or self.rows >= b:
+            return one(input_ids, attention_mask)
+        if b % self.rows:
+            raise ValueError(f"{b} rows do not split into log-prob blocks of {self.rows} rows")
+        blocks = _split_microbatches({"ids": input_ids, "mask": attention_mask}, b // self.rows, self.mesh)
+        out = jax.lax.map(lambda m: one(m["ids"], m["mask"]), blocks)  # [M, rows, T]
+        return out.swapaxes(0, 1).reshape(b, -1)  # undo the strided split: row r*M + m <- block m, row r
 
     def __call__(self, params: nnx.State, batch: Batch) -> jax.Array:
         if self._jitted is None:
@@ -272,5 +289,6 @@ class LogprobFn:
 
 
 def make_logprob_fn(graphdef: nnx.GraphDef, *, chunk: int = 512, mesh: Mesh | None = None,
-                    param_shardings: Any = None, temperature: float = 1.0) -> LogprobFn:
-    return LogprobFn(graphdef, chunk=chunk, mesh=mesh, param_shardings=param_shardings, temperature=temperature)
+                    param_shardings: Any = None, temperature: float = 1.0, rows: int | None = None) -> LogprobFn:
+    return LogprobFn(graphdef, chunk=chunk, mesh=mesh, param_shardings=param_shardings, temperature=temperature,
+                     rows=rows)
