@@ -73,6 +73,25 @@ def worker(src: str, out_dir: str) -> None:
         report["failed_export"] = "returned"
     except OSError as e:
         report["failed_export"] = f"raised: {e}"
+    safetensors_io._write_block = write_block
+
+    # `spct export` on both processes: the sharded model saved as a stage's orbax state, then exported from it
+    # (each tensor restored sharded by the rules, written by process 0).
+    from spct_jax.train.checkpoint import Checkpointer
+    from spct_jax.train.config import OptimizerConfig
+    from spct_jax.train.export_cli import export_checkpoint
+    from spct_jax.train.state import create_train_state
+
+    stage = out / "stage" / "rft"
+    state = create_train_state(model, OptimizerConfig(learning_rate=1e-3), seed=0)[1]
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # the step count, the rng
+    state = jax.tree.map(lambda x: x if not x.is_fully_addressable else jax.device_put(x, replicated), state)
+    if pid == 0:  # before the save, whose barriers make it visible to process 1
+        stage.mkdir(parents=True)
+        (stage / "config.json").write_text(json.dumps({"model": {"init_checkpoint": src, "param_dtype": "float32"}}))
+    with Checkpointer(stage / "train" / "checkpoints") as ckpt:
+        ckpt.save(3, state, None)
+    report["spct_export"] = export_checkpoint(stage)
     with open(out / f"report.{pid}.json", "w") as f:
         json.dump(report, f)
     print("WORKER_DONE", pid, flush=True)
@@ -87,9 +106,10 @@ def _free_port() -> int:
 @pytest.mark.timeout(180)
 def test_two_processes_export_a_sharded_model_that_transformers_loads(tmp_path):
     """A random transformers Llama, loaded sharded (fsdp=8 over 2 processes x 4 devices) and exported by
-    `save_model` with process 0 writing slowly: transformers reloads the export with the source's logits, both
-    processes exit 0, and the process that does not write returns only once the folder is published (barrier).
-    A second export whose writes fail on process 0 raises on both processes and leaves nothing behind."""
+    `save_model` with process 0 writing slowly: transformers reloads the export with the source's weights and
+    logits, both processes exit 0, and the process that does not write returns only once the folder is published
+    (barrier). A second export whose writes fail on process 0 raises on both processes and leaves nothing
+    behind. Then the same model saved as a stage's orbax state and exported by `spct export` on both processes."""
     import torch
     from hf_fixtures import hf_logits, left_padded_batch, tiny_hf_lm
     from transformers import AutoModelForCausalLM
@@ -128,17 +148,19 @@ def test_two_processes_export_a_sharded_model_that_transformers_loads(tmp_path):
         assert r["returned"] - r["start"] >= 3.0  # ... which took process 0 at least its 3 s pause
         assert r["failed_export"].startswith("raised")
     assert "No space left" in reports[0]["failed_export"] and "failed on process 0" in reports[1]["failed_export"]
-    assert sorted(os.listdir(out)) == ["model", "report.0.json", "report.1.json"]  # no .partial, no "failed"
+    assert sorted(os.listdir(out)) == ["model", "report.0.json", "report.1.json", "stage"]  # no .partial, no "failed"
+    assert reports[0]["spct_export"] == reports[1]["spct_export"] and reports[0]["spct_export"]["step"] == 3
 
     ids, mask, pos = left_padded_batch([5, 9, 7], seed=1)
-    reloaded = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32,
-                                                    attn_implementation="eager").eval()  # as the source
-    theirs, ours = hf.state_dict(), reloaded.state_dict()
-    assert sorted(theirs) == sorted(ours) and all(torch.equal(theirs[k], ours[k]) for k in theirs)
-    got, want = hf_logits(reloaded, ids, mask, pos), hf_logits(hf, ids, mask, pos)
-    valid = mask.astype(bool)
-    print(f"max |logit diff| after a 2-process export: {np.abs(got - want)[valid].max():.3g}")
-    np.testing.assert_array_equal(got[valid], want[valid])  # float32 weights, bit for bit: same logits
+    want, valid = hf_logits(hf, ids, mask, pos), mask.astype(bool)
+    for folder in (out / "model", out / "stage" / "rft" / "model"):  # save_model's, then spct export's
+        reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                        attn_implementation="eager").eval()  # as the source
+        theirs, ours = hf.state_dict(), reloaded.state_dict()
+        assert sorted(theirs) == sorted(ours) and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+        got = hf_logits(reloaded, ids, mask, pos)
+        print(f"{folder.relative_to(out)}: max |logit diff| after a 2-process export {np.abs(got - want)[valid].max():.3g}")
+        np.testing.assert_array_equal(got[valid], want[valid])  # float32 weights, bit for bit: same logits
 
 
 # -- spct export: an orbax checkpoint -> an HF folder ---------------------------------------------------------------

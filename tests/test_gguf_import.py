@@ -112,6 +112,20 @@ def test_synthetic_gguf_bf16_params(synthetic):
     assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
 
 
+def test_synthetic_gguf_with_a_mesh_is_read_whole_into_the_rules_layout(synthetic):
+    """GGUF stays single-host: with a mesh every tensor is read whole and placed by the partition rules."""
+    from spct_jax.parallel.mesh import MeshConfig, make_mesh
+    from spct_jax.parallel.rules import named_leaves, param_shardings
+
+    _, _, path = synthetic
+    mesh = make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1))
+    got = nnx.state(from_pretrained(path, mesh=mesh), nnx.Param)
+    want = dict(named_leaves(param_shardings(mesh, got)))
+    ref = dict(named_leaves(nnx.state(from_pretrained(path), nnx.Param)))
+    for name, leaf in named_leaves(got):
+        assert leaf.sharding == want[name] and np.array_equal(np.asarray(leaf), np.asarray(ref[name])), name
+
+
 def test_missing_tensor_and_unsupported_rope_are_named(tmp_path):
     hf = tiny_hf_lm("llama", seed=8)
     write_gguf(hf, "llama", tmp_path / "a.gguf", drop="blk.1.ffn_up.weight")

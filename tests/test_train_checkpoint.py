@@ -101,6 +101,27 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     assert int(state.step) == 4 and np.isfinite(float(metrics["loss"]))
 
 
+def test_params_reader_reads_one_saved_param_at_a_time(tmp_path):
+    """What `spct export` reads: the params of a step alone, by path, bit-exact, without the optimizer state."""
+    from flax import nnx
+
+    from spct_jax.train.checkpoint import ParamsReader
+
+    _, state = create_train_state(init_model(TINY, seed=3), OPT, seed=7)
+    with Checkpointer(tmp_path, keep=2) as ckpt:
+        ckpt.save(4, state, {"epoch": 0, "index": 4})
+    params = dict(nnx.to_flat_state(state.params))
+    with ParamsReader(tmp_path) as reader:
+        assert reader.step == 4
+        shapes = reader.shapes()
+        assert sorted(map(str, shapes)) == sorted(map(str, params)) and len(shapes) == 2 + 9 * TINY.num_layers
+        for path in [("embed",), ("layers", 1, "mlp", "down_proj", "kernel"), ("final_norm", "scale")]:
+            assert shapes[path] == (tuple(params[path].shape), np.dtype(np.float32))
+            assert np.array_equal(np.asarray(reader.read(path)), np.asarray(params[path][...]))
+    with pytest.raises(FileNotFoundError, match="no checkpoint step 9"):
+        ParamsReader(tmp_path, step=9)
+
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     # A persistent compilation cache shared by the children: only the first one compiles the step.

@@ -97,9 +97,9 @@ class ParamsReader:
         self.directory = paths.as_path(directory)
         if not self.directory.exists():
             raise FileNotFoundError(f"no checkpoint directory {self.directory}")
-        options = ocp.CheckpointManagerOptions(read_only=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            "state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
         self.step = self.manager.latest_step() if step is None else step
         if self.step is None or self.step not in self.manager.all_steps():
             raise FileNotFoundError(f"{self.directory}: no checkpoint step {step if step is not None else ''}".strip()
