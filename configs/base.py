@@ -84,6 +84,8 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.rft.max_new_tokens = 1024  # ours: as grpo.max_new_tokens (both sample training trajectories)
     c.rft.general_data = ""  # ours: JSONL of general instruction data mixed into the SFT ([P] mixes 1070K); "" = none
     c.rft.sample_rows = sample_rows  # ours: rows per sampler call of rejective sampling (bounds its KV cache)
+    c.rft.chunk_items = 512  # ours: items per chunk of rejective sampling written as it goes (a preemption loses
+    #                           at most one chunk; a rerun resumes at the first unfinished one)
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.learning_rate = 4e-7  # [P] App. C.1
@@ -117,6 +119,7 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.metarm.data = ""  # ours
     c.metarm.holdout_fraction = 0.1  # ours: [P] reports no held-out split; a seeded fraction of the items
     c.metarm.sample_rows = sample_rows  # ours: rows per sampler call when sampling the guided GRM's trajectories
+    c.metarm.chunk_items = 512  # ours: items per chunk of the guided GRM's sampling written as it goes (as rft's)
 
     c.inference = ml_collections.ConfigDict()
     c.inference.temperature = 0.5  # [P] App. D.1: "the temperature is set to 0.5" for inference-time scaling
@@ -190,6 +193,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
              f"{g.logprob_rows} rows must divide grpo.batch_size {g.batch_size} and split over {batch_ways} batch "
              "shards (mesh data x fsdp)")
     need(c.rft.sample_rows >= 1 and c.metarm.sample_rows >= 1, "rft.sample_rows", "must be >= 1")
+    need(c.rft.chunk_items >= 1, "rft.chunk_items", "must be >= 1")
+    need(c.metarm.chunk_items >= 1, "metarm.chunk_items", "must be >= 1")
     need(1 <= g.rollout_batch_prompts <= g.batch_size // g.group_size, "grpo.rollout_batch_prompts",
          f"must be in [1, batch_size / group_size = {g.batch_size // g.group_size}]")
 
