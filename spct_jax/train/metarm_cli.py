@@ -2,9 +2,12 @@
 
 1. The GRM to be guided (model.init_checkpoint, normally the GRPO model) samples metarm.n_rft trajectories per
    item of metarm.data at inference.temperature (<= inference.max_new_tokens new tokens; items whose prompt
-   exceeds inference.max_prompt_len, or that Eq. 10 cannot judge, are dropped and counted). Each trajectory is
-   labelled correct / incorrect by Eq. 10 and rendered with the meta-RM template (App. G (c)); examples longer
-   than metarm.max_seq_len are dropped and counted in the class balance.
+   exceeds inference.max_prompt_len, or that Eq. 10 cannot judge, are dropped and counted). They are sampled in
+   chunks of metarm.chunk_items items, each written as it is done to run_dir/metarm/samples/ (train/sample_store.py):
+   a SIGTERM on any host stops every host after the same chunk (exit 0, "preempted" in the summary) and a rerun
+   resumes at the first unfinished chunk (one sampled from other items or with other settings is refused). Each
+   trajectory is labelled correct / incorrect by Eq. 10 and rendered with the meta-RM template (App. G (c));
+   examples longer than metarm.max_seq_len are dropped and counted in the class balance.
 2. Hold-out: a seeded fraction of the ITEMS (metarm.holdout_fraction, 0.1 in configs/base.py, ours; at least one item when
    there are two or more) with all their trajectories, so no item is on both sides; the rest is trained on.
 3. The meta RM is ScalarRM.from_decoder of meta_rm.init_checkpoint's backbone ([P]: Gemma-2-27B base), or of
@@ -14,7 +17,8 @@
    the held-out labels are all one class), and saves run_dir/metarm/model with save_scalar_rm (HF
    XForSequenceClassification, num_labels=1) plus the meta RM's tokenizer files (`spct score --meta-rm`).
 
-Only the GRM's fresh samples are used; adding the non-hinted RFT trajectories ([P] §5) needs RFT to write them.
+Only the GRM's fresh samples are used; RFT keeps its non-hinted trajectories ([P] §5) in run_dir/rft/samples/,
+but adding them here is not done yet.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     from spct_jax.models.scalar_head import ScalarRM, save_scalar_rm
     from spct_jax.train.metarm import METARM_SALT, evaluate_metarm, metarm_examples
     from spct_jax.grm.trajectories import RolloutConfig, sampling_copy
+    from spct_jax.train.sample_store import chunked_trajectories, open_stage_store, stored_trajectories
     from spct_jax.train.stages import train_metarm
 
     out = stage_dir(config, "metarm")
@@ -61,10 +66,21 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
                                   max_tokens=inf.max_prompt_len + inf.max_new_tokens)
     if not items:
         raise StageError(f"config field 'metarm.data' = {r.data!r}: no usable item (dropped: {dropped})", exit_code=1)
-    log.info("sampling %d items x %d trajectories at T=%g", len(items), r.n_rft, rollout.temperature)
-    trajs = grm.trajectories(items, r.n_rft, seed=config.seed, cfg=rollout, salt=METARM_SALT,
-                             max_batch_rows=r.sample_rows)
+    fingerprint = {"stage": "metarm", "init_checkpoint": m.init_checkpoint, "param_dtype": m.param_dtype,
+                   "compute_dtype": m.compute_dtype, "seed": config.seed, "n_rft": r.n_rft, "salt": METARM_SALT,
+                   "rollout": dataclasses.asdict(rollout)}  # what decides the trajectories besides the items
+    store = open_stage_store(out / "samples", fingerprint, items, r.chunk_items)
+    log.info("sampling %d items x %d trajectories at T=%g in %d chunks of <= %d items", len(items), r.n_rft,
+             rollout.temperature, store.num_chunks, r.chunk_items)
+    chunks = chunked_trajectories(grm, items, store, r.n_rft, seed=config.seed, cfg=rollout, salt=METARM_SALT,
+                                  max_batch_rows=r.sample_rows)
     del grm
+    if chunks.preempted:  # SIGTERM: every process stopped after the same written chunk; the same command resumes
+        summary = {"stage": "metarm", "init_checkpoint": m.init_checkpoint, "items": len(items),
+                   "dropped_items": dropped, "sampling": chunks.as_dict(), "preempted": True}
+        write_json(out / "summary.json", summary)
+        return summary
+    trajs = stored_trajectories(store)  # every process reads the shards (process 0 wrote them; run_chunks synced)
 
     source = config.meta_rm.init_checkpoint or m.init_checkpoint
     if config.meta_rm.init_checkpoint:
@@ -82,7 +98,8 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     held_ex, held_bal = examples(held_idx)
     summary: dict[str, Any] = {
         "stage": "metarm", "init_checkpoint": m.init_checkpoint, "meta_rm_init": source, "items": len(items),
-        "dropped_items": dropped, "items_train": len(train_idx), "items_held_out": len(held_idx),
+        "dropped_items": dropped, "sampling": chunks.as_dict(), "items_train": len(train_idx),
+        "items_held_out": len(held_idx),
         "balance": {"train": {**dataclasses.asdict(train_bal), "positive_fraction": train_bal.positive_fraction},
                     "held_out": {**dataclasses.asdict(held_bal), "positive_fraction": held_bal.positive_fraction}}}
     log.info("class balance %s", summary["balance"])

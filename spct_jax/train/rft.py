@@ -19,6 +19,10 @@ For every RM item, sample N_RFT trajectories (responses shuffled per sample) and
 The kept trajectories become SFT examples (prompt = the un-hinted GRM prompt in the presented order, target = the
 trajectory), optionally mixed with general instruction data (the paper's 1070K in-house set). The non-hinted
 trajectories, right or wrong, are also the meta RM's training data (SPEC §5).
+
+`spct rft` samples in chunks of items that survive preemption (`chunked_rejective_sampling`, train/sample_store.py):
+each chunk's shard keeps every trajectory and the rows it gives, and `assemble_rft_dataset` writes rft_data.jsonl in
+`rejective_sampling`'s own row order, so the dataset does not depend on the chunking or on where a run was stopped.
 """
 from __future__ import annotations
 
@@ -26,14 +30,17 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
+from spct_jax import paths
 from spct_jax.data.batching import SFTRecord
 from spct_jax.data.schema import PreferenceItem
 from spct_jax.grm.prompts import build_prompt
 from spct_jax.grm.scorer import GenerativeRewardModel
 from spct_jax.grm.voting import permute
 from spct_jax.grm.trajectories import RolloutConfig, Trajectory
+from spct_jax.train.sample_store import (ChunkRun, ChunkStore, atomic_text_writer, item_key, run_chunks,
+                                         trajectory_record, write_bytes_atomic)
 
 # App. C.1: "The sampling time N_RFT is set to 3."
 PAPER_N_RFT = 3
@@ -90,9 +97,12 @@ class RFTStats:
 
 @dataclasses.dataclass(frozen=True)
 class RFTResult:
-    examples: list[RFTExample]
+    examples: list[RFTExample]  # every item's kept plain trajectories in item order, then the kept hinted ones
     stats: RFTStats
     plain: list[list[Trajectory]]  # every non-hinted trajectory, for meta-RM data
+    hinted: list[Trajectory | None] = dataclasses.field(default_factory=list)  # per item: its hinted sample
+    kept_plain: list[list[RFTExample]] = dataclasses.field(default_factory=list)  # per item
+    kept_hinted: list[RFTExample | None] = dataclasses.field(default_factory=list)  # per item
 
 
 def example_from(item: PreferenceItem, traj: Trajectory) -> RFTExample:
@@ -126,50 +136,113 @@ def wants_hint(item: PreferenceItem, verdict: str, mode: str) -> bool:
 
 def rejective_sampling(grm: GenerativeRewardModel, items: Sequence[PreferenceItem], cfg: RFTConfig,
                        *, progress: bool | None = None) -> RFTResult:
+    """Rejective sampling of `items` (module docstring). Every trajectory is seeded by (item, sample, seed, salt),
+    so sampling the items in chunks, the hinted pass of each chunk within it, gives the same trajectories, and
+    `examples` of the chunks' results in order (`assemble_rft_dataset`) the same rows in the same order."""
     plain = grm.trajectories(items, cfg.n_rft, seed=cfg.seed, cfg=cfg.rollout, max_batch_rows=cfg.sample_rows,
                              progress=progress)
     stats = RFTStats()
-    examples: list[RFTExample] = []
+    kept_plain: list[list[RFTExample]] = []
     need_hint: list[int] = []
     unsolved: set[int] = set()  # indices of items with no kept trajectory yet
     for i, (item, trajs) in enumerate(zip(items, plain)):
         kept, verdict = select(item, trajs, stats)
-        examples.extend(kept)
+        kept_plain.append(kept)
         if verdict == "unsolved":
             unsolved.add(i)
         if wants_hint(item, verdict, cfg.hinted):
             need_hint.append(i)
     stats.hinted_items = len(need_hint)
+    hinted_trajs: list[Trajectory | None] = [None] * len(items)
+    kept_hinted: list[RFTExample | None] = [None] * len(items)
     if need_hint:
         # "For hinted sampling, each query and the corresponding responses are sampled once, and trajectories
         # are only rejected when incorrect."
         hinted = grm.trajectories([items[i] for i in need_hint], 1, seed=cfg.seed, cfg=cfg.rollout, hinted=True,
                                   salt=HINT_SALT, max_batch_rows=cfg.sample_rows, progress=progress)
         for i, (traj,) in zip(need_hint, hinted):
+            hinted_trajs[i] = traj
             if traj.correct:
                 stats.hinted_accepted += 1
-                examples.append(example_from(items[i], traj))
+                kept_hinted[i] = example_from(items[i], traj)
                 unsolved.discard(i)
     stats.unsolved_items = len(unsolved)
-    return RFTResult(examples=examples, stats=stats, plain=plain)
+    examples = [e for kept in kept_plain for e in kept] + [e for e in kept_hinted if e is not None]
+    return RFTResult(examples=examples, stats=stats, plain=plain, hinted=hinted_trajs, kept_plain=kept_plain,
+                     kept_hinted=kept_hinted)
 
 
-def write_rft_dataset(result: RFTResult, path: str | os.PathLike) -> None:
-    """JSONL of kept examples plus `<path>.stats.json`; both appear atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", encoding="utf-8") as f:
+def write_rft_dataset(result: RFTResult, path: paths.PathLike) -> None:
+    """JSONL of kept examples plus `<path>.stats.json`; each appears whole, the stats last (local, gs://)."""
+    path = paths.as_path(path)
+    with atomic_text_writer(path) as f:
         for ex in result.examples:
             f.write(json.dumps(dataclasses.asdict(ex)) + "\n")
-    os.replace(tmp, path)
-    stats = path.with_name(path.name + ".stats.json")
-    stats.write_text(json.dumps(result.stats.as_dict(), indent=1))
+    write_bytes_atomic(stats_path(path), json.dumps(result.stats.as_dict(), indent=1).encode())
 
 
-def read_rft_dataset(path: str | os.PathLike) -> list[RFTExample]:
+def stats_path(dataset: paths.PathLike) -> paths.Path:
+    p = paths.as_path(dataset)
+    return p.with_name(p.name + ".stats.json")
+
+
+# -- chunked sampling (train/sample_store.py): what a chunk's shard holds, and the dataset assembled from them ------
+def shard_lines(items: Sequence[PreferenceItem], result: RFTResult, first_index: int) -> list[dict[str, Any]]:
+    """One line per item: every trajectory (plain, and hinted if any; right or wrong, the meta RM's data too, [P]
+    §5) and the rft_data.jsonl rows it gives (kept plain, kept hinted)."""
+    lines = []
+    for i, item in enumerate(items):
+        hinted, kept_hinted = result.hinted[i], result.kept_hinted[i]
+        lines.append({"index": first_index + i, "uid": item.uid,
+                      "plain": [trajectory_record(t) for t in result.plain[i]],
+                      "hinted": [] if hinted is None else [trajectory_record(hinted)],
+                      "kept": [dataclasses.asdict(e) for e in result.kept_plain[i]],
+                      "kept_hinted": [] if kept_hinted is None else [dataclasses.asdict(kept_hinted)]})
+    return lines
+
+
+def chunked_rejective_sampling(grm: GenerativeRewardModel, items: Sequence[PreferenceItem], cfg: RFTConfig,
+                               store: ChunkStore, *, progress: bool | None = None) -> ChunkRun:
+    """`rejective_sampling` one chunk of `store` at a time, each written as it is done; stops every process at
+    the same chunk boundary on a SIGTERM (sample_store.run_chunks). The store's keys must be `items`'."""
+    if store.keys != [item_key(item) for item in items]:
+        raise ValueError("the store was opened for other items")
+
+    def sample(start: int, stop: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        result = rejective_sampling(grm, items[start:stop], cfg, progress=progress)
+        return shard_lines(items[start:stop], result, start), {"stats": result.stats.as_dict()}
+
+    return run_chunks(store, sample, what="rejective sampling")
+
+
+def summed_stats(store: ChunkStore) -> RFTStats:
+    total = RFTStats()
+    for meta in store.metas():
+        for k, v in meta["stats"].items():
+            setattr(total, k, getattr(total, k) + v)
+    return total
+
+
+def assemble_rft_dataset(store: ChunkStore, path: paths.PathLike) -> RFTStats:
+    """rft_data.jsonl from the shards of a finished store, in `rejective_sampling`'s order whatever the chunking
+    (every item's kept plain rows, then every item's kept hinted row), and its stats summed over the chunks; the
+    stats file is written last, so both exist only when the dataset is whole. Process 0 calls it."""
+    path = paths.as_path(path)
+    if store.pending():
+        raise ValueError(f"{store.directory}: chunks {store.pending()} are not sampled yet")
+    with atomic_text_writer(path) as f:
+        for field in ("kept", "kept_hinted"):
+            for line in store.lines():
+                for ex in line[field]:
+                    f.write(json.dumps(ex) + "\n")
+    stats = summed_stats(store)
+    write_bytes_atomic(stats_path(path), json.dumps(stats.as_dict(), indent=1).encode())
+    return stats
+
+
+def read_rft_dataset(path: paths.PathLike) -> list[RFTExample]:
     out = []
-    with open(path, encoding="utf-8") as f:
+    with paths.as_path(path).open(encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 d = json.loads(line)

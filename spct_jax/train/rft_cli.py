@@ -5,9 +5,14 @@
    unique best) or whose prompt + max_new_tokens exceeds rft.max_seq_len are dropped and counted.
 2. Rejective sampling (spct_jax.train.rft): rft.n_rft trajectories per item, responses shuffled per sample; wrong
    ones rejected, all-correct items dropped as too easy, one hinted sample per item as rft.hinted says ("all" items
-   that are not too easy, "unsolved" ones only, or "none"). Written to
-   run_dir/rft/rft_data.jsonl and rft_data.jsonl.stats.json. A rerun that finds both reuses them (sampling is the
-   expensive half; delete them to sample again).
+   that are not too easy, "unsolved" ones only, or "none"). Sampled in chunks of rft.chunk_items items, each
+   written as it is done to run_dir/rft/samples/ (a JSONL shard with every trajectory and the rows it gives, and a
+   manifest; train/sample_store.py). A SIGTERM on any host stops every host after the same chunk (exit 0,
+   "preempted" in the summary); a rerun resumes at the first unfinished chunk, and refuses a folder sampled from
+   other items or with other settings. The shards are then assembled into run_dir/rft/rft_data.jsonl and
+   rft_data.jsonl.stats.json (counts summed over chunks), the same rows in the same order however the run was
+   chunked or interrupted. A rerun that finds both reuses them (sampling is the expensive half; delete them and
+   run_dir/rft/samples to sample again).
 3. SFT on the kept trajectories, mixed with rft.general_data when set, with rft.learning_rate / batch_size / steps /
    num_microbatches / max_seq_len, resumable under run_dir/rft/train. With nothing to train on (a random model
    gets nothing right) the SFT is skipped, said so, and the unchanged model is saved.
@@ -16,11 +21,12 @@
    checkpoint; tiny-random's byte tokenizer is exported as an equivalent tokenizer.json.
 
 Sampling fields: rft.temperature (ours: the paper gives no sampling temperature for RFT), rft.max_new_tokens,
-rft.hinted ([P] §3.2; docs/paper-choices.md), rft.general_data ("" = none; JSONL of {"messages", "target"} or
-sharegpt).
+rft.chunk_items (items per written chunk), rft.hinted ([P] §3.2; docs/paper-choices.md), rft.general_data
+("" = none; JSONL of {"messages", "target"} or sharegpt).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -28,8 +34,8 @@ from typing import Any
 
 import ml_collections
 
-from spct_jax.train.stage_common import (StageError, is_main_process, last_metrics, load_checkpoint, read_items,
-                                         run_cli, save_model, stage_dir, stage_run, usable_items, write_json)
+from spct_jax.train.stage_common import (StageError, last_metrics, load_checkpoint, read_items, run_cli, save_model,
+                                         stage_dir, stage_run, usable_items, write_json)
 
 log = logging.getLogger("spct.rft")
 
@@ -41,18 +47,33 @@ def rollout_config(config: ml_collections.ConfigDict):
     return RolloutConfig(temperature=float(r.temperature), max_new_tokens=int(r.max_new_tokens))
 
 
-def sample_dataset(config: ml_collections.ConfigDict, grm, summary: dict[str, Any]) -> list:
-    """The RFT examples: read back from run_dir/rft when a previous run wrote them, else sampled and written."""
-    from spct_jax.train.rft import RFTConfig, read_rft_dataset, rejective_sampling, write_rft_dataset
+def sampling_fingerprint(config: ml_collections.ConfigDict, rollout) -> dict[str, Any]:
+    """What decides the trajectories besides the items (train/sample_store.py): a rerun that differs refuses to
+    resume. rft.sample_rows and the mesh are left out: they split the same rows differently."""
+    from spct_jax.train.rft import HINT_SALT
+
+    m, r = config.model, config.rft
+    return {"stage": "rft", "init_checkpoint": m.init_checkpoint, "param_dtype": m.param_dtype,
+            "compute_dtype": m.compute_dtype, "seed": config.seed, "n_rft": r.n_rft, "hinted": r.hinted,
+            "hint_salt": HINT_SALT, "rollout": dataclasses.asdict(rollout)}
+
+
+def sample_dataset(config: ml_collections.ConfigDict, grm, summary: dict[str, Any]) -> list | None:
+    """The RFT examples: read back from run_dir/rft when a previous run assembled them, else sampled chunk by chunk
+    into run_dir/rft/samples (resuming at the first unfinished chunk) and assembled. None when a SIGTERM stopped
+    the sampling (every process, after the same chunk; `summary["preempted"]`): the same command resumes."""
+    from spct_jax.train.rft import (RFTConfig, assemble_rft_dataset, chunked_rejective_sampling, read_rft_dataset,
+                                    stats_path, summed_stats)
+    from spct_jax.train.sample_store import on_main, open_stage_store
 
     r = config.rft
-    dataset = stage_dir(config, "rft") / "rft_data.jsonl"
-    stats_path = dataset.with_name(dataset.name + ".stats.json")
+    out = stage_dir(config, "rft")
+    dataset = out / "rft_data.jsonl"
     summary["dataset"] = str(dataset)
-    if dataset.is_file() and stats_path.is_file():
-        log.info("reusing %s and its stats (delete them to sample again)", dataset)
+    if dataset.is_file() and stats_path(dataset).is_file():
+        log.info("reusing %s and its stats (delete them and %s to sample again)", dataset, out / "samples")
         summary["reused_dataset"] = True
-        summary["rft_stats"] = json.loads(stats_path.read_text())
+        summary["rft_stats"] = json.loads(stats_path(dataset).read_text())
         return read_rft_dataset(dataset)
     rollout = rollout_config(config)
     items, dropped = usable_items(read_items(r.data, "rft.data"), grm, rollout, max_tokens=r.max_seq_len,
@@ -60,16 +81,20 @@ def sample_dataset(config: ml_collections.ConfigDict, grm, summary: dict[str, An
     summary.update(items=len(items), dropped_items=dropped)
     if not items:
         raise StageError(f"config field 'rft.data' = {r.data!r}: no usable item (dropped: {dropped})", exit_code=1)
-    log.info("rejective sampling: %d items x N_RFT=%d at T=%g, <= %d new tokens", len(items), r.n_rft,
-             rollout.temperature, rollout.max_new_tokens)
-    result = rejective_sampling(grm, items, RFTConfig(n_rft=r.n_rft, hinted=r.hinted, rollout=rollout,
-                                                      sample_rows=r.sample_rows,
-                                                      seed=config.seed))
-    if is_main_process():
-        write_rft_dataset(result, dataset)
-    summary["rft_stats"] = result.stats.as_dict()
-    log.info("RFT stats %s", summary["rft_stats"])
-    return result.examples
+    store = open_stage_store(out / "samples", sampling_fingerprint(config, rollout), items, r.chunk_items)
+    log.info("rejective sampling: %d items x N_RFT=%d at T=%g, <= %d new tokens, in %d chunks of <= %d items",
+             len(items), r.n_rft, rollout.temperature, rollout.max_new_tokens, store.num_chunks, r.chunk_items)
+    run = chunked_rejective_sampling(grm, items, RFTConfig(n_rft=r.n_rft, hinted=r.hinted, rollout=rollout,
+                                                           sample_rows=r.sample_rows, seed=config.seed), store)
+    summary["sampling"] = run.as_dict()
+    if run.complete:
+        on_main(lambda: assemble_rft_dataset(store, dataset), f"assembling {dataset}")  # then every process reads it
+        summary["rft_stats"] = summed_stats(store).as_dict()
+        log.info("RFT stats %s", summary["rft_stats"])
+    if run.preempted:
+        summary["preempted"] = True
+        return None
+    return read_rft_dataset(dataset)
 
 
 def sft_records(config: ml_collections.ConfigDict, examples: list) -> list:
@@ -99,6 +124,9 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     # Rejective sampling reads a compute-dtype copy of the weights on the mesh (rows split over its batch axes);
     # the copy is dropped when sampling ends, before the SFT trains the param-dtype masters.
     examples = sample_dataset(config, GenerativeRewardModel(sampling_copy(model), tokenizer, mesh=mesh), summary)
+    if examples is None:  # SIGTERM during sampling: the finished chunks are on disk; the same command resumes
+        write_json(out / "summary.json", summary)
+        return summary
     records = sft_records(config, examples)
     summary["sft_records"] = {"rft": len(examples), "general": len(records) - len(examples)}
     if not records:
