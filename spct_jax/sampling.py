@@ -166,12 +166,12 @@ def _prefill(model: Decoder, ids: jax.Array, mask: jax.Array, cache, pin=lambda 
     ids, mask: [U, P] -> (cache, logits of the last column [U, V])."""
     u, p = ids.shape
     if p <= PREFILL_CHUNK:
-        h, cache = model.hidden_states(ids, mask, cache)
+        h, cache = model.hidden_states(ids, mask, cache, constrain=pin)
         return pin(cache, "cache"), pin(model.logits_from_hidden(h[:, -1]))
     split = lambda x: x.reshape(u, p // PREFILL_CHUNK, PREFILL_CHUNK).swapaxes(0, 1)  # [chunks, U, C]
 
     def one(cache, chunk):
-        h, cache = model.hidden_states(pin(chunk[0]), pin(chunk[1]), cache)
+        h, cache = model.hidden_states(pin(chunk[0]), pin(chunk[1]), cache, constrain=pin)
         return pin(cache, "cache"), pin(h[:, -1])
 
     cache, lasts = jax.lax.scan(one, cache, (split(ids), split(mask)))
@@ -242,7 +242,7 @@ def _generate(graphdef, state, ids, mask, prompt_src, row_key_data, max_new, tem
         lps = jax.lax.dynamic_update_slice_in_dim(lps, lp[:, None], step, axis=1)
         hit = jnp.any(tok[:, None] == stops[None, :], axis=-1) if st.stop_tokens else jnp.zeros_like(done)
         done = done | hit
-        logits, cache = model.extend(tok[:, None], jnp.ones((rows, 1), bool), cache)
+        logits, cache = model.extend(tok[:, None], jnp.ones((rows, 1), bool), cache, constrain=pin)
         return step + 1, pin(toks), pin(lps), pin(done), pin(cache, "cache"), pin(logits[:, -1])
 
     init = (jnp.zeros((), jnp.int32), pin(jnp.full((rows, n), st.pad_id, jnp.int32)),

@@ -286,8 +286,12 @@ class Decoder(nnx.Module):
 
     # -- pieces shared by the LM, the scalar head and chunked log-prob computation ------------------------------
     def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                      cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-        """Final-normed hidden states [B, T, D] and the updated cache (None when called without one)."""
+                      cache: KVCache | None = None, *, constrain=None) -> tuple[jax.Array, KVCache | None]:
+        """Final-normed hidden states [B, T, D] and the updated cache (None when called without one).
+
+        constrain: an optional `x -> x` applied to the residual stream [B, T, D] after the embedding and after every
+        block, e.g. a sharding constraint that keeps rows on their devices (the sampler's: without it, GSPMD may
+        follow the FSDP-sharded embedding and split D instead, holding every row's activations on every device)."""
         b, t = input_ids.shape
         mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
         start = jnp.zeros((b,), jnp.int32) if cache is None else cache.next_pos
@@ -301,10 +305,12 @@ class Decoder(nnx.Module):
             q_slots = write_at + jnp.arange(t)
             kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, write_at, axis=1)
 
+        pin = constrain or (lambda y: y)
         x = self.embed[...].astype(self.dtype)[input_ids]  # [B, T, D]
         if self.config.is_gemma:
             # Gemma multiplies by sqrt(d) rounded to the compute dtype, as transformers does.
             x = x * jnp.asarray(self.config.hidden_size**0.5, self.dtype)
+        x = pin(x)
         new_k, new_v = [], []
         run = _remat_call if self.remat else (lambda layer, *args: layer(*args))
         for i, layer in enumerate(self.layers):
@@ -312,6 +318,7 @@ class Decoder(nnx.Module):
             shared = None if cache is None or cache.prefix is None else (
                 cache.prefix.k[i], cache.prefix.v[i], cache.prefix.valid)
             x, (k, v) = run(layer, x, positions, q_slots, kv, kv_valid, write_at, shared)
+            x = pin(x)
             new_k.append(k)
             new_v.append(v)
         x = self.final_norm(x)
@@ -335,9 +342,10 @@ class Decoder(nnx.Module):
         h, _ = self.hidden_states(input_ids, attention_mask)
         return self.logits_from_hidden(h)
 
-    def extend(self, input_ids: jax.Array, attention_mask: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def extend(self, input_ids: jax.Array, attention_mask: jax.Array, cache: KVCache, *,
+               constrain=None) -> tuple[jax.Array, KVCache]:
         """Run T new columns through the model, appending them to the cache. Prefill and decode both use this."""
-        h, cache = self.hidden_states(input_ids, attention_mask, cache)
+        h, cache = self.hidden_states(input_ids, attention_mask, cache, constrain=constrain)
         return self.logits_from_hidden(h), cache
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
