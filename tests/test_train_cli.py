@@ -73,6 +73,11 @@ def test_rft_writes_dataset_stats_and_a_reloadable_model(run_dir, rft_run):
     assert (out / "rft_data.jsonl").read_text() == ""
     assert json.loads((out / "rft_data.jsonl.stats.json").read_text()) == stats
     assert json.loads((out / "summary.json").read_text()) == rft_run
+    # Sampled in one chunk (rft.chunk_items 512), written as a shard with every trajectory, right or wrong.
+    assert rft_run["sampling"] == {"chunks": 1, "sampled": [0], "reused": [], "complete": True}
+    lines = [json.loads(x) for x in (out / "samples" / "chunk-00000.jsonl").read_text().splitlines()]
+    assert [(len(x["plain"]), len(x["hinted"]), x["kept"], x["kept_hinted"]) for x in lines] == [(2, 1, [], [])] * 3
+    assert json.loads((out / "samples" / "manifest.json").read_text())["done"]["0"]["items"] == 3
 
     model, tok = load_model(out / "model")  # what `spct score --model run_dir/rft/model` does
     reference, byte_tok = load_model("tiny-random")
@@ -89,6 +94,13 @@ def test_rft_rerun_reuses_the_sampled_dataset(run_dir, rft_run):
     assert code == 0, err
     again = json.loads(out)
     assert again["reused_dataset"] is True and again["rft_stats"] == rft_run["rft_stats"]
+
+
+def test_rft_refuses_to_resume_samples_drawn_with_other_settings(run_dir, rft_run, tmp_path):
+    shutil.copytree(run_dir / "rft" / "samples", tmp_path / "rft" / "samples")  # no rft_data.jsonl: resumes
+    code, out, err = call(rft_cli.main, f"--config.run_dir={tmp_path}", "--config.rft.n_rft=3")
+    assert code == 2 and out == ""
+    assert "manifest.json" in err and "n_rft: 2 there, 3 now" in err and "delete" in err
 
 
 def test_rft_sft_on_general_data_when_no_trajectory_is_accepted(run_dir, rft_run, tmp_path):
