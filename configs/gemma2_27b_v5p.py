@@ -25,12 +25,14 @@ def get_config():
         name="gemma2-27b-v5p-64",  # ours: names the logs and the default run_dir
         model="gemma2-27b",  # [P] §2: DeepSeek-GRM-27B is Gemma-2-27B (pretrained)
         accelerator_type="v5p-64",  # ours: 32 chips; `spct plan` shows the smallest slice that fits
-        data=1, fsdp=-1, tensor=1,  # ours: pure FSDP over all 32 chips (27B fits without tensor parallelism)
-        rft_microbatches=32,  # ours: 1024 rows / 32 chips / 32 = 1 row of 4096 tokens per chip per micro-batch
-        grpo_microbatches=16,  # ours: 512 rollouts / 32 chips / 16 = 1 row per chip per micro-batch
-        metarm_microbatches=16,  # ours: 512 / 32 / 16 = 1 row per chip per micro-batch
+        data=1, fsdp=-1, tensor=2,  # ours: fsdp 16 x tensor 2: with tensor=1 every sampling phase holds the whole bf16
+        #                            model (54 GB, XLA's gathered layout) and does not fit (`spct plan`)
+        rft_microbatches=16,  # ours: 1024 rows / 16 row shards / 16 = 4 rows of 4096 tokens per shard per micro-batch
+        grpo_microbatches=8,  # ours: 512 rollouts / 16 row shards / 8 = 4 rows per shard per micro-batch
+        metarm_microbatches=8,  # ours: 512 / 16 / 8 = 4 rows per shard per micro-batch
         rollout_batch_prompts=32,  # ours: 4 sampler calls of 32 prompts x G = 128 rows (4 per chip)
-        inference_batch_prompts=4,  # ours: 4 prompts x k=32 = 128 rows, 4 per chip
+        inference_batch_prompts=4,  # ours: 4 prompts x k=32 = 128 rows, 8 per row shard
+        sample_rows=128,  # ours: rows per RFT / meta-RM sampler call (256 needs 27.8 GB of KV cache per chip)
         grpo_beta=0.08,  # [P] App. C.1: beta = 0.08 for DeepSeek-GRM-27B
     )
     validate(config)

@@ -31,6 +31,7 @@ def get_config():
         metarm_microbatches=32,  # ours: 512 / 16 / 32 = 1 row per chip per micro-batch
         rollout_batch_prompts=16,  # ours: 8 sampler calls of 16 prompts x G = 64 rows (4 per chip)
         inference_batch_prompts=2,  # ours: 2 prompts x k=32 = 64 rows, 4 per chip
+        sample_rows=64,  # ours: rows per RFT / meta-RM sampler call (256 needs 15.7 GB of KV cache per chip)
         grpo_beta=0.08,  # [P] App. C.1: 0.08 is the 27B value; the paper tuned no 2B (0.002 was for 16B)
     )
     validate(config)

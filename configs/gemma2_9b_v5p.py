@@ -31,6 +31,7 @@ def get_config():
         metarm_microbatches=32,  # ours: 512 / 8 / 32 = 2 rows per chip per micro-batch
         rollout_batch_prompts=8,  # ours: 16 sampler calls of 8 prompts x G = 32 rows (4 per chip)
         inference_batch_prompts=1,  # ours: 1 prompt x k=32 = 32 rows, 4 per chip
+        sample_rows=32,  # ours: rows per RFT / meta-RM sampler call (256 needs 101 GB of KV cache per chip)
         grpo_beta=0.08,  # [P] App. C.1: 0.08 is the 27B value; the paper tuned no 9B (0.002 was for 16B)
     )
     validate(config)

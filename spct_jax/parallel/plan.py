@@ -1,35 +1,30 @@
-"""Per-device memory plan of every stage of a run config, without allocating anything.
+"""Per-device memory plan of every phase of a run config, without allocating anything.
 
-Parameters, gradients and optimizer state are EXACT for the code as written: the models are built with
-`nnx.eval_shape`, the optimizer state with `jax.eval_shape(make_optimizer(...).init, params)`, and every leaf is
-divided by the number of ways its partition rule splits it on the configured mesh (rules.py). KV caches are exact
-array sizes of the sampler's cache (its power-of-two row / length buckets included).
+A stage runs in phases, each one program (or a loop of one program) with some arrays resident around it:
 
-Activations are a documented ESTIMATE (not a compiled measurement), per device, for one micro-batch:
+    rft        rft_sampling     fp32 masters + compute-dtype sampling copy + sampler call (rft.sample_rows rows)
+               sft              masters + the train state's copy of them + Adam + TrainStep (rft.* batch)
+    grpo       grpo_filter      masters + sampling copy + the too-easy filter's sampler call (256 rows)
+               grpo_rollout     masters + Adam + reference copy + sampling copy + sampler call (prompts x G rows)
+               grpo_reference   masters + Adam + reference copy + LogprobFn (grpo.logprob_rows rows at a time)
+               grpo_update      masters + Adam + reference copy + TrainStep (GRPO loss)
+    metarm     metarm_sampling  GRM masters + sampling copy + sampler call (metarm.sample_rows rows)
+               bce              GRM masters + the meta RM's train state (a copy) + Adam + TrainStep (BCE)
+    inference  inference        GRM and meta RM in inference.dtype + sampler call (batch_prompts x k rows)
 
-    tokens   = rows per device per micro-batch x sequence length
-    layer    = bytes one decoder block keeps for its backward pass, per token:
-                 (10 b + 32) D                     residual copies, norms (fp32 inside)
-               + 5 b F / t                         gate, activation, up, product (t = tensor ways)
-               + b (3 H + 3 K) Dh / t              q, k before/after RoPE, v, attention output
-               + (12 + b) (H / t) T                attention scores: fp32 logits, soft-cap, mask; probs in b
-    remat "full":  L x tokens x D x b  (block inputs)  +  2 x tokens x layer  (one block recomputed, + cotangents)
-    remat "none":  (L + 1) x tokens x layer
-    + logits:  rows x chunk x V / t x 12 bytes  (the loss builds fp32 logits `chunk` positions at a time)
-    + FSDP gathers: two blocks' weights and the embedding, gathered over "fsdp" in the compute dtype
+(what the stage commands hold, read from spct_jax/train/*_cli.py, stages.py and grpo.py). Weights, optimizer
+state and gradients are EXACT for the code as written: every leaf of the abstract model (nnx.eval_shape) and of
+the optimizer state (jax.eval_shape of make_optimizer(...).init) divided by the ways its partition rule splits
+it (rules.py). KV caches are the sampler's own arrays (its power-of-two buckets and row layout included). What a
+program adds on top of its arguments (KV cache, activations, gathered weights) comes from plan_phases.py, whose
+formulas follow the layouts XLA compiles these programs to; tests/test_parallel_plan.py checks each phase
+against `compiled.memory_analysis()` of the real program (plan_xla.py builds them from abstract inputs).
 
-b = compute-dtype bytes. Calibration: for remat "none" the estimate is within 5% of XLA's compiled
-`memory_analysis().temp_size_in_bytes` of the loss gradient on CPU for scaled-down Gemma-2 models
-(tests/test_parallel_plan.py keeps one such check); remat "full" is not calibrated. The attention term is this
-implementation's: scores are materialised ([T, T] per head, sliding-window layers included). Remat "full" is what
-the configs ask for: the stage commands' train step then wraps each block in nnx.remat (`StageRun.remat`);
-without it a 4K-token 27B row needs ~480 GB per chip.
-
-Rollouts (sampler): chunked prefill (forward only: one block live, + the [rows, chunk, V] logits `extend` builds)
-or one decode step, whichever is larger; the KV cache counts twice (prefill cache and shared prefix, see _sampler_kv_bytes).
-
-Stage peaks are phase aware: GRPO holds params, Adam moments and the reference model throughout, then EITHER the
-rollout's KV cache and sampler activations OR the update's gradients and activations.
+XLA picks one of two layouts per program (plan_phases.py): "gathered" (weights all-gathered, rows on their own
+device; in the sampler the gathers leave the decode loop, so the whole model sits on every chip) or
+"partial_sums" (weights stay sharded, every device computes the dense layers for all rows of its fsdp group).
+Which one depends on shapes in ways the code does not pin, so each program is planned at the larger of the two:
+the plan is an upper bound of what either layout needs.
 """
 from __future__ import annotations
 
@@ -48,17 +43,19 @@ from spct_jax.models.config import PRESETS, ModelConfig
 from spct_jax.models.scalar_head import ScalarRM
 from spct_jax.models.transformer import Block, init_model
 from spct_jax.parallel.mesh import AXES, Accelerator, MeshConfig, parse_accelerator
+from spct_jax.parallel.plan_phases import LAYOUTS, TPU, Backend, MeshShape, logprob_program, sampler_program, train_program
 from spct_jax.parallel.rules import DEFAULT_RULES, opt_state_specs, param_specs, spec_ways
-from spct_jax.sampling import bucket
 from spct_jax.train.config import OptimizerConfig
 from spct_jax.train.state import make_optimizer
 
 GB = 1e9
-LOSS_LOGITS_CHUNK = 512  # spct_jax.train.steps' default `chunk`
-PREFILL_CHUNK = 512  # spct_jax.sampling prefills long prompts in 512-column chunks
 STAGES = ("rft", "grpo", "metarm", "inference")
-CATEGORIES = ("params", "grads", "optimizer", "reference_model", "meta_rm", "kv_cache", "activations",
-              "rollout_activations", "fsdp_gathers")
+PHASES = {"rft": ("rft_sampling", "sft"),
+          "grpo": ("grpo_filter", "grpo_rollout", "grpo_reference", "grpo_update"),
+          "metarm": ("metarm_sampling", "bce"),
+          "inference": ("inference",)}
+CATEGORIES = ("weights", "optimizer", "grads", "kv_cache", "activations", "batch")
+FILTER_ROWS = 256  # grm.trajectories' default max_batch_rows, which GRPO's too-easy filter keeps
 
 
 # -- abstract models (cached: eval_shape of a 27B decoder takes ~2 s) ------------------------------------------
@@ -105,62 +102,21 @@ def sharded_bytes(tree: Any, specs: Any, mesh: AbstractMesh, dtype: Any = None) 
     return total
 
 
-# -- estimates -----------------------------------------------------------------------------------------------------
-def _tensor_split(n: int, t: int) -> float:
-    return n / t if n % t == 0 else float(n)  # a dim that does not divide stays whole (rules.activation_spec)
-
-
-def layer_bytes_per_token(m: ModelConfig, seq: int, b: int, t: int) -> float:
-    """Bytes one block keeps per token for its backward (module docstring); `seq` = attended length T."""
-    heads = _tensor_split(m.num_heads, t)
-    return ((10 * b + 32) * m.hidden_size
-            + 5 * b * _tensor_split(m.intermediate_size, t)
-            + b * (3 * m.num_heads + 3 * m.num_kv_heads) * m.head_dim / (m.num_heads / heads)
-            + (12 + b) * heads * seq)
-
-
-def train_activation_bytes(m: ModelConfig, rows: int, seq: int, b: int, t: int, remat: str, *,
-                           lm_logits: bool = True) -> int:
-    """Per-device activation bytes of one micro-batch's forward + backward (rows = per device)."""
-    tokens = rows * seq
-    layer = layer_bytes_per_token(m, seq, b, t)
-    if remat == "full":
-        body = m.num_layers * tokens * m.hidden_size * b + 2 * tokens * layer
-    else:
-        body = (m.num_layers + 1) * tokens * layer
-    logits = rows * min(LOSS_LOGITS_CHUNK, seq) * _tensor_split(m.vocab_size, t) * 12 if lm_logits else 0
-    return int(body + logits)
-
-
-def sampler_activation_bytes(m: ModelConfig, rows: int, prompt_slots: int, slots: int, b: int, t: int) -> int:
-    """Per-device bytes of the sampler's largest transient: one prefill chunk or one decode step."""
-    chunk = min(PREFILL_CHUNK, prompt_slots)
-    layer_fwd = layer_bytes_per_token(m, slots, b, t)  # forward only: one block's buffers live at a time
-    vocab = _tensor_split(m.vocab_size, t)
-    prefill = rows * chunk * (layer_fwd + vocab * 8)  # + fp32 logits and their soft-cap
-    decode = rows * (layer_fwd + vocab * 16)  # + logits, softmax, top-p probabilities, log-softmax
-    return int(max(prefill, decode))
-
-
-def fsdp_gather_bytes(m: ModelConfig, b: int, t: int) -> int:
-    """Weights gathered over "fsdp" for compute: two blocks (one in use, one prefetched) plus the embedding."""
-    d, f, dh = m.hidden_size, m.intermediate_size, m.head_dim
-    block = d * (m.num_heads + 2 * m.num_kv_heads) * dh + m.num_heads * dh * d + 3 * d * f
-    return int((2 * block + m.vocab_size * d) * b / t)
-
-
-def kv_cache_bytes(m: ModelConfig, rows: int, slots: int, itemsize: int, batch_ways: int, t: int) -> int:
-    """Per-device bytes of a KVCache of `rows` x `slots` (rows over the batch axes, KV heads over tensor)."""
-    per_row_slot = 2 * m.num_layers * _tensor_split(m.num_kv_heads, t) * m.head_dim * itemsize
-    return int(-(-rows // batch_ways) * slots * per_row_slot)
-
-
 # -- the plan --------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class StagePlan:
-    bytes_per_device: dict[str, int]  # every category of CATEGORIES (0 = not used by this stage)
-    phases: dict[str, str]  # category -> "resident" | "always" (transient, in every phase) | "rollout" | "update"
+class PhasePlan:
+    bytes_per_device: dict[str, int]  # every category of CATEGORIES (0 = not held in this phase)
+    parts: dict[str, int]  # what the categories are made of, e.g. {"masters": .., "sampling_copy": ..}
+    layouts: dict[str, int]  # the phase's total under each XLA layout (plan_phases.py); the plan takes the max
     peak_bytes: int
+    fits: bool
+
+
+@dataclasses.dataclass
+class StagePlan:
+    phases: dict[str, PhasePlan]
+    peak_bytes: int
+    peak_phase: str  # the phase that sets the stage's peak
     fits: bool
     smallest_slice: str | None = None
 
@@ -178,22 +134,30 @@ class Plan:
     remat: str
     stages: dict[str, StagePlan]
 
+    def phase(self, name: str) -> PhasePlan:
+        return next(s.phases[name] for s in self.stages.values() if name in s.phases)
+
     def to_json(self, stage: str = "grpo") -> dict[str, Any]:
+        s = self.stages[stage]
         return {
             "config": self.config_name, "model": self.model, "param_count": self.param_count,
             "meta_rm_param_count": self.meta_rm_param_count,
             "accelerator": {"type": self.accelerator.name, "chips": self.accelerator.chips,
                             "hbm_bytes_per_chip": self.accelerator.hbm_bytes},
             "usable_bytes_per_device": self.usable_bytes, "mesh": self.mesh, "dtypes": self.dtypes,
-            "remat": self.remat, "activations_method": "estimate (spct_jax/parallel/plan.py docstring)",
-            "stage": stage, "bytes_per_device": self.stages[stage].bytes_per_device,
-            "peak_bytes": self.stages[stage].peak_bytes, "fits": self.stages[stage].fits,
+            "remat": self.remat, "method": "exact weights/optimizer/grads/KV; program transients from "
+                                       "spct_jax/parallel/plan_phases.py, the larger of XLA's two layouts",
+            "stage": stage, "peak_phase": s.peak_phase, "bytes_per_device": s.phases[s.peak_phase].bytes_per_device,
+            "peak_bytes": s.peak_bytes, "fits": s.fits,
             "stages": {k: dataclasses.asdict(v) for k, v in self.stages.items()},
         }
 
     def table(self) -> str:
         acc = self.accelerator
         mesh = " ".join(f"{k}={v}" for k, v in self.mesh.items())
+        names = [p for s in self.stages.values() for p in s.phases]
+        phases = [self.phase(p) for p in names]
+        width = max(12, max(len(n) for n in names) + 1)
         lines = [
             f"spct plan: {self.config_name}",
             f"model {self.model}: {self.param_count:,} params ({self.dtypes['param']} master weights, "
@@ -201,125 +165,22 @@ class Plan:
             f"slice {acc.name}: {acc.chips} chips x {acc.hbm_bytes / GB:.1f} GB HBM, usable "
             f"{self.usable_bytes / GB:.1f} GB; mesh {mesh}",
             "",
-            f"{'per-device GB':<22}{'phase':<16}" + "".join(f"{s:>13}" for s in self.stages),
+            f"{'per-device GB':<14}" + "".join(f"{n:>{width}}" for n in names),
         ]
         for cat in CATEGORIES:
-            values = [self.stages[s].bytes_per_device[cat] for s in self.stages]
-            if not any(values):
-                continue
-            phase = "/".join(sorted({self.stages[s].phases[cat] for s in self.stages
-                                     if self.stages[s].bytes_per_device[cat]}))
-            lines.append(f"{cat:<22}{phase:<16}" + "".join(f"{v / GB:>13.2f}" for v in values))
-        lines.append(f"{'peak':<38}" + "".join(f"{p.peak_bytes / GB:>13.2f}" for p in self.stages.values()))
-        lines.append(f"{'fits ' + acc.name:<38}" + "".join(f"{'yes' if p.fits else 'NO':>13}"
-                                                           for p in self.stages.values()))
-        lines.append(f"{'smallest slice':<38}" + "".join(f"{p.smallest_slice or '-':>13}"
-                                                         for p in self.stages.values()))
-        lines += ["", "peak = resident + max(rollout, update). params, grads, optimizer, KV cache: exact sizes on",
-                  "this mesh. activations: estimate (spct_jax/parallel/plan.py); remat=full assumes per-block",
-                  "remat in the model. smallest slice: data=1, fsdp=rest, the same tensor size and rows per chip",
-                  "(training micro-batches and prompts per sampler call rescaled)."]
+            lines.append(f"{cat:<14}" + "".join(f"{p.bytes_per_device[cat] / GB:>{width}.2f}" for p in phases))
+        lines.append(f"{'peak':<14}" + "".join(f"{p.peak_bytes / GB:>{width}.2f}" for p in phases))
+        lines.append(f"{'fits ' + acc.name:<14}" + "".join(f"{'yes' if p.fits else 'NO':>{width}}" for p in phases))
+        lines += ["", f"{'stage':<11}{'peak GB':>9}  {'set by':<16}{'fits':<6}smallest slice"]
+        for name, s in self.stages.items():
+            lines.append(f"{name:<11}{s.peak_bytes / GB:>9.2f}  {s.peak_phase:<16}{'yes' if s.fits else 'NO':<6}"
+                         f"{s.smallest_slice or '-'}")
+        lines += ["", "weights: every copy a phase holds (fp32 masters, train-state copy, bf16 sampling/reference",
+                  "copies, the meta RM) plus weights XLA gathers whole. Weights, optimizer, grads and KV cache are",
+                  "exact on this mesh; activations follow XLA's layouts (spct_jax/parallel/plan_phases.py), each",
+                  "program at the larger of its two layouts. smallest slice: data=1, fsdp=rest, the same tensor size",
+                  "and rows per chip (micro-batches and rows per sampler call rescaled)."]
         return "\n".join(lines)
-
-
-def _sampler_kv_bytes(m: ModelConfig, rows: int, slots: int, itemsize: int, batch_ways: int, t: int) -> int:
-    """The sampler's KV cache at its peak, an upper bound: the prefill cache of the distinct prompts [U, P], the
-    shared prefix gathered from it for the prompt slots [Q, P] (KVCache.take, then shared_by) and the rows' own
-    slots [R, N] are live together. Every GRPO rollout and every Voting@k sample shuffles the responses
-    (grm/trajectories.py, [P] §4), so nearly every row is its own prompt (U = Q = R): 2 R P + R N <= 2 R (P + N)."""
-    return 2 * kv_cache_bytes(m, rows, slots, itemsize, batch_ways, t)
-
-
-def _stage_rows(c: Any, stage: str, batch_ways: int) -> int:
-    """Rows per device per micro-batch of a training stage."""
-    s = c[stage]
-    return s.batch_size // (s.num_microbatches * batch_ways)
-
-
-def _plan_stages(c: Any, mesh_shape: tuple[int, int, int]) -> dict[str, StagePlan]:
-    data, fsdp, tensor = mesh_shape
-    mesh = AbstractMesh(mesh_shape, AXES)
-    batch_ways = data * fsdp
-    model, meta = PRESETS[c.model.preset], PRESETS[c.meta_rm.preset]
-    b = jnp.dtype(c.model.compute_dtype).itemsize
-    remat = c.model.remat
-
-    policy = abstract_params(model, c.model.param_dtype)
-    policy_specs = param_specs(mesh, policy, DEFAULT_RULES)
-    rm = abstract_params(meta, c.model.param_dtype, scalar_rm=True)
-    rm_specs = param_specs(mesh, rm, DEFAULT_RULES)
-
-    def opt_bytes(model: ModelConfig, scalar_rm: bool, params: Any, specs: Any) -> int:
-        opt = abstract_opt_state(model, c.model.param_dtype, scalar_rm, _optimizer_config(c))
-        return sharded_bytes(opt, opt_state_specs(opt, params, specs), mesh)
-
-    def train_rows(stage: str) -> int:
-        return _stage_rows(c, stage, batch_ways)
-
-    def grads(params: Any, specs: Any, stage: str) -> int:
-        # float32 accumulation (train.steps); with micro-batches the scan carry and one micro-batch's grads coexist
-        return sharded_bytes(params, specs, mesh, jnp.float32) * (2 if c[stage].num_microbatches > 1 else 1)
-
-    def stage_plan(values: dict[str, int], phases: dict[str, str]) -> StagePlan:
-        full = {cat: int(values.get(cat, 0)) for cat in CATEGORIES}
-        resident = sum(v for k, v in full.items() if phases.get(k) in ("resident", "always"))
-        rollout = sum(v for k, v in full.items() if phases.get(k) == "rollout")
-        update = sum(v for k, v in full.items() if phases.get(k) == "update")
-        peak = resident + max(rollout, update)
-        usable = parse_accelerator(c.hardware.accelerator_type).hbm_bytes * c.hardware.hbm_usable_fraction
-        return StagePlan(full, {k: phases.get(k, "-") for k in CATEGORIES}, peak, peak <= usable)
-
-    policy_bytes = sharded_bytes(policy, policy_specs, mesh)
-    policy_opt = opt_bytes(model, False, policy, policy_specs)
-    gathers = fsdp_gather_bytes(model, b, tensor) if fsdp > 1 else 0
-    out: dict[str, StagePlan] = {}
-
-    out["rft"] = stage_plan(
-        {"params": policy_bytes, "optimizer": policy_opt, "grads": grads(policy, policy_specs, "rft"),
-         "activations": train_activation_bytes(model, train_rows("rft"), c.rft.max_seq_len, b, tensor, remat),
-         "fsdp_gathers": gathers},
-        {"params": "resident", "optimizer": "resident", "grads": "update", "activations": "update",
-         "fsdp_gathers": "always"})
-
-    g = c.grpo
-    prompt_slots, new_slots = bucket(g.max_prompt_len), bucket(g.max_new_tokens)
-    rollout_prompts = min(g.rollout_batch_prompts, g.batch_size // g.group_size)  # per sampler call
-    rows = max(bucket(rollout_prompts * g.group_size, minimum=1), batch_ways)
-    kv = _sampler_kv_bytes(model, rows, prompt_slots + new_slots, jnp.dtype(g.kv_dtype).itemsize, batch_ways, tensor)
-    out["grpo"] = stage_plan(
-        {"params": policy_bytes, "optimizer": policy_opt, "grads": grads(policy, policy_specs, "grpo"),
-         "reference_model": sharded_bytes(policy, policy_specs, mesh, g.ref_dtype), "kv_cache": kv,
-         "activations": train_activation_bytes(model, train_rows("grpo"), g.max_prompt_len + g.max_new_tokens,
-                                               b, tensor, remat),
-         "rollout_activations": sampler_activation_bytes(model, -(-rows // batch_ways), prompt_slots,
-                                                         prompt_slots + new_slots, b, tensor),
-         "fsdp_gathers": gathers},
-        {"params": "resident", "optimizer": "resident", "reference_model": "resident", "kv_cache": "rollout",
-         "rollout_activations": "rollout", "grads": "update", "activations": "update", "fsdp_gathers": "always"})
-
-    out["metarm"] = stage_plan(
-        {"params": sharded_bytes(rm, rm_specs, mesh), "optimizer": opt_bytes(meta, True, rm, rm_specs),
-         "grads": grads(rm, rm_specs, "metarm"),
-         "activations": train_activation_bytes(meta, train_rows("metarm"), c.metarm.max_seq_len, b, tensor, remat,
-                                               lm_logits=False),
-         "fsdp_gathers": fsdp_gather_bytes(meta, b, tensor) if fsdp > 1 else 0},
-        {"params": "resident", "optimizer": "resident", "grads": "update", "activations": "update",
-         "fsdp_gathers": "always"})
-
-    i = c.inference
-    p_slots, n_slots = bucket(i.max_prompt_len), bucket(i.max_new_tokens)
-    i_rows = max(bucket(i.batch_prompts * i.k, minimum=1), batch_ways)
-    out["inference"] = stage_plan(
-        {"params": sharded_bytes(policy, policy_specs, mesh, i.dtype),
-         "meta_rm": sharded_bytes(rm, rm_specs, mesh, i.dtype),
-         "kv_cache": _sampler_kv_bytes(model, i_rows, p_slots + n_slots, jnp.dtype(i.dtype).itemsize, batch_ways,
-                                       tensor),
-         "rollout_activations": sampler_activation_bytes(model, -(-i_rows // batch_ways), p_slots, p_slots + n_slots,
-                                                         b, tensor),
-         "fsdp_gathers": gathers},
-        {"params": "resident", "meta_rm": "resident", "kv_cache": "rollout", "rollout_activations": "rollout",
-         "fsdp_gathers": "always"})
-    return out
 
 
 def _optimizer_config(c: Any) -> OptimizerConfig:
@@ -328,16 +189,125 @@ def _optimizer_config(c: Any) -> OptimizerConfig:
     # The learning rate does not change the state's shapes; RFT's stands in for every stage.
     return OptimizerConfig(learning_rate=c.rft.learning_rate, warmup_steps=o.warmup_steps, schedule=o.schedule,
                            total_steps=c.rft.steps, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
-                           clip_norm=o.clip_norm)
+                           clip_norm=o.clip_norm if o.clip_norm > 0 else None)
+
+
+def _phase(resident: dict[str, dict[str, int]], program: dict[str, dict[str, int]], usable: float) -> PhasePlan:
+    """resident: category -> {part: bytes} held around the program; program: layout -> plan_phases output plus
+    the program's own weight arguments ("weight_args") and optimizer/grads. The phase is planned at the layout
+    whose total is larger."""
+    totals = {layout: sum(p.values()) for layout, p in program.items()}
+    layout = max(totals, key=totals.get)
+    chosen = program[layout]
+    parts = {k: v for cat in resident.values() for k, v in cat.items()}
+    parts.update({k: v for k, v in chosen.items() if k in ("weight_args", "gathered")})
+    by_cat = {cat: sum(resident.get(cat, {}).values()) for cat in CATEGORIES}
+    by_cat["weights"] += chosen.get("weight_args", 0) + chosen.get("gathered", 0)
+    for cat in ("optimizer", "grads", "kv_cache", "activations", "batch"):
+        by_cat[cat] += chosen.get(cat, 0)
+    by_cat["batch"] += chosen.get("io", 0)
+    resident_total = sum(sum(v.values()) for v in resident.values())
+    layouts = {k: int(resident_total + v) for k, v in totals.items()}
+    peak = sum(by_cat.values())
+    return PhasePlan({k: int(v) for k, v in by_cat.items()}, {k: int(v) for k, v in parts.items()}, layouts,
+                     int(peak), peak <= usable)
+
+
+def _plan_stages(c: Any, mesh_shape: tuple[int, int, int], backend: Backend = TPU) -> dict[str, StagePlan]:
+    data, fsdp, tensor = mesh_shape
+    mesh, shape = AbstractMesh(mesh_shape, AXES), MeshShape(data, fsdp, tensor)
+    usable = parse_accelerator(c.hardware.accelerator_type).hbm_bytes * c.hardware.hbm_usable_fraction
+    model, meta = PRESETS[c.model.preset], PRESETS[c.meta_rm.preset]
+    b = jnp.dtype(c.model.compute_dtype).itemsize
+    pdt, remat = c.model.param_dtype, c.model.remat == "full"
+
+    policy = abstract_params(model, pdt)
+    policy_specs = param_specs(mesh, policy, DEFAULT_RULES)
+    rm = abstract_params(meta, pdt, scalar_rm=True)
+    rm_specs = param_specs(mesh, rm, DEFAULT_RULES)
+
+    def weights(tree: Any, specs: Any, dtype: Any = None) -> int:
+        return sharded_bytes(tree, specs, mesh, dtype)
+
+    def adam(m: ModelConfig, scalar_rm: bool, params: Any, specs: Any) -> int:
+        opt = abstract_opt_state(m, pdt, scalar_rm, _optimizer_config(c))
+        return sharded_bytes(opt, opt_state_specs(opt, params, specs), mesh)
+
+    masters, copy = weights(policy, policy_specs), weights(policy, policy_specs, c.model.compute_dtype)
+    policy_adam = adam(model, False, policy, policy_specs)
+    grads = weights(policy, policy_specs, jnp.float32)
+
+    def sampler(m: ModelConfig, args: int, rows: int, prompt_len: int, new_tokens: int, itemsize: int):
+        return {lay: {"weight_args": args, **sampler_program(m, shape, rows=rows, prompt_len=prompt_len,
+                                                             new_tokens=new_tokens, b=itemsize, layout=lay)}
+                for lay in LAYOUTS}
+
+    def train(m: ModelConfig, stage: str, seq: int, grad_bytes: int, opt: int, args: int, *, lm: bool,
+              fields: int):
+        s = c[stage]
+        return {lay: {"weight_args": args, "optimizer": opt,
+                      **train_program(m, shape, rows=s.batch_size, seq=seq, microbatches=s.num_microbatches, b=b,
+                                      grad_bytes=grad_bytes, layout=lay, lm_logits=lm, remat=remat,
+                                      batch_fields=fields, backend=backend)}
+                for lay in LAYOUTS}
+
+    ph = functools.partial(_phase, usable=usable)
+    r, g, mr, inf = c.rft, c.grpo, c.metarm, c.inference
+    out: dict[str, dict[str, PhasePlan]] = {"rft": {}, "grpo": {}, "metarm": {}, "inference": {}}
+    # RFT: rejective sampling from a compute-dtype copy, then SFT (the loaded model stays referenced by the
+    # command while the train state trains its own copy: create_train_state(copy_params=True)).
+    prompt = r.max_seq_len - r.max_new_tokens  # usable_items drops longer prompts
+    out["rft"]["rft_sampling"] = ph({"weights": {"masters": masters}},
+                                    sampler(model, copy, r.sample_rows, prompt, r.max_new_tokens, b))
+    out["rft"]["sft"] = ph({"weights": {"masters": masters}},
+                           train(model, "rft", r.max_seq_len, grads, policy_adam, masters, lm=True, fields=3))
+    # GRPO: the policy trains on the loaded arrays; the reference is a ref_dtype copy (or, when ref_dtype is the
+    # param dtype, the loaded arrays with the policy on a copy: the same bytes).
+    ref = weights(policy, policy_specs, g.ref_dtype)
+    seq = g.max_prompt_len + g.max_new_tokens
+    rows = min(g.rollout_batch_prompts, g.batch_size // g.group_size) * g.group_size
+    out["grpo"]["grpo_filter"] = ph({"weights": {"masters": masters}},
+                                    sampler(model, copy, FILTER_ROWS, g.max_prompt_len, g.max_new_tokens, b))
+    out["grpo"]["grpo_rollout"] = ph({"weights": {"masters": masters, "reference": ref},
+                                      "optimizer": {"adam": policy_adam}},
+                                     sampler(model, copy, rows, g.max_prompt_len, g.max_new_tokens, b))
+    lp = {lay: {"weight_args": ref, **logprob_program(model, shape, rows=g.batch_size, block_rows=g.logprob_rows,
+                                                       seq=seq, b=jnp.dtype(g.ref_dtype).itemsize, layout=lay)}
+          for lay in LAYOUTS}
+    update_batch = 2 * 4 * g.batch_size * seq * 4 // shape.row_shards  # ids, masks, loss mask, ref log-probs
+    out["grpo"]["grpo_reference"] = ph({"weights": {"masters": masters}, "optimizer": {"adam": policy_adam},
+                                        "batch": {"update_batch": update_batch}}, lp)
+    out["grpo"]["grpo_update"] = ph({"weights": {"reference": ref}},
+                                    train(model, "grpo", seq, grads, policy_adam, masters, lm=True, fields=4))
+    # Meta RM: the guided GRM samples from a copy, then the RM (sharing the GRM's arrays) trains on its own copy.
+    rm_masters = weights(rm, rm_specs)
+    out["metarm"]["metarm_sampling"] = ph({"weights": {"masters": masters}},
+                                          sampler(model, copy, mr.sample_rows, inf.max_prompt_len,
+                                                  inf.max_new_tokens, b))
+    out["metarm"]["bce"] = ph({"weights": {"masters": masters}},
+                              train(meta, "metarm", mr.max_seq_len, weights(rm, rm_specs, jnp.float32),
+                                    adam(meta, True, rm, rm_specs), rm_masters, lm=False, fields=2))
+    # Inference: the GRM samples in inference.dtype with the meta RM resident beside it.
+    ib = jnp.dtype(inf.dtype).itemsize
+    out["inference"]["inference"] = ph({"weights": {"meta_rm": weights(rm, rm_specs, inf.dtype)}},
+                                       sampler(model, weights(policy, policy_specs, inf.dtype),
+                                               inf.batch_prompts * inf.k, inf.max_prompt_len, inf.max_new_tokens,
+                                               ib))
+    stages = {}
+    for name, phases in out.items():
+        top = max(phases, key=lambda p: phases[p].peak_bytes)
+        stages[name] = StagePlan(phases, phases[top].peak_bytes, top, all(p.fits for p in phases.values()))
+    return stages
 
 
 def smallest_slice(c: Any, stage: str, *, max_chips: int = 4096) -> str | None:
-    """The smallest slice of the config's TPU family on which `stage` fits with the same work per chip: mesh data=1,
-    fsdp=rest, the config's tensor size, the config's training rows per chip per micro-batch (the number of
-    micro-batches is rescaled) and sampler rows per chip (prompts per sampler call rescaled)."""
+    """The smallest slice of the config's TPU family on which every phase of `stage` fits with the same work per
+    chip: mesh data=1, fsdp=rest, the config's tensor size, the config's training rows per chip per micro-batch
+    (micro-batches rescaled) and sampler rows per chip (rows per sampler call rescaled)."""
     accel = parse_accelerator(c.hardware.accelerator_type)
     data, fsdp, tensor = MeshConfig.from_mapping(c.mesh).resolve(accel.chips)
-    rows = {s: _stage_rows(c, s, data * fsdp) for s in ("rft", "grpo", "metarm")}
+    ways = data * fsdp
+    rows = {s: c[s].batch_size // (c[s].num_microbatches * ways) for s in ("rft", "grpo", "metarm")}
     chips = accel.min_chips
     while chips <= max_chips:
         shards = chips // tensor
@@ -346,10 +316,13 @@ def smallest_slice(c: Any, stage: str, *, max_chips: int = 4096) -> str | None:
             probe.hardware.accelerator_type = Accelerator(accel.family, chips, accel.hbm_bytes).name
             for s, r in rows.items():
                 probe[s].num_microbatches = c[s].batch_size // (r * shards)
-            scale = shards / (data * fsdp)
+            scale = shards / ways
             g = c.grpo
             probe.grpo.rollout_batch_prompts = int(min(max(1, g.rollout_batch_prompts * scale),
                                                        g.batch_size // g.group_size))
+            probe.grpo.logprob_rows = int(min(max(shards, g.logprob_rows * scale), g.batch_size))
+            probe.rft.sample_rows = int(max(1, c.rft.sample_rows * scale))
+            probe.metarm.sample_rows = int(max(1, c.metarm.sample_rows * scale))
             probe.inference.batch_prompts = int(max(1, c.inference.batch_prompts * scale))
             try:
                 if _plan_stages(probe, (1, shards, tensor))[stage].fits:
@@ -384,6 +357,5 @@ def plan_json(p: Plan, stage: str = "grpo") -> str:
     return json.dumps(p.to_json(stage), indent=2, sort_keys=False)
 
 
-__all__ = ["abstract_params", "param_count", "sharded_bytes", "layer_bytes_per_token", "train_activation_bytes",
-           "sampler_activation_bytes", "fsdp_gather_bytes", "kv_cache_bytes", "StagePlan", "Plan", "plan",
-           "plan_json", "smallest_slice", "STAGES", "CATEGORIES"]
+__all__ = ["abstract_params", "abstract_opt_state", "param_count", "sharded_bytes", "PhasePlan", "StagePlan", "Plan",
+           "plan", "plan_json", "smallest_slice", "STAGES", "PHASES", "CATEGORIES"]
