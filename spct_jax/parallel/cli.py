@@ -75,7 +75,7 @@ def plan_main(argv: Sequence[str]) -> int:
     """Entry point of `spct plan`; argv excludes the program and subcommand. Returns the exit status."""
     overrides, rest = split_config_args(argv)
     parser = argparse.ArgumentParser(prog="spct plan", description="Per-device memory plan of a run config "
-                                     "(no devices used; activations are an estimate, see spct_jax/parallel/plan.py).")
+                                     "by phase (no devices used; see spct_jax/parallel/plan.py and plan_phases.py).")
     parser.add_argument("--config", required=True, help="run config file, e.g. configs/gemma2_27b_v5p.py")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the table")
     parser.add_argument("--stage", choices=STAGES, default="grpo",
