@@ -3,6 +3,13 @@
     python benchmarks/sampling.py                      # ~50M-param Llama-shaped model, prompt 1024, 256 new, k 1/8/32
     python benchmarks/sampling.py --quick              # a smaller setting for a smoke run
     python benchmarks/sampling.py --smollm2            # adds a row for the real SmolLM2-135M weights
+    python benchmarks/sampling.py --sharded            # per-device memory on 8 fake CPU devices vs 1 device
+
+--sharded runs the same two GRM-shaped calls in a fresh process per mesh (1 device; fsdp=8; data=2 x fsdp=4 on 8
+fake CPU devices, weights in the partition rules' layout): a cache-dominated call (256 rows of 16-token prompts,
+512 new tokens) and a prefill-dominated one (64 distinct 2000-token prompts, 8 new tokens). It prints XLA's
+compiled per-device bytes (arguments + outputs + temporaries) and the process's peak RSS, each against the
+1-device run, and checks the tokens are identical. No speed target: the memory ratio is the figure.
 
 New tokens/s counts k * max_new_tokens per prompt (both sides generate exactly that many: no stop tokens).
 Compile time is measured on a first call and reported separately; the timed call is the second one.
@@ -10,6 +17,10 @@ Compile time is measured on a first call and reported separately; the timed call
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -46,12 +57,66 @@ def bench_hf(hf, prompt, k, new):
     return k * new / run
 
 
+SHARDED_WORKER = """
+import json, os, resource, sys
+mesh_spec, call = sys.argv[1], sys.argv[2]
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + ("1" if mesh_spec == "one" else "8")
+import jax, numpy as np
+from flax import nnx
+from spct_jax import sampling
+from spct_jax.models import ModelConfig, init_model
+from spct_jax.parallel.mesh import MeshConfig, make_mesh
+from spct_jax.parallel.rules import param_shardings
+
+cfg = ModelConfig(family="gemma2", vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
+                  num_kv_heads=2, head_dim=32, query_pre_attn_scalar=32, attn_logit_softcap=50.0,
+                  final_logit_softcap=30.0, sliding_window=64, layer_types=("sliding", "full"),
+                  max_position_embeddings=4096)
+model, mesh = init_model(cfg, seed=0), None
+if mesh_spec != "one":
+    mesh = make_mesh(MeshConfig.from_mapping(json.loads(mesh_spec)))
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(graphdef, jax.device_put(state, param_shardings(mesh, state)))
+rng = np.random.default_rng(0)
+prompts, new = {"cache": ([rng.integers(3, 500, 16).tolist() for _ in range(256)], 512),
+                "prefill": ([rng.integers(3, 500, 2000).tolist() for _ in range(64)], 8)}[call]
+m = sampling.compile_call(model, prompts, max_new_tokens=new, mesh=mesh).memory_analysis()
+compiled = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+out = sampling.sample(model, prompts, max_new_tokens=new, temperature=1.0, seed=0, mesh=mesh, progress=False)
+print(json.dumps({"compiled": compiled, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "tokens": out.tokens}))
+"""
+
+
+def sharded_rows() -> list[tuple]:
+    """(call, mesh, compiled bytes/device, ratio, peak RSS, ratio, tokens identical) per call and mesh."""
+    rows = []
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    for call in ("cache", "prefill"):
+        ref = None
+        for mesh in ("one", json.dumps({"fsdp": 8}), json.dumps({"data": 2, "fsdp": 4})):
+            res = subprocess.run([sys.executable, "-c", SHARDED_WORKER, mesh, call], env=env, capture_output=True,
+                                 text=True, check=True)
+            got = json.loads(res.stdout.strip().splitlines()[-1])
+            ref = ref or got
+            rows.append((call, mesh, got["compiled"], got["compiled"] / ref["compiled"], got["rss"],
+                         got["rss"] / ref["rss"], got["tokens"] == ref["tokens"]))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--smollm2", action="store_true")
+    ap.add_argument("--sharded", action="store_true")
     ap.add_argument("--ks", default="1,8,32")
     args = ap.parse_args()
+    if args.sharded:
+        print("| call | mesh | compiled MB / device | vs 1 device | peak RSS MB | vs 1 device | tokens identical |")
+        print("|---|---|---|---|---|---|---|")
+        for call, mesh, comp, comp_r, rss, rss_r, same in sharded_rows():
+            print(f"| {call} | {mesh} | {comp / 1e6:.1f} | {comp_r:.3f} | {rss / 1e6:.0f} | {rss_r:.2f} | {same} |")
+        return
     import torch
     import transformers
 
