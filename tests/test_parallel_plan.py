@@ -54,7 +54,7 @@ def test_planner_on_27b_v5p_is_fast_and_its_weight_bytes_are_exact():
     assert rollout.layouts["gathered"] > rollout.layouts["partial_sums"]
     assert abs(rollout.parts["gathered"] - count * 2) < 1e-3 * count * 2  # every matrix, bf16, on every chip
     # With tensor=1 the whole-model gather does not fit a v5p chip: the shipped config uses tensor=2 (below).
-    assert not p.stages["rft"].fits and p.stages["rft"].peak_phase == "rft_sampling"
+    assert not p.phase("grpo_filter").fits and p.phase("rft_sampling").parts["gathered"] > 50e9
 
 
 def test_abstract_params_match_the_full_model_for_every_family():
