@@ -77,7 +77,8 @@ class StandInGRM:
                     if hinted and rng.random() < 0.5:  # a hint helps
                         scores = tuple(10 if i == item.best else 1 for i in range(n))
                 shown = ", ".join(map(str, permute(scores, perm)))
-                text = f"Specific Criteria: c{j}\nAnalysis: {item.uid} sample {j} salt {salt}\nScores: \\boxed{{{shown}}}"
+                text = (f"Specific Criteria: c{j}\nAnalysis: {item.uid} sample {j} salt {salt}\n"
+                        f"Scores: \\boxed{{{shown}}}")
                 row.append(Trajectory(uid=item.uid, perm=perm, template=cfg.template_for(n), hinted=hinted,
                                       prompt_ids=(), completion_ids=(), logprobs=(), text=text, principles=f"c{j}",
                                       critique="", scores=scores, error=None,
@@ -274,15 +275,21 @@ def _env(cache: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cli_setup(tmp_path_factory):
-    """A small HF model folder (1 layer, byte tokenizer), a compile cache, and an uninterrupted run's outputs."""
+def model_dir(tmp_path_factory) -> Path:
+    """`small_model` as an HF folder with its tokenizer, what model.init_checkpoint names."""
     from spct_jax.train.stage_common import save_model
 
+    path = tmp_path_factory.mktemp("small_model") / "model"
+    save_model(*small_model(), "tiny-random", path, "float32")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory, model_dir):
+    """The `spct rft` command line on `model_dir`, a compile cache, and an uninterrupted run's outputs."""
     root = tmp_path_factory.mktemp("rft_cli")
-    model, tok = small_model()
-    save_model(model, tok, "tiny-random", root / "model", "float32")
     setup = {"root": root, "cache": root / "jax_cache",
-             "args": ["--config", TINY, f"--config.model.init_checkpoint={root / 'model'}",
+             "args": ["--config", TINY, f"--config.model.init_checkpoint={model_dir}",
                       f"--config.rft.data={ITEMS_FIXTURE}", "--config.rft.chunk_items=1"]}
     proc = subprocess.run([sys.executable, "-m", "spct_jax.cli", "rft", *setup["args"],
                            f"--config.run_dir={root / 'whole'}"], cwd=root, env=_env(setup["cache"]),
@@ -500,7 +507,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_chunk(tmp_path):
 
 
 # -- `spct metarm`: a SIGTERM during sampling, then a rerun that resumes it --------------------------------------------
-def test_metarm_command_stops_on_sigterm_and_resumes_its_sampling(cli_setup, tmp_path, monkeypatch):
+def test_metarm_command_stops_on_sigterm_and_resumes_its_sampling(model_dir, tmp_path, monkeypatch):
     import contextlib
     import io
 
@@ -509,15 +516,14 @@ def test_metarm_command_stops_on_sigterm_and_resumes_its_sampling(cli_setup, tmp
     from spct_jax.train import metarm_cli
     from spct_jax.train.metarm import METARM_SALT
 
-    model_dir = cli_setup["root"] / "model"
     args = ["--config", TINY, f"--config.run_dir={tmp_path}", f"--config.model.init_checkpoint={model_dir}",
-            f"--config.metarm.data={ITEMS_FIXTURE}", "--config.metarm.chunk_items=3"]
+            f"--config.metarm.data={ITEMS_FIXTURE}", "--config.metarm.chunk_items=4"]  # 2 chunks of 8 rows
     calls = []
     sample = GenerativeRewardModel.trajectories
 
-    def signalled(self, *a, **kw):  # a real SIGTERM to this process while the 2nd chunk is being sampled
+    def signalled(self, *a, **kw):  # a real SIGTERM to this process while the 1st chunk is being sampled
         calls.append(len(a[0]))
-        if len(calls) == 2 and stop_on_second:
+        if len(calls) == 1 and stop:
             os.kill(os.getpid(), signal.SIGTERM)
         return sample(self, *a, **kw)
 
@@ -529,14 +535,14 @@ def test_metarm_command_stops_on_sigterm_and_resumes_its_sampling(cli_setup, tmp
         return json.loads(out.getvalue())
 
     monkeypatch.setattr(GenerativeRewardModel, "trajectories", signalled)
-    stop_on_second = True
-    first = call()
-    assert first["preempted"] is True and first["sampling"]["sampled"] == [0, 1] and calls == [3, 3]
-    assert not (tmp_path / "metarm" / "model").exists()
-    stop_on_second = False
+    stop = True
+    first = call()  # exit 0 after writing the chunk in flight, before any training
+    assert first["preempted"] is True and first["sampling"]["sampled"] == [0] and calls == [4]
+    assert not (tmp_path / "metarm" / "model").exists() and not (tmp_path / "metarm" / "train").exists()
+    stop = False
     second = call()
-    assert second["sampling"] == {"chunks": 3, "sampled": [2], "reused": [0, 1], "complete": True}
-    assert calls == [3, 3, 2]  # the rerun sampled the last chunk's 2 items only
+    assert second["sampling"] == {"chunks": 2, "sampled": [1], "reused": [0], "complete": True}
+    assert calls == [4, 4]  # the rerun sampled the last chunk's items only
     b = second["balance"]
     assert sum(b[s]["positives"] + b[s]["negatives"] + b[s]["dropped_too_long"] for s in b) == 8 * 2
     assert (tmp_path / "metarm" / "model" / "config.json").is_file()
@@ -551,6 +557,6 @@ def test_metarm_command_stops_on_sigterm_and_resumes_its_sampling(cli_setup, tmp
     whole = sample(GenerativeRewardModel(model, tok), items, config.metarm.n_rft, seed=config.seed, salt=METARM_SALT,
                    cfg=RolloutConfig(temperature=config.inference.temperature,
                                      max_new_tokens=config.inference.max_new_tokens))
-    lines = [json.loads(x) for k in range(3) for x in (tmp_path / "metarm" / "samples" / f"chunk-{k:05d}.jsonl")
+    lines = [json.loads(x) for k in range(2) for x in (tmp_path / "metarm" / "samples" / f"chunk-{k:05d}.jsonl")
              .read_text().splitlines()]
     assert [[t["text"] for t in line["trajectories"]] for line in lines] == [[t.text for t in ts] for ts in whole]

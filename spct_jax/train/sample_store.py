@@ -286,7 +286,8 @@ class ChunkStore:
     def write(self, k: int, lines: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None,
               seconds: float | None = None) -> None:
         """Record chunk k: its shard (one line per item), then its manifest entry. Every process calls it with the
-        same lines (every process samples the whole chunk) and keeps the entry; process 0 alone writes."""
+        same lines (every process samples the whole chunk) and keeps the entry; process 0 alone writes. A
+        collective on several processes (`on_main`)."""
         if k in self.done:
             raise StoreError(f"{self.shard_path(k)}: chunk {k} is already done; it is never sampled twice")
         start, stop = self.bounds(k)
@@ -297,17 +298,18 @@ class ChunkStore:
                  "sha256": hashlib.sha256(data).hexdigest(),
                  "items_sha256": self._keys_sha(self.keys[start:stop]), "meta": json.loads(json.dumps(meta or {})),
                  "run": self.run_id, "seconds": None if seconds is None else round(seconds, 3)}
-        if is_main():
+
+        def publish() -> None:
             self.directory.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(self.shard_path(k), data)
-            self.done[k] = entry
-            self._write_manifest()
-        else:
-            self.done[k] = entry
+            self._write_manifest({**self.done, k: entry})
 
-    def _write_manifest(self) -> None:
+        on_main(publish, f"writing {self.shard_path(k)}")  # a failed write fails every process, not process 0 alone
+        self.done[k] = entry
+
+    def _write_manifest(self, done: Mapping[int, dict[str, Any]]) -> None:
         manifest = {"version": VERSION, "fingerprint": self.fingerprint, "num_chunks": self.num_chunks,
-                    "done": {str(k): self.done[k] for k in sorted(self.done)}}
+                    "done": {str(k): done[k] for k in sorted(done)}}
         write_bytes_atomic(self.manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
 
     def read(self, k: int) -> list[dict[str, Any]]:
