@@ -271,10 +271,20 @@ class _Layout:
         return self.sharding(self.row_axes or None)
 
     def pin(self, x, kind: str = "rows"):
-        """with_sharding_constraint: an array's leading dim over the row axes, or a whole KVCache."""
+        """with_sharding_constraint: a whole KVCache ("cache"), or an array's leading dim over the row axes, with
+        the head dim of q / k / v ("heads" [R, T, H, Dh]) or the MLP width ("ffn" [R, T, F]) over "tensor" when it
+        divides (the model's activations: Decoder.hidden_states(constrain=...))."""
         if kind == "cache":
             return jax.lax.with_sharding_constraint(x, self._cache_shardings(x))
-        return jax.lax.with_sharding_constraint(x, self.rows)
+        if kind == "table":  # the embedding as the lookup reads it (rules.ACTIVATION_SPECS): whole over the rows
+            tensor = self.mesh.shape.get("tensor", 1)
+            return jax.lax.with_sharding_constraint(
+                x, self.sharding("tensor" if tensor > 1 and x.shape[0] % tensor == 0 else None))
+        spec = [self.row_axes or None] + [None] * (x.ndim - 1)
+        tensor = self.mesh.shape.get("tensor", 1)
+        if kind in ("heads", "ffn") and tensor > 1 and x.shape[2] % tensor == 0:
+            spec[2] = "tensor"
+        return jax.lax.with_sharding_constraint(x, self.sharding(*spec))
 
     def _cache_shardings(self, cache):
         heads = cache.k[0].shape[1] if cache.k else 1

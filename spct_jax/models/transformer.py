@@ -109,6 +109,10 @@ class KVCache:
                        prefix=SharedPrefix(k=self.k, v=self.v, valid=self.valid))
 
 
+def _no_pin(x: jax.Array, kind: str = "hidden") -> jax.Array:
+    return x
+
+
 class Dense(nnx.Module):
     """y = x @ kernel (+ bias), kernel stored [in, out] (transformers stores Linear weights [out, in])."""
 
@@ -163,17 +167,18 @@ class Attention(nnx.Module):
         self.window = cfg.window_of(layer)
 
     def __call__(self, x, positions, q_slots, kv: tuple[jax.Array, jax.Array] | None, kv_valid, write_at,
-                 prefix: tuple[jax.Array, jax.Array, jax.Array] | None = None):
+                 prefix: tuple[jax.Array, jax.Array, jax.Array] | None = None, pin=_no_pin):
         """x: [B, T, D]; positions, q_slots: [B, T] / [T]; kv: cached (k, v) [B, K, S, Dh] or None (no cache);
-        prefix: a SharedPrefix layer's (k, v [U, K, P, Dh], valid [U, P]) in front of the S own slots, or None.
+        prefix: a SharedPrefix layer's (k, v [U, K, P, Dh], valid [U, P]) in front of the S own slots, or None;
+        pin(array, kind): the activation layout (see Decoder.hidden_states).
 
         Returns (out [B, T, D], (k, v) after writing this call's T keys at slot `write_at`).
         """
         cfg = self.cfg
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
-        k_new = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-        v_new = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        q = pin(self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim), "heads")
+        k_new = pin(self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim), "heads")
+        v_new = pin(self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim), "heads")
         q = rope(q, positions, cfg.rope_theta)
         k_new = rope(k_new, positions, cfg.rope_theta).swapaxes(1, 2)  # [B, K, T, Dh]
         v_new = v_new.swapaxes(1, 2)
@@ -229,10 +234,10 @@ class MLP(nnx.Module):
         self.down_proj = Dense(f, d, use_bias=False, rngs=rngs, param_dtype=param_dtype)
         self.gemma = cfg.is_gemma
 
-    def __call__(self, x):
-        g = self.gate_proj(x)
+    def __call__(self, x, pin=_no_pin):
+        g = pin(self.gate_proj(x), "ffn")  # [B, T, F]
         act = jax.nn.gelu(g, approximate=True) if self.gemma else jax.nn.silu(g)
-        return self.down_proj(act * self.up_proj(x))
+        return self.down_proj(act * pin(self.up_proj(x), "ffn"))
 
 
 class Block(nnx.Module):
@@ -249,23 +254,23 @@ class Block(nnx.Module):
             self.post_mlp_norm = None
         self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
 
-    def __call__(self, x, positions, q_slots, kv, kv_valid, write_at, prefix=None):
-        attn_out, kv = self.attn(self.input_norm(x), positions, q_slots, kv, kv_valid, write_at, prefix)
+    def __call__(self, x, positions, q_slots, kv, kv_valid, write_at, prefix=None, pin=_no_pin):
+        attn_out, kv = self.attn(self.input_norm(x), positions, q_slots, kv, kv_valid, write_at, prefix, pin)
         if self.pre_mlp_norm is not None:
-            x = x + self.post_attn_norm(attn_out)
-            x = x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x)))
+            x = pin(x + self.post_attn_norm(attn_out), "hidden")
+            x = x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x), pin))
         else:
-            x = x + attn_out
-            x = x + self.mlp(self.post_attn_norm(x))
-        return x, kv
+            x = pin(x + attn_out, "hidden")
+            x = x + self.mlp(self.post_attn_norm(x), pin)
+        return pin(x, "hidden"), kv
 
 
-def _remat_call(layer: nnx.Module, *args):
+def _remat_call(layer: nnx.Module, *args, pin=_no_pin):
     """layer(*args) with its activations recomputed in the backward pass. jax.checkpoint over a pure function of
     the layer's state, not nnx.remat, so it also runs under raw jax transforms (the sampler's lax.scan prefill);
     a block's forward mutates nothing, so the split state is all it needs."""
     graphdef, state = nnx.split(layer)
-    return jax.checkpoint(lambda st, *a: nnx.merge(graphdef, st)(*a))(state, *args)
+    return jax.checkpoint(lambda st, *a: nnx.merge(graphdef, st)(*a, pin=pin))(state, *args)
 
 
 class Decoder(nnx.Module):
@@ -278,6 +283,8 @@ class Decoder(nnx.Module):
         # Recompute each block in the backward pass, keeping only block inputs: the planner's 27B-on-v5p numbers
         # assume it (activations of one 4K-token row are ~0.5 TB per chip without).
         self.remat = remat
+        # `pin(array, kind)` for activations (hidden_states); set per program by the sharded train steps, None here.
+        self.constrain = None
         self.embed = nnx.Param(jax.random.normal(rngs.params(), (config.vocab_size, config.hidden_size), param_dtype) * 0.02)
         self.layers = nnx.List([Block(config, i, rngs=rngs, param_dtype=param_dtype) for i in range(config.num_layers)])
         self.final_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, gemma=config.is_gemma, param_dtype=param_dtype)
@@ -289,9 +296,12 @@ class Decoder(nnx.Module):
                       cache: KVCache | None = None, *, constrain=None) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states [B, T, D] and the updated cache (None when called without one).
 
-        constrain: an optional `x -> x` applied to the residual stream [B, T, D] after the embedding and after every
-        block, e.g. a sharding constraint that keeps rows on their devices (the sampler's: without it, GSPMD may
-        follow the FSDP-sharded embedding and split D instead, holding every row's activations on every device)."""
+        constrain: `pin(array, kind)` (default: `self.constrain`, else nothing) applied to the activations as they
+        are made: "hidden" the residual stream [B, T, D] (after the embedding and inside every block), "heads" q / k
+        / v [B, T, H, Dh], "ffn" the MLP's gate and up [B, T, F]. The sharded programs pass a sharding constraint
+        that keeps rows on their devices (parallel/rules.py ACTIVATION_SPECS, the sampler's layout). Without one
+        GSPMD follows the FSDP-sharded weights and may split D instead, computing every row of a device group on
+        each of its devices."""
         b, t = input_ids.shape
         mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
         start = jnp.zeros((b,), jnp.int32) if cache is None else cache.next_pos
@@ -305,20 +315,19 @@ class Decoder(nnx.Module):
             q_slots = write_at + jnp.arange(t)
             kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, write_at, axis=1)
 
-        pin = constrain or (lambda y: y)
-        x = self.embed[...].astype(self.dtype)[input_ids]  # [B, T, D]
+        pin = constrain or self.constrain or _no_pin
+        x = pin(self.embed[...].astype(self.dtype), "table")[input_ids]  # [B, T, D]
         if self.config.is_gemma:
             # Gemma multiplies by sqrt(d) rounded to the compute dtype, as transformers does.
             x = x * jnp.asarray(self.config.hidden_size**0.5, self.dtype)
-        x = pin(x)
+        x = pin(x, "hidden")
         new_k, new_v = [], []
-        run = _remat_call if self.remat else (lambda layer, *args: layer(*args))
+        run = _remat_call if self.remat else (lambda layer, *args, pin: layer(*args, pin=pin))
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             shared = None if cache is None or cache.prefix is None else (
                 cache.prefix.k[i], cache.prefix.v[i], cache.prefix.valid)
-            x, (k, v) = run(layer, x, positions, q_slots, kv, kv_valid, write_at, shared)
-            x = pin(x)
+            x, (k, v) = run(layer, x, positions, q_slots, kv, kv_valid, write_at, shared, pin=pin)
             new_k.append(k)
             new_v.append(v)
         x = self.final_norm(x)

@@ -273,6 +273,10 @@ ACTIVATION_SPECS: dict[str, tuple[Any, ...]] = {
     "ffn": ("batch", None, "tensor"),  # [B, T, F] MLP inner activations
     "logits": ("batch", None, "tensor"),  # [B, T, V]
     "rows": ("batch",),  # [B, ...] anything split by row only (scores, log-probs, tokens)
+    # [V, D] the embedding table as the lookup reads it: whole over the batch axes (gathered like any FSDP weight),
+    # so each device looks up its own rows; looking up a D-split table would give D-split activations, which
+    # GSPMD can only turn into row-split ones by replicating them first.
+    "table": ("tensor", None),
 }
 
 

@@ -21,6 +21,7 @@ common length (padding never enters a loss): the same math, with less padding co
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -29,7 +30,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from spct_jax.models.transformer import Decoder
 from spct_jax.parallel.mesh import BATCH_AXES, batch_axes, batch_sharding
+from spct_jax.parallel.rules import constrain
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
 from spct_jax.train.losses import Weighted, bce_loss, grpo_diagnostic_sums, grpo_loss, nll_loss, sequence_logprobs
 from spct_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
@@ -75,6 +78,23 @@ def _split_microbatches(batch: Batch, num: int, mesh: Mesh) -> dict[str, jax.Arr
     return out
 
 
+def pinned(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh) -> nnx.Module:
+    """The module of (graphdef, params) with every decoder in it laying out its activations as the partition rules
+    say (rules.ACTIVATION_SPECS: rows over the batch axes, heads / MLP width over "tensor"). Without the pins GSPMD
+    follows the FSDP-sharded weights and may keep D split instead, computing every row of an fsdp group on each of
+    its devices: activation memory then stops dividing with the mesh."""
+    module = nnx.merge(graphdef, params)
+    pin = functools.partial(_constrain, mesh)
+    for _, sub in nnx.iter_modules(module):
+        if isinstance(sub, Decoder):
+            sub.constrain = pin
+    return module
+
+
+def _constrain(mesh: Mesh, x: jax.Array, kind: str) -> jax.Array:
+    return constrain(x, mesh, kind)
+
+
 def accumulate_gradients(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch, loss_fn: LossFn, *,
                          num_microbatches: int = 1, mesh: Mesh | None = None):
     """-> (grads of the summed loss, loss sum, denominator, aux {name: (sum, denominator)}), all float32.
@@ -85,7 +105,7 @@ def accumulate_gradients(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch
 
     def one(micro: Batch):
         def summed(p):
-            s, d, aux = loss_fn(nnx.merge(graphdef, p), micro)
+            s, d, aux = loss_fn(pinned(graphdef, p, mesh), micro)
             return s, (d, aux)
 
         (s, (d, aux)), g = jax.value_and_grad(summed, has_aux=True)(params)
@@ -267,7 +287,7 @@ class LogprobFn:
 
     def _logprobs(self, params: nnx.State, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         def one(ids, mask):
-            return sequence_logprobs(nnx.merge(self.graphdef, params), ids, mask, chunk=self.chunk,
+            return sequence_logprobs(pinned(self.graphdef, params, self.mesh), ids, mask, chunk=self.chunk,
                                      temperature=self.temperature)
 
         b = input_ids.shape[0]
