@@ -320,18 +320,26 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
 
 
 # -- a stage command end to end on two processes --------------------------------------------------------------------
-CLI_WORKER = textwrap.dedent("""
-    import sys
-    from spct_jax.train import rft_cli
-    sys.exit(rft_cli.main(sys.argv[1:]))
+STAGES_CLI_WORKER = textwrap.dedent("""
+    import json, sys
+    run_dir, args = sys.argv[1], sys.argv[2:]
+    from spct_jax.train import grpo_cli, metarm_cli, rft_cli
+    # The three stage commands chained as a user runs them, in one process (jax.distributed is joined once).
+    for name, main, init in (("rft", rft_cli.main, "tiny-random"), ("grpo", grpo_cli.main, f"{run_dir}/rft/model"),
+                             ("metarm", metarm_cli.main, f"{run_dir}/grpo/model")):
+        code = main([*args, f"--config.run_dir={run_dir}", f"--config.model.init_checkpoint={init}"])
+        assert code == 0, (name, code)
+        print(f"STAGE_DONE {name}", flush=True)
 """)
 
 
-@pytest.mark.timeout(600)
-def test_rft_command_on_two_processes_exports_the_one_process_model(tmp_path):
-    """`spct rft` with 8 SFT records (RFT's sampled set given, empty, so nothing is sampled): one process on one
-    device, then two processes on an fsdp=8 mesh. The exported HF folders (gathered from every host, written by
-    process 0) hold the same weights."""
+@pytest.mark.timeout(900)
+def test_stage_commands_on_two_processes_match_one_process(tmp_path):
+    """`spct rft`, `spct grpo` and `spct metarm` chained on configs/tiny_cpu.py: one process on one device, then two
+    processes x 4 devices on an fsdp=8 mesh, where every sampling phase (rejective and hinted sampling, the too-easy
+    filter, GRPO rollouts, the meta RM's samples) splits its rows over both hosts. The same trajectories (RFT's
+    statistics, the filter's report, rollout lengths and parse rates, the meta RM's class balance), the same
+    losses, and the same exported weights."""
     from spct_jax.models.registry import load_model
     from spct_jax.parallel.rules import named_leaves
     from flax import nnx
@@ -341,28 +349,37 @@ def test_rft_command_on_two_processes_exports_the_one_process_model(tmp_path):
                                + "\n" for w in ("yes", "no", "maybe", "never", "always", "often", "once", "twice")))
     args = ["--config", os.path.join(ROOT, "configs", "tiny_cpu.py"), f"--config.rft.general_data={general}",
             "--config.rft.batch_size=8", "--config.rft.steps=2", "--config.grpo.batch_size=8",
-            "--config.grpo.group_size=8", "--config.metarm.batch_size=8"]  # validate() checks every stage
-    for name in ("single", "multi"):
-        (tmp_path / name / "rft").mkdir(parents=True)
-        (tmp_path / name / "rft" / "rft_data.jsonl").write_text("")
-        (tmp_path / name / "rft" / "rft_data.jsonl.stats.json").write_text("{}")
-    single = subprocess.run([sys.executable, "-c", CLI_WORKER, *args, f"--config.run_dir={tmp_path / 'single'}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+            "--config.grpo.group_size=8", "--config.metarm.batch_size=8", "--config.metarm.n_rft=4"]
+    single = subprocess.run([sys.executable, "-c", STAGES_CLI_WORKER, str(tmp_path / "single"), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=400,
                             env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=1"))
     assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-4000:]
-    outs = _finish(_start_two(CLI_WORKER, *args, f"--config.run_dir={tmp_path / 'multi'}",
-                              "--config.hardware.accelerator_type=v5litepod-8", "--config.mesh.fsdp=-1"), timeout=400)
-    summaries = [json.loads(out[out.index("{"):]) for out in [single.stdout, *outs]]
-    assert all(s["sft"]["steps"] == 2 and s["sft_records"] == {"rft": 0, "general": 8} for s in summaries)
-    loss = [s["sft"]["final_metrics"]["loss"] for s in summaries]
-    assert abs(loss[1] - loss[0]) <= 1e-5 * abs(loss[0]) and loss[1] == loss[2], loss
+    _finish(_start_two(STAGES_CLI_WORKER, str(tmp_path / "multi"), *args,
+                       "--config.hardware.accelerator_type=v5litepod-8", "--config.mesh.fsdp=-1"), timeout=600)
 
-    ref = dict(named_leaves(nnx.state(load_model(tmp_path / "single" / "rft" / "model")[0], nnx.Param)))
-    got = dict(named_leaves(nnx.state(load_model(tmp_path / "multi" / "rft" / "model")[0], nnx.Param)))
-    assert sorted(got) == sorted(ref) and len(ref) > 10
-    worst = max(float(np.max(np.abs(np.asarray(got[k]) - np.asarray(ref[k])))) for k in ref)
-    print(f"rft command, 2 processes vs 1: final loss {loss[1]:.6g} vs {loss[0]:.6g}, max |weight diff| {worst:.3g}")
-    assert worst <= 1e-5, worst
+    def summary(name, stage):
+        return json.loads((tmp_path / name / stage / "summary.json").read_text())
+
+    one, two = ({s: summary(n, s) for s in ("rft", "grpo", "metarm")} for n in ("single", "multi"))
+    assert two["rft"]["rft_stats"] == one["rft"]["rft_stats"] and one["rft"]["rft_stats"]["sampled"] > 0
+    drop_path = lambda report: {k: v for k, v in report.items() if k != "checkpoint"}  # noqa: E731 (run-dir paths)
+    assert drop_path(two["grpo"]["too_easy_filter"]) == drop_path(one["grpo"]["too_easy_filter"])
+    assert two["metarm"]["balance"] == one["metarm"]["balance"]
+    for stage in ("rft", "grpo", "metarm"):
+        m1 = one[stage]["sft"]["final_metrics"] if stage == "rft" else one[stage]["final_metrics"]
+        m2 = two[stage]["sft"]["final_metrics"] if stage == "rft" else two[stage]["final_metrics"]
+        for key in ("rollout_length", "parse_failure_rate", "reward_mean", "accuracy"):  # trajectories: exact
+            assert m2.get(key) == m1.get(key), (stage, key)
+        for key in ("loss", "kl_mean", "grad_norm"):
+            if key in m1:
+                assert abs(m2[key] - m1[key]) <= 1e-5 * max(1.0, abs(m1[key])), (stage, key, m1[key], m2[key])
+    for stage in ("rft", "grpo"):
+        ref = dict(named_leaves(nnx.state(load_model(tmp_path / "single" / stage / "model")[0], nnx.Param)))
+        got = dict(named_leaves(nnx.state(load_model(tmp_path / "multi" / stage / "model")[0], nnx.Param)))
+        assert sorted(got) == sorted(ref) and len(ref) > 10
+        worst = max(float(np.max(np.abs(np.asarray(got[k]) - np.asarray(ref[k])))) for k in ref)
+        print(f"{stage} command, 2 processes vs 1: max |weight diff| {worst:.3g}")
+        assert worst <= 1e-5, (stage, worst)
 
 
 # -- sampling with rows split over hosts ----------------------------------------------------------------------------

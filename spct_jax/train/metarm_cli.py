@@ -14,7 +14,7 @@
    the GRM's own backbone when that field is empty; a fresh scalar head on the last token. BCE with metarm.*
    (learning_rate, batch_size, steps, num_microbatches), resumable under run_dir/metarm/train.
 4. Reports the class balance of both splits and the held-out ROC-AUC and accuracy (at logit 0; AUC is NaN when
-   the held-out labels are all one class), and saves run_dir/metarm/model with save_scalar_rm (HF
+   the held-out labels are all one class), and saves run_dir/metarm/model with save_model (HF
    XForSequenceClassification, num_labels=1) plus the meta RM's tokenizer files (`spct score --meta-rm`).
 
 Only the GRM's fresh samples are used; RFT keeps its non-hinted trajectories ([P] §5) in run_dir/rft/samples/,
@@ -30,9 +30,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from spct_jax.train.stage_common import (DTYPES, StageError, is_main_process, last_metrics, load_checkpoint,
-                                         on_host, read_items, run_cli, save_tokenizer, stage_dir, stage_run,
-                                         usable_items, write_json)
+from spct_jax.train.stage_common import (StageError, last_metrics, load_checkpoint, read_items, run_cli, save_model,
+                                         stage_dir, stage_run, usable_items, write_json)
 
 log = logging.getLogger("spct.metarm")
 
@@ -46,7 +45,7 @@ def holdout_split(n_items: int, fraction: float, seed: int) -> tuple[list[int], 
 
 def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     from spct_jax.grm.scorer import GenerativeRewardModel
-    from spct_jax.models.scalar_head import ScalarRM, save_scalar_rm
+    from spct_jax.models.scalar_head import ScalarRM
     from spct_jax.train.metarm import METARM_SALT, evaluate_metarm, metarm_examples
     from spct_jax.grm.trajectories import RolloutConfig, sampling_copy
     from spct_jax.train.sample_store import chunked_trajectories, open_stage_store, stored_trajectories
@@ -121,11 +120,8 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     summary["held_out"] = evaluate_metarm(rm, held_ex, pad_id=meta_tok.pad_id) if held_ex else {"n": 0.0}
     log.info("held-out %s", summary["held_out"])
     dest = out / "model"
-    rm = on_host(rm)  # collective: every process gathers, process 0 writes
-    if is_main_process():
-        save_scalar_rm(rm, dest, dtype=DTYPES[m.param_dtype])
-        save_tokenizer(meta_tok, source, dest)
-    summary["model"] = {"path": str(dest)}
+    # Collective: every process calls it; the meta RM is written without gathering it on any host.
+    summary["model"] = save_model(rm, meta_tok, source, dest, m.param_dtype)
     write_json(out / "summary.json", summary)
     return summary
 

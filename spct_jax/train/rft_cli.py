@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -139,7 +138,7 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
             trained, info = sft(model, tokenizer, records, train, max_len=config.rft.max_seq_len)
         except ValueError as e:  # e.g. no record fits rft.max_seq_len
             raise StageError(f"rft SFT: {e}") from None
-        summary["sft"] = {**info, "final_metrics": last_metrics(Path(train.workdir))}
+        summary["sft"] = {**info, "final_metrics": last_metrics(out / "train")}
         if info["preempted"]:  # SIGTERM: the checkpoint is saved; the same command resumes
             summary["preempted"] = True
             write_json(out / "summary.json", summary)

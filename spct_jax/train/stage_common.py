@@ -131,17 +131,18 @@ def is_main_process() -> bool:
 def load_checkpoint(spec: str, field: str, model: ml_collections.ConfigDict, mesh=None):
     """(model, tokenizer) from a config's checkpoint field, with `model.param_dtype` params and
     `model.compute_dtype` compute (`model.remat` belongs to the train step: `stage_run`). The training CLIs need a
-    real tokenizer, so "" is an error. With a mesh, each tensor goes straight into its partition-rule sharding as
-    it is read (`rule_placer`): no device ever holds the whole model, and the train step's placement is a no-op."""
+    real tokenizer, so "" is an error. With a mesh, each process reads only the rows its own devices hold and every
+    tensor lands in its partition-rule sharding (`load_model(mesh=)`): no host reads or holds the whole model, and
+    the train step's placement is a no-op."""
     from spct_jax.models.registry import NAMED, load_model
-    from spct_jax.parallel.rules import ShardingRuleError, rule_placer
+    from spct_jax.parallel.rules import ShardingRuleError
 
     if not spec:
         raise StageError(f"config field {field!r} is empty: this stage needs a checkpoint for its weights and "
                          f"tokenizer (an HF folder, a .gguf file, or one of {NAMED})")
     try:
         return load_model(spec, dtype=DTYPES[model.param_dtype], compute_dtype=DTYPES[model.compute_dtype],
-                          place=None if mesh is None else rule_placer(mesh))
+                          mesh=mesh)
     except ShardingRuleError as e:  # the model's dims do not split over the mesh the config asks for
         raise StageError(f"config field 'mesh' {dict(mesh.shape)} for {field!r} = {spec!r}: {e}") from None
     except (OSError, ValueError) as e:  # missing folder, bad config.json, missing tensor, unreadable tokenizer
@@ -195,20 +196,6 @@ def byte_tokenizer_json():
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS[_FIRST_MARKER:]])
     return tok
-
-
-def on_host(module):
-    """`module` with every array gathered into one host copy on EVERY process (the 27B in float32: ~109 GB per
-    host). Superseded by `save_model`, which exports without it; kept for callers that still gather before
-    writing on process 0 alone. A collective: every process must call it. On one process: `module` unchanged."""
-    import jax
-    from flax import nnx
-    from jax.experimental import multihost_utils
-
-    if jax.process_count() == 1:
-        return module
-    graphdef, state = nnx.split(module)
-    return nnx.merge(graphdef, multihost_utils.process_allgather(state, tiled=True))
 
 
 def save_model(model, tokenizer, source: str, dest, param_dtype: str) -> dict[str, Any]:
@@ -290,10 +277,13 @@ def last_metrics(workdir: Path) -> dict[str, float]:
     return records[max(records)] if records else {}
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path, obj: Any) -> None:
+    """Process 0 writes `obj` as strict JSON, atomically (a local path or a gs:// one: spct_jax.paths)."""
+    from spct_jax import paths
+
     if is_main_process():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(to_json(obj))
+        paths.makedirs(paths.as_path(path).parent)
+        paths.write_text_atomic(path, to_json(obj))
 
 
 def to_json(obj: Any) -> str:
