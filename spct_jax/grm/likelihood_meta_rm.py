@@ -27,8 +27,9 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -107,8 +108,15 @@ class LikelihoodMetaRM:
             out[idx] = np.asarray(res)[: len(idx)]
         return out
 
-    def scores(self, inputs: Sequence[MetaInput]) -> np.ndarray:
-        """Meta reward logits [N]: higher = more likely correct by Eq. 10."""
+    def scores(self, items: Sequence[PreferenceItem] | Sequence[MetaInput],
+               trajectories: Sequence[Sequence[Any]] | None = None) -> np.ndarray:
+        """Meta reward logits [N]: higher = more likely correct by Eq. 10.
+
+        scores(items, trajectories) is the scorer's `MetaRM` interface (trajectories[i]: item i's samples, each
+        with `.perm` and `.text`; N counts them item by item); scores(inputs) takes the `MetaInput`s directly."""
+        inputs = list(items) if trajectories is None else [
+            MetaInput(item=item, perm=tuple(t.perm), text=t.text)
+            for item, ts in zip(items, trajectories, strict=True) for t in ts]
         return (self.scale * self.features(inputs) + self.bias).astype(np.float32)
 
     def save(self, folder: str | os.PathLike, *, lm_path: str | os.PathLike, fit: Fit | None = None) -> None:
@@ -182,10 +190,15 @@ def fit_likelihood_meta_rm(lm: Decoder, tokenizer: Tokenizer, inputs: Sequence[M
     return dataclasses.replace(rm, scale=scale, bias=bias), fit
 
 
-def load_likelihood_meta_rm(folder: str | os.PathLike) -> LikelihoodMetaRM:
+def load_likelihood_meta_rm(folder: str | os.PathLike, *, load: Callable[[Any], tuple[Decoder, Tokenizer]] | None = None
+                           ) -> LikelihoodMetaRM:
+    """The likelihood meta RM in `folder` (local or gs://). load(spec) -> (lm, tokenizer) loads its LM (default
+    `load_model(spec)`: float32 on one device); `grm/judge.py` passes one with a dtype and mesh, and reuses the GRM
+    when both name the same checkpoint."""
+    from spct_jax import paths
     from spct_jax.models.registry import load_model
 
-    folder = Path(folder)
+    folder = paths.as_path(folder)
     path = folder / CONFIG_NAME
     try:
         body = json.loads(path.read_text())
@@ -193,22 +206,36 @@ def load_likelihood_meta_rm(folder: str | os.PathLike) -> LikelihoodMetaRM:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if body.get("format") != FORMAT:
         raise ValueError(f"{path}: field 'format' is {body.get('format')!r}, expected {FORMAT!r}")
-    # A path relative to the folder (how the demo writes it), else any `--model` value ("tiny-random", a path).
-    lm_spec = folder / body["lm"] if (folder / body["lm"]).exists() else body["lm"]
-    lm, tok = load_model(lm_spec)
+    lm, tok = (load or load_model)(likelihood_lm_spec(folder, body["lm"]))
     return LikelihoodMetaRM(lm=lm, tokenizer=tok, template=body["template"], scale=float(body["scale"]),
                             bias=float(body["bias"]))
 
 
+def likelihood_lm_spec(folder, lm: str) -> str:
+    """The `--model` value of a likelihood meta RM's LM: a path relative to its folder (how the demo writes it)
+    when that exists, else the value as written ("tiny-random", an absolute path, gs://...)."""
+    from spct_jax import paths
+
+    relative = paths.as_path(folder) / lm
+    return str(relative) if not paths.is_remote(lm) and relative.exists() else lm
+
+
+def is_likelihood_meta_rm(folder: str | os.PathLike) -> bool:
+    from spct_jax import paths
+
+    return (paths.as_path(folder) / CONFIG_NAME).is_file()
+
+
 def load_meta_rm(folder: str | os.PathLike):
-    """Either meta RM from its folder: a likelihood meta RM (`likelihood_meta_rm.json`) or an HF
-    sequence-classification checkpoint (`ScalarRM`, the paper's)."""
-    if (Path(folder) / CONFIG_NAME).is_file():
+    """Either meta RM from its folder, in float32 on one device: a likelihood meta RM (`likelihood_meta_rm.json`)
+    or an HF sequence-classification checkpoint (`ScalarRM`, the paper's). `grm.judge.load_meta_rm` loads either as
+    a `MetaRM` with its tokenizer, dtype and mesh."""
+    if is_likelihood_meta_rm(folder):
         return load_likelihood_meta_rm(folder)
     from spct_jax.models.scalar_head import load_scalar_rm
 
     return load_scalar_rm(folder)
 
 
-__all__ = ["LikelihoodMetaRM", "MetaInput", "Fit", "fit_scale_bias", "fit_likelihood_meta_rm",
-           "load_likelihood_meta_rm", "load_meta_rm"]
+__all__ = ["LikelihoodMetaRM", "MetaInput", "Fit", "fit_scale_bias", "fit_likelihood_meta_rm", "is_likelihood_meta_rm",
+           "likelihood_lm_spec", "load_likelihood_meta_rm", "load_meta_rm"]

@@ -5,13 +5,18 @@ before sampling"); all k x items prompts go through the trajectory core (traject
 call, identical shuffles share a prefill, rows split over the mesh when there is one); each sample's scores are
 parsed, mapped back to the original order and voted (Eq. 14). With a meta RM, every sample is scored by it and only
 the top k_meta are summed.
+
+Meta RMs are one interface (`MetaRM`): `scores(items, trajectories)` -> one float per trajectory, item by item.
+Two implement it: the paper's scalar head with its own tokenizer (`ScalarMetaRM`, reading the App. G (c) template)
+and the likelihood meta RM (`likelihood_meta_rm.LikelihoodMetaRM`, reading the GRM's own prompt). The scorer calls
+the interface and never asks which one it holds; `grm/judge.py` loads either from a folder.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +24,6 @@ import numpy as np
 from flax import nnx
 
 from spct_jax.data.schema import PreferenceItem
-from spct_jax.grm.likelihood_meta_rm import LikelihoodMetaRM, MetaInput
 from spct_jax.grm.prompts import build_metarm_prompt
 from spct_jax.grm.trajectories import (RolloutConfig, Trajectory, as_item, item_seed, prompt_ids,
                                        sample_trajectories)
@@ -30,8 +34,51 @@ from spct_jax.tokenizer import Tokenizer
 
 # Paper, App. D.1: "the temperature is set to 0.5" for all inference-time scaling runs (greedy = 0).
 PAPER_TEMPERATURE = 0.5
-__all__ = ["GenerativeRewardModel", "Judgement", "SampleRecord", "PAPER_TEMPERATURE", "as_item", "item_seed",
-           "score_sequences"]
+__all__ = ["GenerativeRewardModel", "Judgement", "MetaRM", "SampleRecord", "ScalarMetaRM", "PAPER_TEMPERATURE",
+           "as_item", "as_meta_rm", "item_seed", "score_sequences"]
+
+
+@runtime_checkable
+class MetaRM(Protocol):
+    """A meta RM: the meta reward of every sampled trajectory (SPEC §5; higher = more likely correct by Eq. 10).
+
+    scores(items, trajectories) -> float32 [N]: trajectories[i] are item i's samples (anything with `.perm`, the
+    order the sample saw the responses in, and `.text`, what it wrote); N = their total count, item by item. A
+    trajectory's score must depend on that trajectory alone, never on what else is in the call, so chunked and
+    whole runs agree."""
+
+    def scores(self, items: Sequence[PreferenceItem], trajectories: Sequence[Sequence[Any]]) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScalarMetaRM:
+    """The paper's meta RM: a `ScalarRM` (a scalar head on an LM) reading the App. G (c) template, tokenized with
+    ITS OWN tokenizer (a meta RM trained from another base than the GRM's has another vocabulary)."""
+
+    rm: nnx.Module  # spct_jax.models.scalar_head.ScalarRM: rm(ids [B, T], mask [B, T]) -> [B]
+    tokenizer: Tokenizer
+    batch_size: int = 16
+
+    def scores(self, items: Sequence[PreferenceItem], trajectories: Sequence[Sequence[Any]]) -> np.ndarray:
+        seqs = []
+        for item, ts in zip(items, trajectories, strict=True):
+            for t in ts:
+                user, assistant = build_metarm_prompt(item.context, permute(item.responses, t.perm), t.text)
+                seqs.append(self.tokenizer.encode_chat([{"role": "user", "content": user},
+                                                        {"role": "assistant", "content": assistant}],
+                                                       add_generation_prompt=False))
+        return score_sequences(self.rm, seqs, pad_id=self.tokenizer.pad_id, batch_size=self.batch_size)
+
+
+def as_meta_rm(meta_rm: Any, tokenizer: Tokenizer) -> MetaRM | None:
+    """`meta_rm` as a `MetaRM`: one already is (it has `scores`); a bare `ScalarRM` module (the older calling
+    convention, `GenerativeRewardModel(..., meta_rm=rm, meta_tokenizer=tok)`) is wrapped with `tokenizer`."""
+    if meta_rm is None or isinstance(meta_rm, MetaRM):
+        return meta_rm
+    if isinstance(meta_rm, nnx.Module):
+        return ScalarMetaRM(meta_rm, tokenizer)
+    raise TypeError(f"meta_rm: a {type(meta_rm).__name__} is neither a MetaRM (no scores(items, trajectories)) "
+                    "nor a ScalarRM module")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +122,10 @@ class GenerativeRewardModel:
 
     def __init__(self, model: Decoder, tokenizer: Tokenizer, meta_rm=None, *, meta_tokenizer: Tokenizer | None = None,
                  template: str = "default", max_prompt_tokens: int | None = None, mesh=None):
+        """meta_rm: a `MetaRM`, or a bare `ScalarRM` read with `meta_tokenizer` (default: the GRM's tokenizer)."""
         self.model = model
         self.tokenizer = tokenizer
-        self.meta_rm = meta_rm
-        self.meta_tokenizer = meta_tokenizer or tokenizer
+        self.meta_rm: MetaRM | None = as_meta_rm(meta_rm, meta_tokenizer or tokenizer)
         self.template = template
         self.max_prompt_tokens = max_prompt_tokens
         self.mesh = mesh
@@ -109,7 +156,12 @@ class GenerativeRewardModel:
                             template=template or self.template, single_template=None)
         trajs = self.trajectories(items, k, seed=seed, cfg=cfg, shuffle=shuffle, max_batch_rows=max_batch_rows,
                                   progress=progress)
-        meta = self._meta_scores(items, trajs) if self.meta_rm is not None else None
+        meta = None
+        if self.meta_rm is not None:
+            meta = np.asarray(self.meta_rm.scores(items, trajs))
+            if meta.shape != (sum(map(len, trajs)),):
+                raise ValueError(f"meta RM {type(self.meta_rm).__name__}: {meta.shape} scores for "
+                                 f"{sum(map(len, trajs))} trajectories")
         judgements, r = [], 0
         for item, ts in zip(items, trajs):
             item_meta = None if meta is None else [float(m) for m in meta[r:r + len(ts)]]
@@ -123,23 +175,6 @@ class GenerativeRewardModel:
                                         samples=records))
             r += len(ts)
         return judgements
-
-    def _meta_scores(self, items: Sequence[PreferenceItem], trajs: Sequence[Sequence[Trajectory]],
-                     batch_size: int = 16) -> np.ndarray:
-        """Meta reward of every sampled trajectory: a ScalarRM reads the App. G (c) template (in batches of
-        left-padded rows); a LikelihoodMetaRM reads the GRM's own prompt followed by the trajectory."""
-        if isinstance(self.meta_rm, LikelihoodMetaRM):
-            return self.meta_rm.scores([MetaInput(item=item, perm=t.perm, text=t.text)
-                                        for item, ts in zip(items, trajs) for t in ts])
-        tok = self.meta_tokenizer
-        seqs = []
-        for item, ts in zip(items, trajs):
-            for t in ts:
-                user, assistant = build_metarm_prompt(item.context, permute(item.responses, t.perm), t.text)
-                seqs.append(tok.encode_chat([{"role": "user", "content": user},
-                                             {"role": "assistant", "content": assistant}],
-                                            add_generation_prompt=False))
-        return score_sequences(self.meta_rm, seqs, pad_id=tok.pad_id, batch_size=batch_size)
 
 
 def score_sequences(rm, seqs: Sequence[Sequence[int]], *, pad_id: int, batch_size: int = 16) -> np.ndarray:
