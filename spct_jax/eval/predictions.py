@@ -4,7 +4,14 @@ A predictions file is JSONL, one line per item: `{"uid": "...", "scores": [s_1, 
 judge's total rewards for the item's responses in the item's ORIGINAL order (a pair is [chosen, rejected]; RMB
 best-of-N is [bon_best, *loser_list]; PPE correctness is response_1..response_32). The uid is the source's own id as
 a string (RewardBench `id`, RMB `pair_uid` / `bon_uid`, PPE `question_id`, ReaLMistake `metadata.id`).
-Other keys on a line (critiques, per-sample scores, ...) are ignored here.
+Two benchmarks depart from one line per data item:
+  - PPE correctness may instead be predicted pairwise, one line per conflict pair keyed `question_id+j` (the j-th
+    of the question's `sampled_conflict_pairs`) with the pair's two scores in the pair's order; this is what
+    `spct eval run` writes (eval/ppe.py: `pairwise_items`, `prediction_items`);
+  - ReaLMistake may omit the line of an item the judge could not score (no sample parsed): the scorer counts it
+    as "Failed", never as an "error" verdict (eval/realmistake.py).
+Other keys on a line (critiques, per-sample scores, ...) are ignored here. The file may be local or gs://
+(spct_jax.paths).
 """
 from __future__ import annotations
 
@@ -50,11 +57,14 @@ def _scores(value: Any, where: str) -> list[float]:
 def load_predictions(path: str | os.PathLike) -> Predictions:
     """Read a predictions JSONL file into {uid: scores}. Blank lines are skipped; anything else malformed raises
     PredictionError naming `file:line` (bad JSON, not an object, a missing or ill-typed field, a duplicate uid)."""
-    path = os.fspath(path)
+    from spct_jax import paths
+
+    source = paths.as_path(path)
+    path = os.fspath(path)  # as the user wrote it, for messages
     preds: Predictions = {}
     first_line: dict[str, int] = {}
     try:
-        with open(path, encoding="utf-8") as f:
+        with source.open("r", encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
                 where = f"{path}:{lineno}"
                 if not line.strip():

@@ -22,8 +22,17 @@ data's):
                item none of whose samples parsed has no score and no predictions line: realmistake.py counts it
                under "Failed" and scores it as a failed judgement, never as an "error" verdict.
 
-Artifacts in --out (each written to a temporary name, then renamed, and only after every item is judged, so a
-crash leaves no half-written file):
+On a pod: `--mesh data=D,fsdp=F,tensor=T` (and `--dtype`, default bfloat16 with a mesh) shards the GRM and meta
+RM over every device of every host, or `--config configs/X.py` takes the mesh, dtype, k, k_meta, temperature,
+max_new_tokens and items per call from the run config (grm/judge.py). Start the same command on every host
+(`launch/run.sh eval ...`): every process judges, process 0 writes. --out may be a gs:// folder.
+
+Preemption: judged items are kept in chunks of --batch-items under `--out/.judging/` as they are done; a SIGTERM
+stops after the chunk in flight (exit 0) and the same command resumes without judging them again
+(grm/judge_store.py). The folder is removed once the artifacts are written.
+
+Artifacts in --out (written only after every item is judged, each under a temporary name and then renamed, or on
+gs:// uploaded whole, so a crash leaves no half-written file):
   predictions.jsonl            one {"uid", "scores"} line per judged item, Voting@k totals in the original response
                                order (realmistake: the per-sample mean; none for an item with no parsed sample)
   predictions_metarm.jsonl     the same for MetaRM@k (with --meta-rm)
@@ -37,7 +46,9 @@ crash leaves no half-written file):
   scaling.png                  headline score vs k, Voting and MetaRM lines (only with several k)
   viewer.html                  the critique viewer (report.py), first --viewer-limit items
 
-Exit status: 0 done; 1 bad data, model or options (nothing is written); 2 bad command line.
+Exit status: 0 done (or stopped by SIGTERM, resumable); 1 bad data or options, or a checkpoint that cannot be
+read (nothing is written); 2 bad command line, a --model / --meta-rm naming nothing loadable, or a mesh that does
+not fit the devices or the model.
 """
 from __future__ import annotations
 
@@ -48,8 +59,9 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from spct_jax import paths
 
 from spct_jax.data.schema import DataError, PreferenceItem
 from spct_jax.eval import ppe, realmistake, rewardbench, rmb
@@ -60,6 +72,7 @@ if TYPE_CHECKING:  # the GRM stack pulls in jax; keep `--help` and input errors 
     from spct_jax.grm.scorer import GenerativeRewardModel, SampleRecord
 
 PROG = "spct eval run"
+DEFAULTS = {"k": [8], "max_new_tokens": 512, "batch_items": 8, "seed": 0}  # when neither a flag nor --config sets them
 # The keys the scaling plot and the summary line follow, per benchmark (benchmarks.py's headline keys).
 HEADLINES: dict[str, tuple[str, ...]] = {
     "rewardbench": (rewardbench.SCORE_KEY,), "rmb": (rmb.SCORE_KEY,),
@@ -93,19 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, action="extend", nargs="+", metavar="PATH",
                    help="benchmark data files or folders (read recursively)")
     p.add_argument("--format", default=None, help="data format for the reader (default: detected)")
-    p.add_argument("--k", type=parse_ks, default=[8], metavar="K[,K...]",
+    p.add_argument("--k", type=parse_ks, default=None, metavar="K[,K...]",
                    help="samples per item; several (1,8,32) give a scaling curve from one max(k) run (default 8)")
     p.add_argument("--k-meta", type=_int_list, default=None, metavar="KM[,KM...]",
                    help="samples the meta RM keeps, one per k in ascending k order (default: k/2 rounded up)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder, local or gs:// (created if missing)")
     p.add_argument("--limit", type=int, default=None,
                    help="judge only the first N data items (a PPE correctness question counts once, with all its "
                         "conflict pairs)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 512")
     p.add_argument("--temperature", type=float, default=None, help="default: 0.5 (paper) if max k > 1, else 0")
-    p.add_argument("--seed", type=int, default=0, help="sampling, shuffle and tie-break seed")
+    p.add_argument("--seed", type=int, default=None, help="sampling, shuffle and tie-break seed (default 0)")
     p.add_argument("--template", default="default", help="GRM prompt template")
-    p.add_argument("--batch-items", type=int, default=8, help="items per sampler call")
+    p.add_argument("--batch-items", type=int, default=None,
+                   help="items per sampler call, and per chunk kept for a resume (default 8)")
     p.add_argument("--ties", choices=TIE_RULES, default=None, help="scoring tie rule (default: the benchmark's)")
     p.add_argument("--prior-sets", action="store_true", help="rewardbench: [2,2,2,2,1] average with prior sets")
     p.add_argument("--details", action="store_true", help="rewardbench/rmb: add per-subset accuracies")
@@ -114,7 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="realmistake: predict 'error' iff the per-sample mean score < threshold (default 5.5, "
                         "the midpoint of the 1-10 scale; the same for every k, as predictions are means)")
     p.add_argument("--viewer-limit", type=int, default=500, help="items shown in viewer.html (default 500)")
+    from spct_jax.grm.judge import add_runtime_args
+
+    add_runtime_args(p)
     return p
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line, with --config's fields for the flags not given (grm/judge.py); SystemExit(2) if bad."""
+    from spct_jax.grm.judge import parse_args as parse
+
+    args = parse(build_parser(), list(argv), DEFAULTS)
+    if isinstance(args.k, int):  # a config's inference.k / k_meta are single values
+        args.k = [args.k]
+    if isinstance(args.k_meta, int):
+        args.k_meta = [args.k_meta]
+    return args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +173,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.viewer_limit < 0:
         raise ValueError(f"--viewer-limit must be >= 0, got {args.viewer_limit}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
+    out = paths.as_path(args.out)
+    if out.exists() and not out.is_dir():
         raise ValueError(f"--out {args.out}: exists and is not a folder")
     k_metas = None
     if args.k_meta is not None:
@@ -258,10 +288,15 @@ def _jsonl(rows: Sequence[Mapping[str, Any]]) -> bytes:
     return "".join(json.dumps(r, default=str) + "\n" for r in rows).encode("ascii")
 
 
-def write_outputs(out: Path, files: Mapping[str, bytes]) -> None:
-    """Write every file under a temporary name first, then rename them all: a crash while writing leaves only
-    hidden .tmp files (removed here on the way out), never a truncated artifact under its real name."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_outputs(out: paths.PathLike, files: Mapping[str, bytes]) -> None:
+    """Write every artifact so that none is ever seen half-written. Locally: each under a temporary name first, then
+    all renamed (a crash leaves only hidden .tmp files, removed here on the way out). On an object store (gs://):
+    each uploaded straight to its name, which publishes it only when the upload completes."""
+    out = paths.makedirs(out)
+    if paths.is_remote(out):
+        for name, data in files.items():
+            (out / name).write_bytes(data)
+        return
     tmps = {name: out / f".{name}.tmp-{os.getpid()}" for name in files}
     try:
         for name, data in files.items():
@@ -270,7 +305,8 @@ def write_outputs(out: Path, files: Mapping[str, bytes]) -> None:
             os.replace(tmps[name], out / name)
     finally:
         for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
+            if tmp.exists():
+                tmp.unlink()
 
 
 def load_items(args: argparse.Namespace) -> list[PreferenceItem]:
@@ -284,42 +320,33 @@ def load_items(args: argparse.Namespace) -> list[PreferenceItem]:
     return items
 
 
-def load_judge(args: argparse.Namespace) -> GenerativeRewardModel:
-    from spct_jax.grm.scorer import GenerativeRewardModel
-    from spct_jax.models.registry import load_model
+def load_judge(args: argparse.Namespace, runtime) -> GenerativeRewardModel:
+    """The GRM and meta RM of --model / --meta-rm on the runtime's mesh, in its dtype (grm/judge.py)."""
+    from spct_jax.grm.judge import load_judge as load
 
-    model, tok = load_model(args.model)
-    meta_rm, meta_tok = None, None
-    if args.meta_rm is not None:
-        from spct_jax.grm.likelihood_meta_rm import LikelihoodMetaRM, load_meta_rm
-
-        meta_rm = load_meta_rm(args.meta_rm)
-        folder = Path(args.meta_rm)
-        # A likelihood meta RM carries its LM's tokenizer; a scalar RM folder may ship its own.
-        if not isinstance(meta_rm, LikelihoodMetaRM) and ((folder / "tokenizer.json").is_file()
-                                                          or (folder / "tokenizer.model").is_file()):
-            from spct_jax.tokenizer import load_tokenizer
-
-            meta_tok = load_tokenizer(folder)
-    return GenerativeRewardModel(model, tok, meta_rm=meta_rm, meta_tokenizer=meta_tok, template=args.template)
+    return load(args.model, args.meta_rm, mesh=runtime.mesh, dtype=runtime.dtype, template=args.template)
 
 
-def judge(grm: GenerativeRewardModel, items: Sequence[PreferenceItem], plan: Plan, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """items.jsonl rows for every item: one GenerativeRewardModel.score call per chunk of --batch-items items."""
+def judge(grm: GenerativeRewardModel, items: Sequence[PreferenceItem], plan: Plan, args: argparse.Namespace,
+          store, *, show_progress: bool = True):
+    """items.jsonl rows of every item not yet in `store` (grm/judge_store.py), one GenerativeRewardModel.score call
+    per chunk of --batch-items items, each chunk kept as it is done. -> judge_store.Progress."""
     from tqdm.auto import tqdm
 
-    rows: list[dict[str, Any]] = []
+    from spct_jax.grm.judge_store import judge_in_chunks
+
     k_max = plan.ks[-1]
-    with tqdm(total=len(items), desc=f"{PROG} {args.benchmark}", unit="item") as bar:
-        for start in range(0, len(items), args.batch_items):
-            chunk = items[start:start + args.batch_items]
-            judgements = grm.score(chunk, k=k_max, k_meta=None if plan.k_metas is None else plan.k_metas[-1],
-                                   temperature=plan.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                   template=args.template, progress=False)
-            for item, j in zip(chunk, judgements):
-                rows.append(item_dump(item, j.samples, votes_for(item, j.samples, plan, args.seed)))
-            bar.update(len(chunk))
-    return rows
+
+    def one_chunk(indices: list[int]) -> list[dict[str, Any]]:
+        chunk = [items[i] for i in indices]
+        judgements = grm.score(chunk, k=k_max, k_meta=None if plan.k_metas is None else plan.k_metas[-1],
+                               temperature=plan.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                               template=args.template, progress=False)
+        return [item_dump(item, j.samples, votes_for(item, j.samples, plan, args.seed))
+                for item, j in zip(chunk, judgements)]
+
+    with tqdm(total=len(items), desc=f"{PROG} {args.benchmark}", unit="item", disable=not show_progress) as bar:
+        return judge_in_chunks(store, one_chunk, chunk_items=args.batch_items, progress=bar.update)
 
 
 def score_runs(items: Sequence[PreferenceItem], rows: Sequence[Mapping[str, Any]], plan: Plan,
@@ -345,7 +372,7 @@ def score_runs(items: Sequence[PreferenceItem], rows: Sequence[Mapping[str, Any]
 
 def run_main(argv: Sequence[str]) -> int:
     try:
-        args = build_parser().parse_args(list(argv))
+        args = parse_args(argv)
     except SystemExit as e:  # argparse exits on --help (0) and on bad usage (2); return it as a status
         return int(e.code or 0)
     try:
@@ -357,23 +384,69 @@ def run_main(argv: Sequence[str]) -> int:
         zeros = {it.uid: [0.0] * it.num_responses for it in judged}
         for method, k, k_meta in plan.runs:
             score_benchmark(args.benchmark, items, zeros, **score_options(args, method, k, k_meta))
-        grm = load_judge(args)
     except (ValueError, OSError) as e:  # DataError, PredictionError, ConfigError, TokenizerError are ValueErrors
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
+    from spct_jax.grm.judge import JudgeError
 
+    try:
+        return _judge_and_write(args, plan, items, judged)
+    except JudgeError as e:  # a --model / --meta-rm / --mesh that cannot be used, a resume that does not match
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def _judge_and_write(args: argparse.Namespace, plan: Plan, items: list[PreferenceItem],
+                     judged: list[PreferenceItem]) -> int:
+    """Every process judges (the sampler is a collective over the mesh); process 0 keeps the chunks, then writes
+    the artifacts while the others wait for it."""
+    from spct_jax.grm.judge import setup_runtime
+    from spct_jax.grm.judge_store import JudgeStore, on_main
+
+    runtime = setup_runtime(args.mesh, args.dtype, prog=PROG)
+    grm = load_judge(args, runtime)
+    out = paths.as_path(args.out)
+    fingerprint = {"command": "eval run", "model": str(args.model), "meta_rm": args.meta_rm, "dtype": runtime.dtype,
+                   "benchmark": args.benchmark, "ks": plan.ks, "k_metas": plan.k_metas,
+                   "temperature": plan.temperature, "max_new_tokens": args.max_new_tokens,
+                   "template": args.template, "seed": args.seed}
+    store = JudgeStore(out / ".judging", fingerprint=fingerprint, items=judged).open()
     started = time.time()
-    rows = judge(grm, judged, plan, args)
+    done = judge(grm, judged, plan, args, store, show_progress=runtime.is_main)
+    if done.preempted:
+        print(f"{PROG}: stopped by SIGTERM with {done.judged + done.reused} of {done.total} items judged (kept in "
+              f"{store.directory}); the same command resumes", file=sys.stderr)
+        return 0
+
+    def finish() -> bytes:
+        rows = store.lines()
+        files = artifacts(args, plan, items, judged, rows, elapsed_s=time.time() - started)
+        try:
+            write_outputs(out, files)
+        except OSError as e:
+            raise JudgeError(f"cannot write {out}: {e}", exit_code=1) from None
+        store.remove()
+        print(f"{PROG}: wrote {len(files)} files to {out}", file=sys.stderr)
+        return files["results.md"]
+
+    results_md = on_main(finish, f"writing {out}")
+    if runtime.is_main:
+        print(results_md.decode("utf-8"), end="")
+    return 0
+
+
+def artifacts(args: argparse.Namespace, plan: Plan, items: Sequence[PreferenceItem], judged: Sequence[PreferenceItem],
+              rows: list[dict[str, Any]], *, elapsed_s: float) -> dict[str, bytes]:
+    """{file name: bytes} of every artifact in --out (module docstring), from the judged items' rows."""
     runs, files = score_runs(items, rows, plan, args)
     samples = sum(len(row["samples"]) for row in rows)
     valid = sum(s["scores"] is not None for row in rows for s in row["samples"])
-    out = Path(args.out)
     files["items.jsonl"] = _jsonl(rows)
+    model_name = paths.as_path(str(args.model)).name
     if len(plan.ks) > 1:
         from spct_jax.eval.plots import scaling_png
 
-        files["scaling.png"] = scaling_png(runs, HEADLINES[args.benchmark],
-                                           title=f"{args.benchmark}: {Path(str(args.model)).name}")
+        files["scaling.png"] = scaling_png(runs, HEADLINES[args.benchmark], title=f"{args.benchmark}: {model_name}")
     from spct_jax.eval.report import render_report
 
     viewer_rows = rows[: args.viewer_limit]
@@ -383,18 +456,11 @@ def run_main(argv: Sequence[str]) -> int:
                "items": len(judged), "benchmark_items": len(items), "k": plan.ks, "k_meta": plan.k_metas,
                "temperature": plan.temperature,
                "max_new_tokens": args.max_new_tokens, "seed": args.seed, "template": args.template,
-               "samples": samples, "parse_rate": valid / max(1, samples), "elapsed_s": round(time.time() - started, 1),
+               "samples": samples, "parse_rate": valid / max(1, samples), "elapsed_s": round(elapsed_s, 1),
                "runs": runs, "files": sorted([*files, "results.json", "results.md"])}
     files["results.md"] = results_markdown(results).encode("utf-8")
     files["results.json"] = (json.dumps(results, indent=2) + "\n").encode("utf-8")
-    try:
-        write_outputs(out, files)
-    except OSError as e:
-        print(f"{PROG}: error: cannot write {out}: {e}", file=sys.stderr)
-        return 1
-    print(files["results.md"].decode("utf-8"), end="")
-    print(f"{PROG}: wrote {len(files)} files to {out}", file=sys.stderr)
-    return 0
+    return files
 
 
 if __name__ == "__main__":

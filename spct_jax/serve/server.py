@@ -9,6 +9,13 @@ request/response bodies and the /get_reward pairing and grouping rules: spct_jax
 
 SIGTERM (or Ctrl-C) stops accepting connections, answers the requests in flight, scores what is still queued,
 then exits 0. Needs the `serve` extra (starlette, uvicorn).
+
+One host, all its chips: `--mesh data=D,fsdp=F,tensor=T` (and `--dtype`, default bfloat16 with a mesh) shards the
+GRM and meta RM over the host's devices, e.g. Gemma-2-27B in bf16 over a v5p-8's 4 chips (`--mesh tensor=4`) or a
+v5e-8's 8 (`--mesh tensor=8`); `--config FILE` takes the mesh, dtype, k, k_meta, temperature and max_new_tokens
+from a run config (grm/judge.py). Several hosts are refused: requests arrive at one process, and the others would
+have to join every sampler call with the same inputs, which this server does not do. On a multi-host slice, serve
+from one single-host slice per replica and put a load balancer in front.
 """
 from __future__ import annotations
 
@@ -30,6 +37,8 @@ from spct_jax.serve.batcher import Batcher
 from spct_jax.serve.schema import Limits
 
 DEFAULT_HOST = "127.0.0.1"
+PROG = "spct serve"
+DEFAULTS = {"k": 8, "max_new_tokens": 512, "seed": 0}  # when neither a flag nor --config sets them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=DEFAULT_HOST, help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token-file", default=None, help="file holding the bearer token clients must send")
-    p.add_argument("--k", type=int, default=8, help="samples per item (Voting@k) unless a request sets k")
+    p.add_argument("--k", type=int, default=None, help="samples per item (Voting@k) unless a request sets k "
+                                                       "(default 8)")
     p.add_argument("--k-meta", type=int, default=None, help="samples kept by the meta RM (default k/2)")
     p.add_argument("--max-k", type=int, default=32, help="largest k a request may ask for (at least --k)")
     p.add_argument("--max-batch", type=int, default=8,
@@ -48,16 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting to be scored before 503")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long an idle worker waits to fill a batch")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request, queueing included, before 504")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 512")
     p.add_argument("--temperature", type=float, default=None, help="default: 0.5 for k > 1 (paper), 0 for k = 1")
     p.add_argument("--template", default="default", help="GRM prompt template (spct_jax/grm/prompts.py)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed; equal items get equal judgements")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed; equal items get equal judgements "
+                                                          "(default 0)")
     p.add_argument("--fallback-reward", type=float, default=0.0,
                    help="/get_reward reward of a response when no sample parsed")
     p.add_argument("--max-body-mb", type=float, default=32.0)
     p.add_argument("--access-log", action="store_true", help="log every request (off: RL loops send many)")
     p.add_argument("--log-level", default="info")
+    from spct_jax.grm.judge import add_runtime_args
+
+    add_runtime_args(p)
     return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, with --config's fields for the flags not given (grm/judge.py); SystemExit(2) if bad."""
+    from spct_jax.grm.judge import parse_args as parse
+
+    return parse(build_parser(), argv, DEFAULTS)
 
 
 def read_token(path: str) -> str:
@@ -93,21 +114,17 @@ def check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def load_scorer(args: argparse.Namespace):
-    """The GenerativeRewardModel for --model/--meta-rm (imports JAX, so kept out of module import)."""
-    from spct_jax.grm.scorer import GenerativeRewardModel
-    from spct_jax.models.registry import load_model
+def load_scorer(args: argparse.Namespace, runtime=None):
+    """The GenerativeRewardModel for --model/--meta-rm on the runtime's mesh, in its dtype (grm/judge.py; imports
+    JAX, so kept out of module import). Raises grm.judge.JudgeError naming the flag."""
+    from spct_jax.grm.judge import describe, load_judge
 
-    model, tok = load_model(args.model)
-    meta_rm = None
-    if args.meta_rm:
-        from spct_jax.grm.likelihood_meta_rm import load_meta_rm
-
-        meta_rm = load_meta_rm(args.meta_rm)
+    mesh, dtype = (None, "float32") if runtime is None else (runtime.mesh, runtime.dtype)
+    config, _ = describe(args.model)
     # Over-long prompts fail as a 400 for that request instead of overrunning the model's positions.
-    room = model.config.max_position_embeddings - args.max_new_tokens
-    return GenerativeRewardModel(model, tok, meta_rm=meta_rm, template=args.template,
-                                 max_prompt_tokens=room if room > 0 else None)
+    room = config.max_position_embeddings - args.max_new_tokens
+    return load_judge(args.model, args.meta_rm, mesh=mesh, dtype=dtype, template=args.template,
+                      max_prompt_tokens=room if room > 0 else None)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -151,7 +168,7 @@ def serve_in_thread(app: Any, *, host: str = DEFAULT_HOST, port: int = 0, log_le
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if (err := check_args(args)) is not None:
         print(f"spct serve: {err}", file=sys.stderr)
         return 2
@@ -171,6 +188,18 @@ def main(argv: list[str]) -> int:
     if token is None and not is_loopback(args.host):
         print(f"spct serve: warning: --host {args.host} without --token-file lets anyone on the network use "
               "this server", file=sys.stderr)
+    from spct_jax.grm.judge import JudgeError, setup_runtime
+
+    try:
+        runtime = setup_runtime(args.mesh, args.dtype, prog=PROG)
+    except JudgeError as e:
+        print(f"spct serve: error: {e}", file=sys.stderr)
+        return e.exit_code
+    if runtime.process_count > 1:
+        print(f"spct serve: error: this is process {runtime.process_index} of {runtime.process_count} (a multi-host "
+              "run); spct serve runs on one host and shards over that host's devices with --mesh. Serve from a "
+              "single-host slice (e.g. v5p-8, v5e-8), one server per slice", file=sys.stderr)
+        return 2
     try:
         sock = bind(args.host, args.port)  # before loading the model, so a taken port fails in seconds, not minutes
     except OSError as e:
@@ -178,17 +207,20 @@ def main(argv: list[str]) -> int:
         return 2
 
     try:
-        return _run(args, sock, token)
+        return _run(args, sock, token, runtime)
+    except JudgeError as e:  # a --model / --meta-rm / --mesh that cannot be used
+        print(f"spct serve: error: {e}", file=sys.stderr)
+        return e.exit_code
     finally:
         sock.close()
 
 
-def _run(args: argparse.Namespace, sock: socket.socket, token: str | None) -> int:
+def _run(args: argparse.Namespace, sock: socket.socket, token: str | None, runtime) -> int:
     import uvicorn
 
     from spct_jax.serve.app import ServeOptions, create_app
 
-    batcher = Batcher(load_scorer(args), max_batch=args.max_batch, max_queue=args.max_queue,
+    batcher = Batcher(load_scorer(args, runtime), max_batch=args.max_batch, max_queue=args.max_queue,
                       batch_wait_s=args.batch_wait_ms / 1e3, max_new_tokens=args.max_new_tokens, seed=args.seed)
     options = ServeOptions(limits=Limits(default_k=args.k, max_k=args.max_k, has_meta_rm=args.meta_rm is not None,
                                          default_k_meta=args.k_meta),
@@ -199,7 +231,7 @@ def _run(args: argparse.Namespace, sock: socket.socket, token: str | None) -> in
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     print(f"spct serve: serving on {url} (auth: {'bearer token' if token else 'none'}): model={args.model} "
           f"meta_rm={args.meta_rm} k={args.k} max_batch={args.max_batch} max_queue={args.max_queue} "
-          f"timeout={args.timeout:g}s", file=sys.stderr, flush=True)
+          f"timeout={args.timeout:g}s ({runtime.describe()})", file=sys.stderr, flush=True)
     config = uvicorn.Config(create_app(batcher, options), host=args.host, port=args.port,
                             log_level=args.log_level, access_log=args.access_log,
                             # every in-flight request ends by its own --timeout, so this only bounds a stuck one

@@ -1,0 +1,353 @@
+"""One judge loader and one runtime for the inference commands: `spct score`, `spct eval run`, `spct serve`.
+
+    grm = load_judge("runs/x/grpo/model", meta_rm="runs/x/metarm/model", mesh=mesh, dtype="bfloat16")
+
+`load_judge` returns a `GenerativeRewardModel` whose GRM and meta RM are loaded with the partition rules' layout on
+`mesh` (each process reads only its own devices' rows: `models.registry.load_model(mesh=)`), in `dtype`. The meta
+RM is either kind (`scorer.MetaRM`): the paper's scalar head with its own tokenizer when its folder ships one
+(`ScalarMetaRM`), or a likelihood meta RM, whose LM is the GRM itself when both name the same checkpoint (loaded
+once, not twice).
+
+The commands share their flags and set-up (`add_runtime_args`, `parse_args`, `setup_runtime`):
+
+    --mesh data=D,fsdp=F,tensor=T   axes left out are data=1, tensor=1, fsdp=-1 (-1: the remaining devices)
+    --dtype float32|bfloat16        weights and compute. Default: bfloat16 with a mesh (27B in float32 is 109 GB,
+                                    more than a 95 GB v5p chip; bf16 is the checkpoints' own dtype), float32 on one
+                                    device (bit-for-bit the results of earlier versions, and what a CPU wants)
+    --config FILE [--config.k=v]    a run config (configs/*.py): the mesh from `mesh`, the dtype, k, k_meta,
+                                    temperature, max_new_tokens and items per call from `inference.*`, the seed
+                                    from `seed`. A flag given on the command line wins over the config.
+
+`setup_runtime` joins the multi-process run first (`parallel.mesh.initialize_distributed`: SPCT_* variables, or a
+Cloud TPU VM found by itself; a no-op on one process), then builds the mesh. Several processes without `--mesh`
+get one over every device (fsdp=-1): one device per process cannot hold rows split over hosts.
+
+Errors are `JudgeError`s whose message is one line naming the flag and value; exit_code 2 for a command line that
+names nothing usable (a `--model` typo, a mesh that does not fit the devices or the model's heads), 1 for a
+checkpoint that exists but cannot be read.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from spct_jax.parallel.mesh import AXES, MeshConfig, MeshError
+
+log = logging.getLogger("spct.judge")
+
+DTYPES = ("float32", "bfloat16")
+NAMED_MODELS = ("tiny-random", "smollm2-135m")  # models.registry.NAMED (not imported: that pulls in JAX)
+ACCEPTED_MODEL = "a checkpoint folder (config.json + safetensors, local or gs://), a .gguf file, or " + \
+    " / ".join(NAMED_MODELS)
+ACCEPTED_META_RM = ("a meta RM folder: an HF sequence-classification checkpoint (config.json) or a likelihood meta "
+                    "RM (likelihood_meta_rm.json)")
+# flag dest -> the config field that fills it when the flag is not given (configs/base.py)
+CONFIG_FIELDS: dict[str, str] = {
+    "k": "inference.k", "k_meta": "inference.k_meta", "temperature": "inference.temperature",
+    "max_new_tokens": "inference.max_new_tokens", "batch_items": "inference.batch_prompts",
+    "dtype": "inference.dtype", "seed": "seed",
+}
+
+
+class JudgeError(ValueError):
+    """A judge or runtime that cannot be set up; one line naming the flag. exit_code: 2 usage, 1 unreadable input."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- flags ---------------------------------------------------------------------------------------------------------
+def parse_mesh(text: str) -> MeshConfig:
+    """"data=2,fsdp=-1,tensor=4" -> MeshConfig; axes left out keep MeshConfig's defaults (data=1, fsdp=-1,
+    tensor=1). An argparse `type`: errors become `argparse.ArgumentTypeError`s naming the axis."""
+    sizes: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        if not eq or name not in AXES:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected AXIS=SIZE with AXIS one of {', '.join(AXES)} "
+                                             "(e.g. data=1,fsdp=-1,tensor=4)")
+        if name in sizes:
+            raise argparse.ArgumentTypeError(f"axis {name!r} given twice")
+        try:
+            sizes[name] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"axis {name!r}: size {value!r} is not an integer") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"{text!r}: name at least one axis, e.g. fsdp=-1")
+    try:
+        return MeshConfig.from_mapping(sizes)
+    except MeshError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """--mesh, --dtype and --config (with --config.KEY=VALUE overrides, split off by `parse_args`)."""
+    p.add_argument("--mesh", type=parse_mesh, default=None, metavar="data=D,fsdp=F,tensor=T",
+                   help="shard the model over this device mesh (every device of every host; one axis may be -1). "
+                        "Default: one device; on several processes fsdp over every device")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="weights and compute dtype (default: bfloat16 with a mesh, float32 on one device)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="run config (configs/*.py): mesh, inference.* (k, k_meta, temperature, max_new_tokens, "
+                        "batch_prompts, dtype) and seed, for the flags not given; --config.KEY=VALUE overrides")
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(`--config.key=value` overrides, other args); `--config.key value` becomes `--config.key=value`, as the
+    stage commands take them (train/stage_common.split_overrides)."""
+    overrides, rest, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config.") and "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            overrides.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        (overrides if arg.startswith("--config.") else rest).append(arg)
+        i += 1
+    return overrides, rest
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str], defaults: Mapping[str, Any]) -> argparse.Namespace:
+    """Parse `argv`; fill every flag the user left out (those whose argparse default is None) from the `--config`
+    file's field (CONFIG_FIELDS, and the mesh), else from `defaults`. Exits 2 (argparse's way) on a bad command line
+    or config. `args.config_values` records what the config supplied."""
+    overrides, rest = split_overrides(argv)
+    args = parser.parse_args(rest)
+    args.config_values = {}
+    if overrides and args.config is None:
+        parser.error(f"{overrides[0]} needs --config FILE")
+    if args.config is not None:
+        from spct_jax.config_files import load_config
+
+        try:
+            config = load_config(args.config, overrides)
+        except ValueError as e:  # ConfigFileError, the file's own validation error: both name the field
+            parser.error(str(e))
+        given = {dest for dest in CONFIG_FIELDS if getattr(args, dest, None) is not None}
+        for dest, field in CONFIG_FIELDS.items():
+            if not hasattr(args, dest) or dest in given:
+                continue
+            if dest == "k_meta" and (getattr(args, "meta_rm", None) is None or "k" in given):
+                continue  # k_meta pairs with the config's k, and only means something with a meta RM
+            section, _, key = field.rpartition(".")
+            value = config[section][key] if section else config[key]
+            setattr(args, dest, value)
+            args.config_values[dest] = value
+        if args.mesh is None:
+            try:
+                args.mesh = MeshConfig.from_mapping(config.mesh)
+            except MeshError as e:
+                parser.error(f"config field 'mesh': {e}")
+            args.config_values["mesh"] = args.mesh.as_dict()
+    for dest, value in defaults.items():
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, value)
+    return args
+
+
+# -- runtime -------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where the judge runs: the mesh (None = one device), the dtype, and this process's place."""
+
+    mesh: Any
+    dtype: str
+    process_index: int = 0
+    process_count: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.process_index == 0  # every process computes; process 0 writes
+
+    def describe(self) -> str:
+        where = "one device" if self.mesh is None else f"mesh {dict(self.mesh.shape)}"
+        return f"process {self.process_index} of {self.process_count}, {where}, {self.dtype}"
+
+
+def setup_runtime(mesh_config: MeshConfig | None, dtype: str | None, *, prog: str) -> Runtime:
+    """Join the multi-process run (before any other JAX call), then build the mesh and settle the dtype."""
+    from spct_jax.parallel.mesh import initialize_distributed
+
+    try:
+        setup = initialize_distributed()
+    except ValueError as e:  # an incomplete SPCT_* set-up
+        raise JudgeError(str(e)) from None
+    import jax
+
+    n = jax.device_count()
+    if mesh_config is None and jax.process_count() > 1:
+        mesh_config = MeshConfig()  # fsdp over every device: each process must hold its share, not the whole
+        log.info("%s: %d processes and no --mesh: using %s", prog, jax.process_count(), mesh_config.as_dict())
+    mesh = None if mesh_config is None else make_inference_mesh(mesh_config, n)
+    if mesh is None and n > 1:
+        print(f"{prog}: note: using 1 of {n} devices; --mesh fsdp=-1 (or data=,fsdp=,tensor=) uses them all",
+              file=sys.stderr)
+    runtime = Runtime(mesh=mesh, dtype=dtype or ("bfloat16" if mesh is not None else "float32"),
+                      process_index=jax.process_index(), process_count=jax.process_count())
+    log.info("%s: runtime %s (%s): %s", prog, setup.mode, setup.reason, runtime.describe())
+    return runtime
+
+
+def make_inference_mesh(cfg: MeshConfig, num_devices: int):
+    """The (data, fsdp, tensor) mesh over every device; JudgeError naming the axis that does not fit."""
+    from spct_jax.parallel.mesh import make_mesh
+
+    for name, size in cfg.as_dict().items():
+        if size != -1 and num_devices % size:
+            raise JudgeError(f"--mesh {_mesh_text(cfg)}: axis {name!r} = {size} does not divide the {num_devices} "
+                             "devices")
+    try:
+        return make_mesh(cfg)
+    except MeshError as e:
+        raise JudgeError(f"--mesh {_mesh_text(cfg)}: {e}") from None
+
+
+def _mesh_text(cfg: MeshConfig) -> str:
+    return ",".join(f"{k}={v}" for k, v in cfg.as_dict().items())
+
+
+def check_heads(config, mesh, flag: str, value: Any) -> None:
+    """The query heads must split over "tensor" (each shard computes whole heads); MLP width and vocabulary are
+    checked by the partition rules as the weights load. KV heads that do not split (GQA) stay whole."""
+    if mesh is None or "tensor" not in mesh.axis_names:
+        return
+    t = mesh.shape["tensor"]
+    if config.num_heads % t:
+        raise JudgeError(f"--mesh tensor={t}: {flag} {value!s}'s {config.num_heads} attention heads do not divide "
+                         f"over axis 'tensor' ({t} ways); pick a tensor size that divides {config.num_heads}")
+
+
+# -- loading -------------------------------------------------------------------------------------------------------
+def describe(spec: Any, flag: str = "--model"):
+    """(ModelConfig, tokenizer) of a `--model` value without reading its weights; JudgeError (exit 2) when it names
+    nothing loadable."""
+    from spct_jax import paths
+    from spct_jax.models.registry import describe_model
+
+    text = str(spec)
+    if text not in NAMED_MODELS:
+        path = paths.as_path(text)
+        if not path.exists():
+            raise JudgeError(f"{flag} {text!r}: no such file or folder; expected {ACCEPTED_MODEL}")
+        if path.is_dir() and not (path / "config.json").exists():
+            raise JudgeError(f"{flag} {text!r}: a folder without config.json; expected {ACCEPTED_MODEL}")
+    try:
+        return describe_model(spec)
+    except (OSError, ValueError) as e:  # unknown architecture, bad config.json, no tokenizer, not a .gguf
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise JudgeError(f"{flag} {text!r}: {reason}; expected {ACCEPTED_MODEL}") from None
+
+
+def _sharding_error(e: Exception, mesh, flag: str, value: Any) -> JudgeError:
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    detail = lines[1] if len(lines) > 1 else lines[0]
+    more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+    return JudgeError(f"--mesh {dict(mesh.shape)} does not fit {flag} {str(value)!r}: {detail}{more}")
+
+
+def load_decoder(spec: Any, *, mesh=None, dtype: str = "float32", flag: str = "--model"):
+    """(model, tokenizer) for a `--model` value, checked first (describe, heads), then loaded in `dtype`, each
+    process reading its own devices' rows on `mesh`."""
+    from spct_jax.models.registry import load_model
+    from spct_jax.parallel.rules import ShardingRuleError
+
+    config, _ = describe(spec, flag)
+    check_heads(config, mesh, flag, spec)
+    try:
+        return load_model(spec, dtype=_jnp_dtype(dtype), mesh=mesh)
+    except ShardingRuleError as e:
+        raise _sharding_error(e, mesh, flag, spec) from None
+    except (OSError, ValueError) as e:  # a checkpoint that exists but cannot be read (missing tensor, bad file)
+        raise JudgeError(f"{flag} {str(spec)!r}: cannot be read: {str(e).splitlines()[0]}", exit_code=1) from None
+
+
+def _jnp_dtype(name: str):
+    import jax.numpy as jnp
+
+    if name not in DTYPES:
+        raise JudgeError(f"--dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def _same_checkpoint(a: Any, b: Any) -> bool:
+    from spct_jax import paths
+
+    return str(a) == str(b) or str(paths.as_path(str(a))) == str(paths.as_path(str(b)))
+
+
+def load_meta_rm(folder: Any, *, mesh=None, dtype: str = "float32", grm: tuple[Any, Any] | None = None,
+                 grm_spec: Any = None):
+    """A `scorer.MetaRM` from `folder` (local or gs://):
+    - a likelihood meta RM (`likelihood_meta_rm.json`): its LM loaded like the GRM, or the GRM itself (`grm`, the
+      loaded (model, tokenizer) of `grm_spec`) when it names the same checkpoint;
+    - an HF sequence-classification folder: a `ScalarMetaRM` reading with the folder's own tokenizer when it has
+      tokenizer files, else the GRM's (a meta RM trained from the GRM's base shares its vocabulary)."""
+    from spct_jax import paths
+    from spct_jax.grm.likelihood_meta_rm import is_likelihood_meta_rm, load_likelihood_meta_rm
+    from spct_jax.grm.scorer import ScalarMetaRM
+
+    path = paths.as_path(str(folder))
+    if not path.is_dir():
+        raise JudgeError(f"--meta-rm {str(folder)!r}: not found; expected {ACCEPTED_META_RM}")
+    if is_likelihood_meta_rm(path):
+        def load(spec):
+            if grm is not None and _same_checkpoint(spec, grm_spec):
+                return grm
+            return load_decoder(spec, mesh=mesh, dtype=dtype, flag=f"--meta-rm {folder}: its LM")
+
+        try:
+            return load_likelihood_meta_rm(path, load=load)
+        except (OSError, ValueError, KeyError) as e:
+            if isinstance(e, JudgeError):
+                raise
+            raise JudgeError(f"--meta-rm {str(folder)!r}: cannot be read: {str(e).splitlines()[0]}",
+                             exit_code=1) from None
+    if not (path / "config.json").is_file():
+        raise JudgeError(f"--meta-rm {str(folder)!r}: holds neither config.json nor likelihood_meta_rm.json; "
+                         f"expected {ACCEPTED_META_RM}")
+    from spct_jax.models.config import ModelConfig
+    from spct_jax.models.scalar_head import load_scalar_rm
+    from spct_jax.models.weights import read_hf_config
+    from spct_jax.parallel.rules import ShardingRuleError
+
+    try:
+        check_heads(ModelConfig.from_hf_config(read_hf_config(path)), mesh, "--meta-rm", folder)
+        rm = load_scalar_rm(path, dtype=_jnp_dtype(dtype), mesh=mesh)
+    except ShardingRuleError as e:
+        raise _sharding_error(e, mesh, "--meta-rm", folder) from None
+    except (OSError, ValueError) as e:
+        if isinstance(e, JudgeError):
+            raise
+        raise JudgeError(f"--meta-rm {str(folder)!r}: cannot be read: {str(e).splitlines()[0]}", exit_code=1) from None
+    if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        _, tokenizer = describe(str(folder), "--meta-rm")
+    elif grm is not None:
+        tokenizer = grm[1]
+    else:
+        raise JudgeError(f"--meta-rm {str(folder)!r}: has no tokenizer files and no GRM tokenizer was given")
+    return ScalarMetaRM(rm, tokenizer)
+
+
+def load_judge(model: Any, meta_rm: Any = None, *, mesh=None, dtype: str = "float32", template: str = "default",
+               max_prompt_tokens: int | None = None):
+    """The `GenerativeRewardModel` of `spct score`, `spct eval run` and `spct serve` (module docstring). Every
+    process of a multi-host run calls it with the same arguments."""
+    from spct_jax.grm.scorer import GenerativeRewardModel
+
+    grm_model, tokenizer = load_decoder(model, mesh=mesh, dtype=dtype)
+    meta = None if meta_rm is None else load_meta_rm(meta_rm, mesh=mesh, dtype=dtype, grm=(grm_model, tokenizer),
+                                                     grm_spec=model)
+    return GenerativeRewardModel(grm_model, tokenizer, meta_rm=meta, template=template,
+                                 max_prompt_tokens=max_prompt_tokens, mesh=mesh)
+
+
+__all__ = ["ACCEPTED_MODEL", "CONFIG_FIELDS", "DTYPES", "JudgeError", "Runtime", "add_runtime_args", "check_heads",
+           "describe", "load_decoder", "load_judge", "load_meta_rm", "make_inference_mesh", "parse_args",
+           "parse_mesh", "setup_runtime", "split_overrides"]
