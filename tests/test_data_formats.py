@@ -95,6 +95,10 @@ FIXTURES = [  # file, format, items, dropped by policy
     ("realmistake.jsonl", "realmistake", 2, {}),
     ("schema.jsonl", "schema", 2, {}),
     ("llmbar.json", "llmbar", 2, {}),
+    ("items.jsonl", "items", 3, {}),
+    ("judgebench.jsonl", "judgebench", 3, {}),
+    ("rewardbench2.jsonl", "rewardbench2", 3, {}),
+    ("rmbench.json", "rmbench", 2, {}),
 ]
 
 
@@ -236,6 +240,7 @@ MALFORMED_CASES = [  # file, location in the message, text naming the field/prob
     ("non_utf8.jsonl", "non_utf8.jsonl:2:", "not valid UTF-8 (byte 0xff", 2),
     ("non_utf8.json", "non_utf8.json:42:", "not valid UTF-8 (byte 0xfe)", None),
     ("duplicate_uids.jsonl", "duplicate_uids.jsonl:3:", "field 'id': duplicate uid '11' (first at", 2),
+    ("judgebench_no_label.jsonl", "judgebench_no_label.jsonl:2:", "field 'label': missing (pair_id 'jb-no-label')", 1),
 ]
 
 

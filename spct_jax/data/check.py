@@ -2,6 +2,10 @@
 
 Exit status: 0 when every row is usable, 1 when any row (or file) is bad or no preference file was found,
 2 on a usage error. Rows dropped by policy (ties) are counted in the summary but are not errors.
+
+Items without ground truth (no `rewards` and no `best`, e.g. the `{"context", "responses"}` lines `spct score`
+reads) are good rows: they can be scored, but not evaluated (no accuracy, no Eq. 10 reward). Each file with such
+items says how many, and the total line counts them.
 """
 from __future__ import annotations
 
@@ -12,7 +16,12 @@ from typing import Sequence, TextIO
 
 from spct_jax.data.formats import (FORMAT_NAMES, count_by_subset, data_files, read_preferences_with_report,
                                    uid_base_for)
-from spct_jax.data.schema import DataError
+from spct_jax.data.schema import DataError, PreferenceItem
+
+
+def has_ground_truth(item: PreferenceItem) -> bool:
+    """Whether evaluation can judge the item: PreferenceItem.gt_rewards() needs `rewards` or `best`."""
+    return item.rewards is not None or item.best is not None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +41,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     files = 0
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     dropped: collections.Counter[str] = collections.Counter()
+    unlabelled = 0  # items without ground truth: fit for scoring, not for evaluation
     seen: dict[tuple[str, str], str] = {}  # (source, uid) must be unique across everything checked together
     for path in args.paths:
         try:
@@ -55,6 +65,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             dropped.update(report.dropped)
             counts.update(count_by_subset(items))
             print(report.summary(), file=out)
+            no_gt = [it.uid for it in items if not has_ground_truth(it)]
+            unlabelled += len(no_gt)
+            if no_gt:
+                shown = ", ".join(repr(u) for u in no_gt[:3]) + (", ..." if len(no_gt) > 3 else "")
+                print(f"  {len(no_gt)} of {len(items)} items have no ground truth ('rewards' or 'best'; uid {shown}): "
+                      f"fit for scoring (spct score), not for evaluation; {len(items) - len(no_gt)} fit for "
+                      "evaluation", file=out)
     if files == 0:
         print("no preference files found (.json, .jsonl, .gz, .parquet)", file=out)
         return 1
@@ -63,8 +80,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     for (source, subset), n in sorted(counts.items()):
         print(f"{source:<{width}}  {n:>7}  {subset}", file=out)
     drops = ", ".join(f"{n} {why}" for why, n in sorted(dropped.items())) or "none"
-    print(f"total: {sum(counts.values())} items in {files} files; dropped by policy: {drops}; bad rows: {bad}",
-          file=out)
+    unlabelled_note = f"; without ground truth (scoring only): {unlabelled}" if unlabelled else ""
+    print(f"total: {sum(counts.values())} items in {files} files; dropped by policy: {drops}; bad rows: {bad}"
+          f"{unlabelled_note}", file=out)
     return 1 if bad else 0
 
 

@@ -15,6 +15,13 @@ Formats (name: what a row looks like; see SPEC section 10 and the modules in spc
   realmistake              {input, llm_response, error_label, metadata{id}} -> one response, reward 1 if no_error
   schema                   PreferenceItem.to_json() rows; `rewards` without a `best` field get best = the
                            unique maximum of the rewards (Eq. 10), a shared maximum is a bad row
+  items                    {context (str | turns), responses[, uid, rewards, best]} without `source`: what
+                           `spct score --input` reads; uid = the row's location when absent; ground truth optional
+  judgebench               {pair_id, source, question, response_A, response_B, label A>B|B>A} -> [A, B], best by label
+  rewardbench2             {id, prompt, chosen[], rejected[], num_correct, subset} -> chosen + rejected, rewards 1/0;
+                           best 0 (one correct) or None (Ties prompts with several)
+  rmbench                  {id, prompt, chosen[3], rejected[3], domain} -> 3 chosen + 3 rejected (concise, detailed,
+                           markdown), uid `<domain>:<id>`; domain from the file name in the per-domain files
 
 Policy: a malformed row raises DataError naming `file:line` (`file:[index]` in JSON arrays and parquet) and the
 field, before any item is returned. With on_error="skip" the row is left out and listed in the ReadReport.

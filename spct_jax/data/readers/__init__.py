@@ -17,10 +17,24 @@ class Format:
     detect: Callable[[set[str], Mapping[str, Any]], bool]
 
 
+def _texts(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)
+
+
 # Order matters: the more specific field sets come first (e.g. sharegpt and UltraFeedback rows also have
 # chosen/rejected, and RewardBench rows are hh-rlhf rows plus a prompt).
 FORMATS: dict[str, Format] = {f.name: f for f in [
+    # `spct score` reads a {"context", "responses"} line without "source" as a plain item (grm/score_cli.py), and
+    # anything else through these readers; the same split here keeps one item format across commands.
+    Format("items", benchmarks.items, "uid", lambda k, r: {"context", "responses"} <= k and "source" not in k),
     Format("schema", benchmarks.schema, "uid", lambda k, r: {"context", "responses", "uid"} <= k),
+    Format("judgebench", benchmarks.judgebench, "pair_id", lambda k, r: {"pair_id", "response_A", "response_B"} <= k),
+    # RewardBench 2 and RM-Bench rows hold lists of strings under chosen/rejected, UltraFeedback-binarized rows
+    # lists of turns (objects): the element type tells them apart.
+    Format("rewardbench2", benchmarks.rewardbench2, "id",
+           lambda k, r: {"prompt", "chosen", "rejected", "num_correct"} <= k and _texts(r["chosen"])),
+    Format("rmbench", benchmarks.rmbench, "id",
+           lambda k, r: {"prompt", "chosen", "rejected"} <= k and _texts(r["chosen"]) and _texts(r["rejected"])),
     Format("rmb_pairwise", benchmarks.rmb_pairwise, "pair_uid", lambda k, r: "pair_uid" in k),
     Format("rmb_bon", benchmarks.rmb_bon, "bon_uid", lambda k, r: "bon_uid" in k or {"bon_best", "loser_list"} <= k),
     Format("ppe_correctness", benchmarks.ppe_correctness, "question_id",

@@ -7,6 +7,8 @@ Eq. 10 (PreferenceItem.gt_rewards() synthesises 1/0 from `best` when asked).
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from spct_jax.data.readers.fields import Drop, Row, make_item, prompt_context, turns
@@ -146,3 +148,122 @@ def schema(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
     # The schema's own files round-trip whatever PreferenceItem accepts, so the context need not end on a user turn.
     return make_item(row, "context", require_query=False, context=turns(row, "context"), responses=list(responses),
                      rewards=rewards, best=best, source=row.text("source"), uid=row.ident("uid"), meta=dict(meta))
+
+
+# ---------------------------------------------------------------- JudgeBench, RewardBench 2, RM-Bench, score items
+
+JUDGEBENCH_LABELS = {"A>B": 0, "B>A": 1}
+
+
+def judgebench(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
+    """ScalerLab/JudgeBench `data/*.jsonl`: {pair_id, original_id, source, question, response_model, response_A,
+    response_B, label}. Responses stay in the row's (A, B) order; `best` is the label's winner. The official
+    metric compares verdicts with `label` (utils/metrics.py L22, L66-69), so a row without one cannot be scored."""
+    uid = row.ident("pair_id")
+    label = row.value.get("label")
+    if label not in JUDGEBENCH_LABELS:
+        problem = "missing" if label is None else f"expected 'A>B' or 'B>A', got {label!r}"
+        row.fail("label", f"{problem} (pair_id {uid!r})")
+    meta: dict[str, Any] = _meta(row, subset="source", response_model="response_model")
+    if "subset" not in meta:  # the category (knowledge/reasoning/math/coding) is read from `source`'s prefix
+        row.fail("source", f"missing (pair_id {uid!r})")
+    if row.value.get("original_id") is not None:
+        meta["original_id"] = row.value["original_id"]
+    return make_item(row, "question", context=[Turn(role="user", content=row.text("question"))],
+                     responses=[row.text("response_A"), row.text("response_B")], rewards=None,
+                     best=JUDGEBENCH_LABELS[label], source="judgebench", uid=uid, meta=meta)
+
+
+def _text_list(row: Row, name: str) -> list[str]:
+    values = row.seq(name)
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            row.fail(f"{name}[{i}]", f"expected a string, got {type(v).__name__}")
+    return list(values)
+
+
+def rewardbench2(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
+    """allenai/reward-bench-2 (split `test`): {id, prompt, chosen[list], rejected[list], num_correct, num_incorrect,
+    total_completions, models, subset, additional_metadata}. Responses are chosen + rejected, the order the official
+    code scores them in (`rewardbench/utils.py` L629-630: `options = row["chosen"]; options.extend(row["rejected"])`),
+    so the first `num_correct` responses are the correct ones (`process_single_model`: `i < sample["num_correct"]`).
+    `rewards` are those 0/1 correctness labels; `best` is 0 where there is one correct response (every subset but
+    Ties), None for a Ties prompt with several."""
+    uid = row.ident("id")
+    chosen, rejected = _text_list(row, "chosen"), _text_list(row, "rejected")
+    n_correct = row.value.get("num_correct", len(chosen))
+    if isinstance(n_correct, bool) or not isinstance(n_correct, int) or n_correct != len(chosen):
+        row.fail("num_correct", f"{n_correct!r} does not count the {len(chosen)} chosen responses (id {uid!r})")
+    total = row.value.get("total_completions")
+    if total is not None and total != len(chosen) + len(rejected):
+        row.fail("total_completions", f"{total!r} != {len(chosen)} chosen + {len(rejected)} rejected (id {uid!r})")
+    subset = row.opt_text("subset")
+    if subset is None:
+        row.fail("subset", f"missing (id {uid!r}); the scoring rule depends on it")
+    meta: dict[str, Any] = {"subset": subset, "num_correct": n_correct}
+    models = row.value.get("models")
+    if isinstance(models, list):
+        meta["models"] = [m if isinstance(m, str) else None for m in models]
+    return make_item(row, "prompt", context=prompt_context(row, "prompt"), responses=chosen + rejected,
+                     rewards=[1.0] * len(chosen) + [0.0] * len(rejected), best=0 if n_correct == 1 else None,
+                     source="rewardbench2", uid=uid, meta=meta)
+
+
+# RM-Bench's domains (README: "chat, code, math, safety-refuse, safety-response"); the per-domain files
+# `data/<domain>_filtered.json` carry no `domain` field, so it is read from the file name there.
+RMBENCH_DOMAINS = ("chat", "code", "math", "safety-refuse", "safety-response")
+RMBENCH_STYLES = ("concise", "detailed", "detailed-markdown")  # README: the order of `chosen` and `rejected`
+_LOC = re.compile(r"^(.*):(\d+|\[\d+\]|\[\".*\"\])$")
+
+
+def _rmbench_domain(row: Row) -> str:
+    if row.has("domain"):
+        domain = row.text("domain")
+        if not domain.startswith(("chat", "code", "math", "safety")):
+            row.fail("domain", f"expected one of {', '.join(RMBENCH_DOMAINS)}, got {domain!r}")
+        return domain
+    m = _LOC.match(row.loc)
+    name = Path(m.group(1) if m else row.loc).name
+    for domain in sorted(RMBENCH_DOMAINS, key=len, reverse=True):  # safety-refuse before a bare "safety"
+        if name.startswith(domain):
+            return domain
+    row.fail("domain", f"missing, and the file name {name!r} names no RM-Bench domain "
+                       f"({', '.join(d + '_filtered.json' for d in RMBENCH_DOMAINS)})")
+
+
+def rmbench(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
+    """THU-KEG/RM-Bench: {id, prompt, chosen[3], rejected[3], domain} (per-domain files: no `domain`). Responses are
+    the 3 chosen then the 3 rejected, each in style order concise, detailed, detailed-markdown, as the official
+    `compute_accuracy` indexes `score_chosen[i]`, `score_rejected[j]` (scripts/utils.py L78-91). The uid is
+    `<domain>:<id>`: the per-domain files reuse RewardBench ids, and chat and code share 23 of them."""
+    domain = _rmbench_domain(row)
+    uid = f"{domain}:{row.ident('id')}"
+    chosen, rejected = _text_list(row, "chosen"), _text_list(row, "rejected")
+    for name, got in (("chosen", chosen), ("rejected", rejected)):
+        if len(got) != len(RMBENCH_STYLES):
+            row.fail(name, f"has {len(got)} responses, RM-Bench has one per style {RMBENCH_STYLES} (uid {uid!r})")
+    meta: dict[str, Any] = {"subset": domain, "domain": domain}
+    if row.opt_text("subset") is not None:
+        meta["origin_subset"] = row.text("subset")  # the RewardBench subset the prompt came from
+    return make_item(row, "prompt", context=prompt_context(row, "prompt"), responses=chosen + rejected,
+                     rewards=[1.0] * 3 + [0.0] * 3, best=None, source="rmbench", uid=uid, meta=meta)
+
+
+def items(row: Row, fallback_uid: str) -> PreferenceItem | Drop:
+    """The `{"context", "responses"[, "uid", "rewards", "best"]}` lines `spct score --input` reads (the same fields
+    as grm/trajectories.py `as_item`): `context` is the query as a string or a list of turns. Without a `uid` the
+    row's location is the uid. Ground truth is optional: an item without `rewards` and `best` can be scored but not
+    evaluated (`spct data check` counts those)."""
+    ctx = row.raw("context")
+    context = [Turn(role="user", content=ctx)] if isinstance(ctx, str) else turns(row, "context")
+    responses = _text_list(row, "responses")
+    rewards = None
+    if row.has("rewards"):
+        rewards = [row.as_number(f"rewards[{i}]", v) for i, v in enumerate(row.seq("rewards", nonempty=False))]
+    best = row.value.get("best")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, int)):
+        row.fail("best", f"expected an integer index or null, got {best!r}")
+    uid = row.ident("uid") if "uid" in row.value else fallback_uid
+    # `spct score` takes the context as given (no check that it ends on a user turn); so does this reader.
+    return make_item(row, "context", require_query=False, context=context, responses=responses, rewards=rewards,
+                     best=best, source="input", uid=uid)
