@@ -12,13 +12,23 @@ by the benchmark's own section names, plus one headline key per benchmark:
 | rmb         | "RMB"                               | "Pairwise/BoN Helpfulness/Harmlessness"           | "wrong" |
 | ppe         | "PPE Preference", "PPE Correctness" | "MMLU-Pro", "MATH", "GPQA", "MBPP-Plus", "IFEval" | "half"  |
 | realmistake | "ReaLMistake" (= "ROC-AUC")         | "Accuracy", "Precision", "Recall", "F1", "Failed" | -       |
+| judgebench  | "JudgeBench"                        | "Knowledge", "Reasoning", "Math", "Coding";       | a tie   |
+|             |                                     | "Inconsistent", "Flipped" with both orders        | is 0    |
+| rewardbench2| "RewardBench 2"                     | "Factuality", "Precise IF", "Math", "Safety",     | "half"  |
+|             |                                     | "Focus", "Ties"                                   | (1/m)   |
+| rmbench     | "RM-Bench"                          | "Chat", "Math", "Code", "Safety"; "Easy",         | "wrong" |
+|             |                                     | "Normal", "Hard"                                  |         |
 
 All values are in [0, 1]; a section with no items is absent. `ties` is each scorer's default tie rule (see
 metrics.py); ReaLMistake's ROC-AUC counts a tied positive/negative pair as 1/2.
 
-Two benchmarks are predicted differently from their data items (see their modules): a PPE correctness question is
-predicted per conflict pair (uid question_id+j, 2 scores) - or whole, K scores, which adds Best-of-K - and a
-ReaLMistake item may have no prediction at all (the judge failed on it), reported under "Failed".
+Some benchmarks are predicted differently from their data items (see their modules): a PPE correctness question is
+predicted per conflict pair (uid question_id+j, 2 scores) - or whole, K scores, which adds Best-of-K -, a
+ReaLMistake item may have no prediction at all (the judge failed on it), reported under "Failed", an RM-Bench item
+whole (6 scores) or per comparison (uid <uid>+c<i>r<j>, 2 scores), and a JudgeBench pair has one line per order
+shown, `{"uid", "order": "AB"|"BA", "scores": [s_A, s_B] | null}`, which the generic reader cannot hold: read
+predictions through `load_benchmark_predictions`, which picks the benchmark's reader, and check a file's uids with
+`expected_uids`.
 """
 from __future__ import annotations
 
@@ -26,7 +36,8 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 
 from spct_jax.data.schema import PreferenceItem
-from spct_jax.eval import ppe, realmistake, rewardbench, rmb
+from spct_jax.eval import judgebench, ppe, realmistake, rewardbench, rewardbench2, rmb, rmbench
+from spct_jax.eval.predictions import load_predictions
 
 Scorer = Callable[..., dict[str, float]]
 
@@ -35,6 +46,27 @@ BENCHMARKS: dict[str, Scorer] = {
     "rmb": rmb.score_rmb,
     "ppe": ppe.score_ppe,
     "realmistake": realmistake.score_realmistake,
+    "judgebench": judgebench.score_judgebench,
+    "rewardbench2": rewardbench2.score_rewardbench2,
+    "rmbench": rmbench.score_rmbench,
+}
+
+# One line per benchmark: its rule and the official source it follows (for `--help` and docs/evaluation.md).
+BENCHMARK_INFO: dict[str, tuple[str, str]] = {
+    "rewardbench": ("pair accuracy, a tie 0.5; sections weighted by prompt count; mean of 4 sections",
+                    "allenai/reward-bench scripts/run_generative.py, rewardbench/utils.py"),
+    "rmb": ("pairwise accuracy and best-of-N (best must be the unique argmax), a tie wrong; mean of 4 sections",
+            "Zhou-Zoey/RMB-Reward-Model-Benchmark eval/scripts/my_run_rm.py"),
+    "ppe": ("pair accuracy on human votes (Preference) and on conflict pairs, mean of 5 sets (Correctness); a tie 0.5",
+            "lmarena/PPE (no metric code available, SPEC section 10.2)"),
+    "realmistake": ("ROC-AUC of the score as a no-error detector; thresholded precision/recall/F1",
+                    "psunlpgroup/ReaLMistake src/error_detection_analysis/calculate_performance.py"),
+    "judgebench": ("each pair judged in both orders: +1/-1 per verdict, correct if the sum > 0; per category",
+                   "ScalerLab/JudgeBench utils/metrics.py, run_judge.py"),
+    "rewardbench2": ("best-of-4, credit 1/m for an m-way tie at the top; Ties' weighted formula; mean of 6 subsets",
+                     "allenai/reward-bench scripts/run_v2.py, rewardbench/utils.py"),
+    "rmbench": ("3x3 chosen-vs-rejected style matrix: hard = upper, normal = diagonal, easy = lower triangle",
+                "THU-KEG/RM-Bench scripts/utils.py compute_accuracy"),
 }
 
 # [P] App. D.2 / Table 2: "Overall" is the mean of these four; ReaLMistake is reported apart.
@@ -53,6 +85,24 @@ def score_benchmark(name: str, items: Sequence[PreferenceItem], preds: Mapping[s
     if unknown:
         raise ValueError(f"benchmark {name!r} takes no option {', '.join(unknown)} (it takes {', '.join(accepted)})")
     return scorer(items, preds, **opts)
+
+
+def load_benchmark_predictions(name: str, path) -> Mapping:
+    """The predictions file of benchmark `name`, read by that benchmark's reader: JudgeBench's keeps each pair's
+    AB and BA lines (judgebench.load_predictions); every other benchmark uses predictions.load_predictions."""
+    if name == "judgebench":
+        return judgebench.load_predictions(path)
+    return load_predictions(path)
+
+
+def expected_uids(name: str, items: Sequence[PreferenceItem], preds: Mapping) -> set[str]:
+    """The uids a predictions file may hold for these items: PPE correctness questions may be predicted per
+    conflict pair (question_id+j) and RM-Bench items per comparison (<uid>+c<i>r<j>)."""
+    if name == "ppe":
+        return {it.uid for it in ppe.prediction_items(items, preds)}
+    if name == "rmbench":
+        return rmbench.prediction_uids(items, preds)
+    return {it.uid for it in items}
 
 
 def overall(scores: Mapping[str, float]) -> float:
