@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
-# Start one spct stage on every worker of a TPU slice, in the background, each worker logging to its own file.
+# Start one spct stage (or inference command) on every worker of a TPU slice, in the background, each worker
+# logging to its own file.
 set -euo pipefail
 SCRIPT_NAME="run.sh"
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-STAGES="rft grpo metarm eval plan"
+STAGES="rft grpo metarm eval plan score serve"
+INFERENCE="eval score serve" # --config is optional for these: flags after -- may say everything
 
 usage() {
   cat <<EOF
 Usage: launch/run.sh STAGE --config configs/X.py [--config.key=value ...] --project P --zone Z --name N
                      [options] [-- MORE_SPCT_ARGS...]
 
-Runs '~/<venv>/bin/spct STAGE --config configs/X.py [--config.key=value ...]' in ~/<remote-dir> on every worker
-(--worker=all) under nohup, so it survives the ssh session, and returns. Each worker writes
-~/<log-dir>/STAGE-RUNID-wW.log (W = the worker number), points ~/<log-dir>/latest.log at it and records the pid
-in ~/<log-dir>/spct.pid; a worker where that pid is still alive refuses to start a second run (stop.sh stops it).
+Runs '~/<venv>/bin/spct STAGE --config configs/X.py [--config.key=value ...] [MORE_SPCT_ARGS...]' in
+~/<remote-dir> on every worker (--worker=all) under nohup, so it survives the ssh session, and returns; STAGE eval
+runs 'spct eval run ...'. Each worker writes ~/<log-dir>/STAGE-RUNID-wW.log (W = the worker number), points
+~/<log-dir>/latest.log at it and records the pid in ~/<log-dir>/spct.pid; a worker where that pid is still alive
+refuses to start a second run (stop.sh stops it).
 No coordinator flags: on TPU VMs jax.distributed.initialize() finds the other hosts by itself.
-The run dir must be a file-system path that every worker sees (the stage commands refuse gs://): on a multi-host
-slice, a Cloud Storage FUSE mount at the same path on every worker (setup.sh --mount-bucket BUCKET mounts
-gs://BUCKET at /mnt/spct), so every host's checkpoint shards land in the bucket.
+The run dir (and eval's --out, score's --output) must be storage every worker sees: gs://BUCKET/... directly, or
+a Cloud Storage FUSE mount at the same path on every worker (setup.sh --mount-bucket BUCKET mounts gs://BUCKET at
+/mnt/spct), so every host's checkpoint shards land in the bucket.
+score, eval and serve are the inference commands: --config is optional for them (the model, mesh and the rest
+can all come after --), e.g. launch/run.sh score ... -- --model M --input F --output O --mesh fsdp=-1.
+spct serve refuses a multi-host slice: run it on a single-host one (v5p-8, v5e-8).
 
   STAGE                 one of: $STAGES
-  --config PATH         ml_collections config file, relative to the code checkout (required)
+  --config PATH         ml_collections config file, relative to the code checkout (required but for
+                        $INFERENCE)
   --config.KEY=VALUE    config overrides, passed through as given (any number)
   --run-id ID           names the log files (default: the UTC time, e.g. 20250101-120000)
   --env KEY=VALUE       export KEY=VALUE on the workers before starting (any number)
@@ -96,13 +103,17 @@ done
 
 [[ -n "$STAGE" ]] || die "STAGE is required: one of $STAGES"
 [[ " $STAGES " == *" $STAGE "* ]] || die "unknown STAGE '$STAGE': one of $STAGES"
-require CONFIG --config
+if [[ " $INFERENCE " != *" $STAGE "* ]]; then
+  require CONFIG --config
+elif [[ -z "$CONFIG" ]] && ((${#OVERRIDES[@]})); then
+  die "${OVERRIDES[0]} needs --config"
+fi
 require_tpu
 if [[ -z "$RUN_ID" ]]; then
   RUN_ID="$(TZ=UTC printf '%(%Y%m%d-%H%M%S)T' -1)"
 fi
 [[ "$RUN_ID" =~ ^[A-Za-z0-9._-]+$ ]] || die "--run-id may hold letters, digits, '.', '_' and '-' only"
-if [[ "$CONFIG" != /* && ! -f "$REPO/$CONFIG" ]]; then
+if [[ -n "$CONFIG" && "$CONFIG" != /* && ! -f "$REPO/$CONFIG" ]]; then
   info "warning: $CONFIG is not in $REPO; it must exist in the code on the workers (launch/setup.sh ships it)"
 fi
 require_cmd gcloud
@@ -112,7 +123,13 @@ code="$(remote_path "$REMOTE_DIR")"
 venv="$(remote_path "$VENV_DIR")"
 logs="$(remote_path "$LOG_DIR")"
 
-spct_cmd="\"$venv/bin/spct\" $(quote_word "$STAGE") --config $(quote_word "$CONFIG")"
+spct_cmd="\"$venv/bin/spct\" $(quote_word "$STAGE")"
+if [[ "$STAGE" == eval ]]; then
+  spct_cmd+=" run" # `spct eval` has two subcommands; only `run` needs the slice (`score` is a CPU job)
+fi
+if [[ -n "$CONFIG" ]]; then
+  spct_cmd+=" --config $(quote_word "$CONFIG")"
+fi
 for w in ${OVERRIDES[@]+"${OVERRIDES[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}; do
   spct_cmd+=" $(quote_word "$w")"
 done

@@ -16,7 +16,7 @@ Copies the code to every worker (--worker=all) and installs it there:
      interpreter if missing (apt), create ~/<venv>, pip install -e ~/<remote-dir> plus jax[tpu].
 With --git-url, step 1-2 become a git clone on each worker instead.
 With --mount-bucket, a further ssh --worker=all mounts a Cloud Storage bucket with gcsfuse at the same path on
-every worker, for the run dir (the stage commands take a file-system run_dir, not gs://).
+every worker, for the run dir and data (a run dir may also be gs://BUCKET/... itself, with gcsfs installed).
 
   --repo DIR        local checkout to archive (default: the repository this script is in)
   --ref REF         commit, branch or tag to ship (default HEAD; with --git-url: the default branch)
@@ -25,6 +25,7 @@ every worker, for the run dir (the stage commands take a file-system run_dir, no
                     the package needs >= 3.11 and the TPU images ship Ubuntu 22.04's 3.10)
   --jax-spec S      the JAX requirement installed next to the package (default 'jax[tpu]'; the package's
                     own jax pin still applies)
+  --extras E        the package's extras to install too, e.g. 'serve' (starlette, uvicorn) for spct serve
   --mount-bucket BUCKET[:MOUNT_POINT]
                     mount gs://BUCKET with 'gcsfuse --implicit-dirs' at MOUNT_POINT (absolute; default
                     /mnt/spct) on every worker; gcsfuse must be installed there (Cloud Storage FUSE install docs:
@@ -43,6 +44,7 @@ REF=""
 GIT_URL=""
 PYTHON_BIN="python3.11"
 JAX_SPEC="jax[tpu]"
+EXTRAS=""
 CHECK=0
 MOUNT_BUCKET=""
 MOUNT_POINT="/mnt/spct"
@@ -83,6 +85,11 @@ while (($#)); do
       JAX_SPEC="$FLAG_VALUE"
       shift "$FLAG_SHIFT"
       ;;
+    --extras | --extras=*)
+      flag_value --extras "$@"
+      EXTRAS="$FLAG_VALUE"
+      shift "$FLAG_SHIFT"
+      ;;
     --mount-bucket | --mount-bucket=*)
       flag_value --mount-bucket "$@"
       MOUNT_BUCKET="${FLAG_VALUE#gs://}"
@@ -103,6 +110,7 @@ done
 require_tpu
 [[ "$PYTHON_BIN" =~ ^[A-Za-z0-9._/-]+$ ]] || die "--python '$PYTHON_BIN' is not a plain interpreter name"
 check_dq_safe --jax-spec "$JAX_SPEC"
+[[ -z "$EXTRAS" || "$EXTRAS" =~ ^[a-z0-9_-]+(,[a-z0-9_-]+)*$ ]] || die "--extras '$EXTRAS' must be names like serve or a,b"
 check_dq_safe --git-url "$GIT_URL"
 check_dq_safe --ref "$REF"
 if [[ -n "$MOUNT_BUCKET" ]]; then
@@ -146,7 +154,7 @@ steps+=(
   "{ command -v $PYTHON_BIN >/dev/null || { sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PYTHON_BIN $PYTHON_BIN-venv; }; }"
   "{ test -x \"$venv/bin/python\" || $PYTHON_BIN -m venv \"$venv\"; }"
   "\"$venv/bin/pip\" install -q --upgrade pip"
-  "\"$venv/bin/pip\" install -q -e \"$code\" \"$JAX_SPEC\""
+  "\"$venv/bin/pip\" install -q -e \"$code${EXTRAS:+[$EXTRAS]}\" \"$JAX_SPEC\""
 )
 remote=""
 for s in "${steps[@]}"; do

@@ -32,7 +32,8 @@ ENTRY_SCRIPTS = [p.name for p in ALL_SCRIPTS if p.name != "common.sh"]
 PROJECT, ZONE, NAME = "my-proj", "us-east5-a", "spct-v5p"
 COMMON = ["--project", PROJECT, "--zone", ZONE, "--name", NAME]
 LOC = [f"--zone={ZONE}", f"--project={PROJECT}"]
-STAGES = ["rft", "grpo", "metarm", "eval", "plan"]
+STAGES = ["rft", "grpo", "metarm", "eval", "plan", "score", "serve"]
+SUBCOMMAND = {"eval": "eval run"}  # what run.sh starts for a STAGE
 CONFIG = "configs/gemma2_27b_v5p.py"
 
 BASH = shutil.which("bash") or "/bin/bash"
@@ -199,6 +200,11 @@ def test_setup_archives_copies_to_all_workers_and_installs(sandbox):
     assert len(cmds) == 4
 
 
+def test_setup_installs_extras_for_serve(sandbox):
+    cmds = dry(sandbox, "setup.sh", *COMMON, "--extras", "serve")
+    assert '"$HOME/spct-venv/bin/pip" install -q -e "$HOME/spct-jax[serve]" "jax[tpu]"' in _command_of(cmds[2])
+
+
 def test_setup_mounts_a_bucket_on_all_workers(sandbox):
     cmds = dry(sandbox, "setup.sh", *COMMON, "--mount-bucket", "my-bucket", "--check")
     assert len(cmds) == 5
@@ -255,12 +261,77 @@ def test_run_starts_the_stage_on_all_workers(sandbox, stage):
     [argv] = cmds
     assert argv[:9] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", NAME, "--worker=all", *LOC]
     remote = _command_of(argv)
-    assert (f'nohup "$HOME/spct-venv/bin/spct" {stage} --config {CONFIG} --config.run_dir=gs://b/run '
-            f'--config.seed=3 > "$LOG" 2>&1 < /dev/null &') in remote
+    assert (f'nohup "$HOME/spct-venv/bin/spct" {SUBCOMMAND.get(stage, stage)} --config {CONFIG} '
+            f'--config.run_dir=gs://b/run --config.seed=3 > "$LOG" 2>&1 < /dev/null &') in remote
     assert f'LOG="$HOME/spct_logs/{stage}-r1-w$W.log"' in remote
     assert 'cd "$HOME/spct-jax"' in remote
     # JAX's TPU runtime finds its peers: no coordinator flags
     assert "coordinator" not in remote and "num_processes" not in remote
+
+
+def _spct_argv(remote: str) -> list[str]:
+    """The spct command line a run.sh remote command starts (after `nohup`, before the redirection)."""
+    words = shlex.split(remote.split("nohup ", 1)[1].split(" > ", 1)[0])
+    assert words[0] == "$HOME/spct-venv/bin/spct"
+    return words[1:]
+
+
+# What a user adds after `--` for each inference command on a 27B slice (paths on the gcsfuse mount).
+INFERENCE_ARGS = {
+    "eval": ["--model", "/mnt/spct/run/grpo/model", "--meta-rm", "/mnt/spct/run/metarm/model", "--benchmark",
+             "rewardbench", "--data", "/mnt/spct/data/rewardbench", "--k", "1,8,32", "--out", "gs://b/run/eval"],
+    "score": ["--model", "/mnt/spct/run/grpo/model", "--input", "/mnt/spct/data/items.jsonl", "--output",
+              "gs://b/run/judgements.jsonl", "--mesh", "fsdp=-1,tensor=2"],
+    "serve": ["--model", "/mnt/spct/run/grpo/model", "--mesh", "tensor=4", "--host", "0.0.0.0", "--token-file",
+              "/home/u/spct.token"],
+}
+
+
+def _parse_with_spct(argv: list[str]):
+    """Parse a started spct command line with the command's own parser (config file loaded, nothing run)."""
+    from spct_jax.eval.run import parse_args as eval_args
+    from spct_jax.grm.score_cli import parse_args as score_args
+    from spct_jax.serve.server import parse_args as serve_args
+
+    if argv[:2] == ["eval", "run"]:
+        return eval_args(argv[2:])
+    return {"score": score_args, "serve": serve_args}[argv[0]](argv[1:])
+
+
+@pytest.mark.parametrize("stage", ["eval", "score", "serve"])
+def test_run_starts_inference_commands_that_spct_accepts(sandbox, stage, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the workers run from the code checkout, where the config path resolves
+    with_config = dry(sandbox, "run.sh", stage, "--config", CONFIG, "--config.seed=3", *COMMON, "--",
+                      *INFERENCE_ARGS[stage])
+    argv = _spct_argv(_command_of(with_config[0]))
+    assert argv == [*SUBCOMMAND.get(stage, stage).split(), "--config", CONFIG, "--config.seed=3",
+                    *INFERENCE_ARGS[stage]]
+    args = _parse_with_spct(argv)
+    assert args.model == "/mnt/spct/run/grpo/model" and args.seed == 3  # the override reached the config
+    assert args.max_new_tokens == 1024 and args.dtype == "bfloat16"  # from the 27B config's inference.* fields
+    if stage != "eval":  # eval's --k was given on the command line and wins over inference.k
+        assert args.k == 32
+    # --config is optional for the inference commands: the flags after -- say everything
+    without = dry(sandbox, "run.sh", stage, *COMMON, "--", *INFERENCE_ARGS[stage])
+    argv = _spct_argv(_command_of(without[0]))
+    assert "--config" not in argv
+    args = _parse_with_spct(argv)
+    assert args.config is None and args.max_new_tokens == 512  # the command's own default
+
+
+def test_readme_inference_examples_start_commands_spct_accepts(sandbox, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    readme = (LAUNCH / "README.md").read_text()
+    section = readme.split("## Inference on a slice", 1)[1].split("\n## ", 1)[0]
+    examples = [" ".join(line.strip().rstrip("\\") for line in block.splitlines())
+                for block in re.findall(r"^launch/run\.sh .*?(?<!\\)$", section, flags=re.M | re.S)]
+    assert [shlex.split(e)[1] for e in examples] == ["eval", "score", "serve"]
+    env = {"SPCT_PROJECT": PROJECT, "SPCT_ZONE": ZONE, "SPCT_TPU_NAME": NAME}
+    for example in examples:
+        args = [a for a in shlex.split(example)[1:] if a != "--dry-run"]
+        [argv] = dry(sandbox, "run.sh", *args, env=env)
+        parsed = _parse_with_spct(_spct_argv(_command_of(argv)))
+        assert parsed.model == "/mnt/spct/gemma2-27b/grpo/model"
 
 
 def test_run_env_and_passthrough_args_are_quoted_for_the_remote_shell(sandbox):
@@ -400,12 +471,14 @@ def test_every_script_has_help_and_strict_mode(sandbox):
         ("create.sh", [*COMMON, "--zone"], "--zone needs a value"),
         ("create.sh", [*COMMON, "--bogus"], "unknown argument '--bogus'"),
         ("setup.sh", ["--zone", "z", "--name", "n"], "--project is required"),
-        ("run.sh", ["--config", CONFIG, *COMMON], "STAGE is required: one of rft grpo metarm eval plan"),
+        ("run.sh", ["--config", CONFIG, *COMMON], "STAGE is required: one of rft grpo metarm eval plan score serve"),
         ("run.sh", ["train", "--config", CONFIG, *COMMON], "unknown STAGE 'train'"),
         ("run.sh", ["rft", *COMMON], "--config is required"),
+        ("run.sh", ["score", "--config.seed=3", *COMMON], "--config.seed=3 needs --config"),
         ("run.sh", ["rft", "--config", CONFIG, "--project", "p", "--zone", "z"], "--name is required"),
         ("run.sh", ["rft", "--config", CONFIG, *COMMON, "--env", "no-equals"], "--env wants KEY=VALUE"),
         ("setup.sh", [*COMMON, "--remote-dir", "/"], "--remote-dir '/' must be a plain folder path"),
+        ("setup.sh", [*COMMON, "--extras", "serve]; rm"], "--extras 'serve]; rm' must be names"),
         ("setup.sh", [*COMMON, "--venv", "a/../b"], "--venv 'a/../b' must be a plain folder path"),
         ("setup.sh", [*COMMON, "--git-url", "https://x/$(id)"], "--git-url must not contain"),
         ("setup.sh", [*COMMON, "--mount-bucket", "Bad_Bucket"], "'Bad_Bucket' is not a bucket name"),
