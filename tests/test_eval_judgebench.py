@@ -162,7 +162,8 @@ def fixture_lines(orders=("AB", "BA")) -> list[dict]:
 @pytest.mark.parametrize("change, problem", [
     (lambda ls: ls + [{"uid": "jb-nope", "order": "AB", "scores": [1, 0]}],
      "pred.jsonl:7: uid 'jb-nope' is not a pair of the JudgeBench data given (3 pairs)"),
-    (lambda ls: [x for x in ls if x["uid"] != "jb-toy-2"], "pred.jsonl: no prediction for 1 of 3 pairs: uid 'jb-toy-2'"),
+    (lambda ls: [x for x in ls if x["uid"] != "jb-toy-2"],
+     "pred.jsonl: no prediction for 1 of 3 pairs: uid 'jb-toy-2'"),
     (lambda ls: [x for x in ls if (x["uid"], x["order"]) != ("jb-toy-3", "AB")],
      "pred.jsonl:5: uid 'jb-toy-3' has a BA line but no AB line"),
     (lambda ls: [x for x in ls if (x["uid"], x["order"]) != ("jb-toy-2", "BA")],

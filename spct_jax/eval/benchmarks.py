@@ -19,8 +19,9 @@ by the benchmark's own section names, plus one headline key per benchmark:
 | rmbench     | "RM-Bench"                          | "Chat", "Math", "Code", "Safety"; "Easy",         | "wrong" |
 |             |                                     | "Normal", "Hard"                                  |         |
 
-All values are in [0, 1]; a section with no items is absent. `ties` is each scorer's default tie rule (see
-metrics.py); ReaLMistake's ROC-AUC counts a tied positive/negative pair as 1/2.
+All values are in [0, 1] (but RewardBench 2's "Ties", whose official formula spans [-0.01, 1.01]); a section with
+no items is absent. `ties` is each scorer's default tie rule (see metrics.py); ReaLMistake's ROC-AUC counts a tied
+positive/negative pair as 1/2.
 
 Some benchmarks are predicted differently from their data items (see their modules): a PPE correctness question is
 predicted per conflict pair (uid question_id+j, 2 scores) - or whole, K scores, which adds Best-of-K -, a

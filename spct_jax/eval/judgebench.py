@@ -11,9 +11,9 @@ Predictions. JudgeBench judges every pair twice, "in the original order and swap
 with the scores ALWAYS in the original (A, B) order, whichever order was shown, and `null` when the judge gave no
 verdict (JudgeBench writes `judgment = None` on a failure, `run_judge.py` L29-31, L37-39). A line without `order` is
 an AB line, so a plain `{"uid", "scores"}` file is a single-game run. Equal scores are the verdict "A=B".
-JudgeBench's own reward-model judges write `'A>B' if score_A > score_B else 'B>A'` (`utils/judges.py` L475, L524),
-which gives every tie to B; we follow its JudgeLM judge instead (L282-287: equal scores -> "A=B"), so a tie
-counts for neither response.
+JudgeBench's own reward-model judges write `'A>B' if score_A > score_B else 'B>A'` (`utils/judges.py` L473,
+L525, L564), which gives every tie to B; we follow its JudgeLM judge instead (L282-287: equal scores -> "A=B"),
+so a tie counts for neither response.
 
 Rule (`utils/metrics.py` `compute_final_metrics`):
   - both orders (the default protocol): each of the two verdicts counts +1 when equal to the label and -1 when

@@ -17,7 +17,9 @@ prediction is one line per item, `{"uid": id, "scores": [...]}`, a score per res
   prompt N with several), split at ":" (L1051-1052); the score is
   0.30 tied accuracy + 0.30 ref accuracy + 0.20 correctness_preferred + 0.20 correctness_preferred_hard
   + 0.01 margin score (L1094-1100), where an item is accurate when its worst correct score beats its best
-  incorrect one (strictly, `_compute_prompt_stats` L1010-1030) - so ties there are not split but lost.
+  incorrect one (strictly, `_compute_prompt_stats` L1010-1030) - so ties there are not split but lost. The four
+  main weights sum to 1 and the margin term lies in [-1, 1], so Ties (alone here) can leave [0, 1]: it spans
+  [-0.01, 1.01], as officially.
 - "RewardBench 2": the unweighted mean of the subsets present. The paper (arXiv 2506.01937, "Scoring"): "the final
   score is an unweighted average across all six domains"; the dataset card: "The RewardBench 2 leaderboard
   averages over these six subsets". No code in the repository computes it.
