@@ -377,3 +377,47 @@ def test_cli_refuses_bad_flags_before_loading_a_model(tmp_path, capsys):
         t0 = time.monotonic()
         assert spct(["serve", "--model", "tiny-random", "--port", str(taken.getsockname()[1])]) == 2
         assert time.monotonic() - t0 < 5 and "cannot bind" in capsys.readouterr().err
+
+
+def test_spct_serve_shards_the_model_over_the_hosts_devices(tmp_path):
+    """`--mesh fsdp=4` on a host of 4 (fake) devices: the server answers what the one-device GRM answers."""
+    import os
+
+    from spct_jax.grm.scorer import GenerativeRewardModel
+    from spct_jax.models.registry import load_model
+    from spct_jax.serve.schema import SERVE_UID
+
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w+")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "spct_jax.cli", "serve", "--model", "tiny-random", "--port", str(port), "--k", "2",
+           "--max-new-tokens", "4", "--template", "toy", "--mesh", "fsdp=4", "--dtype", "float32"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    item = {"context": "What is 2+2?", "responses": ["4", "5"]}
+    try:
+        t0 = time.monotonic()
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() - t0 < 120, "server did not come up"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        answer = httpx.post(f"{base}/v1/score", json={**item, "return_samples": True}, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = (tmp_path / "serve.log").read_text()
+    assert rc == 0 and "mesh {'data': 1, 'fsdp': 4, 'tensor': 1}, float32" in out, out
+    assert answer.status_code == 200, answer.text
+    model, tok = load_model("tiny-random")
+    [want] = GenerativeRewardModel(model, tok, template="toy").score([{**item, "uid": SERVE_UID}], k=2,
+                                                                      temperature=0.5, max_new_tokens=4, seed=0)
+    got = answer.json()
+    assert got["rewards"] == list(want.rewards) and got["num_failed"] == want.num_failed
+    assert [s["text"] for s in got["samples"]] == [s.text for s in want.samples]
+    assert [s["permutation"] for s in got["samples"]] == [list(s.permutation) for s in want.samples]

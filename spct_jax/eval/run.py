@@ -446,7 +446,8 @@ def artifacts(args: argparse.Namespace, plan: Plan, items: Sequence[PreferenceIt
     if len(plan.ks) > 1:
         from spct_jax.eval.plots import scaling_png
 
-        files["scaling.png"] = scaling_png(runs, HEADLINES[args.benchmark], title=f"{args.benchmark}: {model_name}")
+        headlines = HEADLINES.get(args.benchmark) or tuple(runs[0]["scores"])  # a newer benchmark: every key
+        files["scaling.png"] = scaling_png(runs, headlines, title=f"{args.benchmark}: {model_name}")
     from spct_jax.eval.report import render_report
 
     viewer_rows = rows[: args.viewer_limit]

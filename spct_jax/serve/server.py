@@ -11,9 +11,10 @@ SIGTERM (or Ctrl-C) stops accepting connections, answers the requests in flight,
 then exits 0. Needs the `serve` extra (starlette, uvicorn).
 
 One host, all its chips: `--mesh data=D,fsdp=F,tensor=T` (and `--dtype`, default bfloat16 with a mesh) shards the
-GRM and meta RM over the host's devices, e.g. Gemma-2-27B in bf16 over a v5p-8's 4 chips (`--mesh tensor=4`) or a
-v5e-8's 8 (`--mesh tensor=8`); `--config FILE` takes the mesh, dtype, k, k_meta, temperature and max_new_tokens
-from a run config (grm/judge.py). Several hosts are refused: requests arrive at one process, and the others would
+GRM and meta RM over the host's devices, e.g. Gemma-2-27B in bf16 over a v5p-8's 4 chips (`--mesh tensor=4`; `spct
+plan` puts GRM + meta RM at 49 GB per chip for one prompt x k=8) or Gemma-2-9B over a v5e-8's 8 (`--mesh
+tensor=8`, 10.4 GB per chip; 27B needs 24.5 GB there, more than a v5e chip's 16 GB); `--config FILE` takes the
+mesh, dtype, k, k_meta, temperature and max_new_tokens from a run config (grm/judge.py). Several hosts are refused: requests arrive at one process, and the others would
 have to join every sampler call with the same inputs, which this server does not do. On a multi-host slice, serve
 from one single-host slice per replica and put a load balancer in front.
 """
