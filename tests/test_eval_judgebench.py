@@ -118,6 +118,8 @@ def test_both_orders_rule_by_hand(tmp_path):
     one = judgebench.score_judgebench(items, judgebench.load_predictions(write(tmp_path, lines)), single_game=True)
     assert one["JudgeBench"] == pytest.approx(3 / 6)  # win-tie, split, both-right
     assert one["Math"] == pytest.approx(2 / 4) and set(one) == {"Math", "Knowledge", "JudgeBench"}
+    per_source = judgebench.score_judgebench(items, judgebench.load_predictions(write(tmp_path, lines)), details=True)
+    assert per_source["livebench-math"] == got["Math"] and per_source["mmlu-pro-law"] == got["Knowledge"]
 
 
 def test_ab_only_lines_and_plain_predictions_are_single_game(tmp_path):

@@ -213,12 +213,14 @@ def pair_correct(label: str, verdicts: Sequence[Verdict]) -> bool:
 
 
 def score_judgebench(items: Sequence[PreferenceItem], preds: Mapping[str, Any], *, single_game: bool = False,
-                     allow_extra: bool = False) -> dict[str, float]:
+                     allow_extra: bool = False, details: bool = False) -> dict[str, float]:
     """"Knowledge", "Reasoning", "Math", "Coding" (those present), "JudgeBench" (all pairs), each the fraction of
     pairs correct; with both orders also "Inconsistent" and "Flipped" (eval/consistency.py). `preds` is what
-    `load_predictions` reads (or a plain {uid: [s_A, s_B]} map: AB only)."""
+    `load_predictions` reads (or a plain {uid: [s_A, s_B]} map: AB only). details=True adds the accuracy per
+    source (e.g. "mmlu-pro-law"), keyed by the source."""
     verdicts = pair_verdicts(items, preds, single_game=single_game, allow_extra=allow_extra)
     correct: dict[str, list[bool]] = {name: [] for name in CATEGORIES}
+    by_source: dict[str, list[bool]] = {}
     overall: list[bool] = []
     for item in items:
         ok = pair_correct(label_of(item), verdicts[item.uid])
@@ -227,6 +229,7 @@ def score_judgebench(items: Sequence[PreferenceItem], preds: Mapping[str, Any], 
         if not isinstance(source, str):
             raise DataError(f"item {item.uid!r}: meta['subset'] (the row's `source`) is missing; JudgeBench "
                             "reports per category from it")
+        by_source.setdefault(source, []).append(ok)
         name = category_of(source)
         if name is not None:
             correct[name].append(ok)
@@ -235,4 +238,6 @@ def score_judgebench(items: Sequence[PreferenceItem], preds: Mapping[str, Any], 
         out[SCORE_KEY] = sum(overall) / len(overall)
         if all(len(v) == 2 for v in verdicts.values()):
             out.update(position_consistency({u: (v[0], v[1]) for u, v in verdicts.items()}))
+    if details:
+        out.update((source, sum(c) / len(c)) for source, c in sorted(by_source.items()))
     return out
