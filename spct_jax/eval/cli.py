@@ -130,7 +130,8 @@ def main(argv: Sequence[str]) -> int:
     """`spct eval score ...` (score predictions) or `spct eval run ...` (run a GRM, then score)."""
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: spct eval score --benchmark B --data PATH --predictions F [--json]\n"
-              "       spct eval run --model M --benchmark B --data PATH --k 8 --out DIR")
+              "       spct eval run --model M --benchmark B --data PATH --k 8 --out DIR\n"
+              "                     [--mesh data=D,fsdp=F,tensor=T] [--dtype D] [--config FILE]")
         return 0 if argv else 2
     if argv[0] == "score":
         return score_main(list(argv[1:]))
