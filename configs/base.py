@@ -22,7 +22,7 @@ from spct_jax.parallel.mesh import MeshConfig, parse_accelerator
 
 DTYPES = ("float32", "bfloat16")
 HINTED_MODES = ("all", "unsolved", "none")  # spct_jax.train.rft.HINTED_MODES (not imported: keeps loading cheap)
-REMAT = ("none", "full")
+REMAT = ("none", "full", "save_dots")  # spct_jax.models.transformer.REMAT_POLICIES (not imported: no JAX here)
 
 
 def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, fsdp: int = -1, tensor: int = 1,
@@ -40,7 +40,8 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.model.init_checkpoint = ""  # ours: HF folder (local or under the gcsfuse mount) of the base model; "" = random init (tests)
     c.model.param_dtype = "float32"  # ours: params are the fp32 master weights AdamW updates
     c.model.compute_dtype = "bfloat16"  # ours: matmuls in bf16 (kernels are cast per layer)
-    c.model.remat = "full"  # ours: recompute each block in the backward pass (only block inputs are kept)
+    c.model.remat = "full"  # ours: recompute each block in the backward pass (only block inputs are kept); "save_dots"
+    #                         also keeps the weight matmuls' outputs (less recompute, more memory), "none" keeps all
 
     c.meta_rm = ml_collections.ConfigDict()
     c.meta_rm.preset = model  # [P] §5 / App. C.1: "The meta RM is trained on Gemma-2-27B" (same base as the GRM)

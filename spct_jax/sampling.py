@@ -178,19 +178,22 @@ def _prefill(model: Decoder, ids: jax.Array, mask: jax.Array, cache, pin=lambda 
     return cache, pin(model.logits_from_hidden(lasts[-1]))
 
 
-def _local_take(x: jax.Array, src: jax.Array, shards: int) -> jax.Array:
-    """Rows of `x` picked by `src` WITHIN each of `shards` contiguous row blocks, so that a device never reads
-    another device's rows.  x: [S * U, ...], src: [S * Q] (indices into the row's own block of U) -> [S * Q, ...].
+def _local_take(x: jax.Array, src: jax.Array, shards: int, axis: int = 0) -> jax.Array:
+    """Rows of `x` (along `axis`) picked by `src` WITHIN each of `shards` contiguous row blocks, so that a device
+    never reads another device's rows.  x: [..., S * U, ...], src: [S * Q] (indices into the row's own block of U)
+    -> [..., S * Q, ...] (the KV cache's rows are its axis 1, after the stacked layers).
 
         x    [ u0 u1 u2 u3 | u4 u5 u6 u7 ]     (S = 2 blocks of U = 4, one per row shard)
         src  [ 0  0  3     | 1  2  2     ]     -> [ u0 u0 u3 | u5 u6 u6 ]
 
     A vmap over the shard axis makes it a gather with a batch dimension, which GSPMD partitions along that axis:
     no all-gather of `x` (a plain take with arbitrary indices would make every device gather the whole of it)."""
-    u, q = x.shape[0] // shards, src.shape[0] // shards
-    xs = x.reshape(shards, u, *x.shape[1:])
-    out = jax.vmap(lambda a, i: jnp.take(a, i, axis=0))(xs, src.reshape(shards, q))  # [S, Q, ...]
-    return out.reshape(shards * q, *x.shape[1:])
+    pre, post = x.shape[:axis], x.shape[axis + 1:]
+    u, q = x.shape[axis] // shards, src.shape[0] // shards
+    xs = x.reshape(*pre, shards, u, *post)
+    out = jax.vmap(lambda a, i: jnp.take(a, i, axis=axis), in_axes=(axis, 0), out_axes=axis)(
+        xs, src.reshape(shards, q))  # [..., S, Q, ...]
+    return out.reshape(*pre, shards * q, *post)
 
 
 def _generate(graphdef, state, ids, mask, prompt_src, row_key_data, max_new, temperature, top_p, *, st: _Static,
@@ -216,8 +219,9 @@ def _generate(graphdef, state, ids, mask, prompt_src, row_key_data, max_new, tem
     if st.fan_out:
         # Prefill each shard's distinct prompts once, on that shard (the cache is pinned before any write).
         cache, last = _prefill(model, ids, mask, pin(model.init_cache(u, p), "cache"), pin)
-        take = lambda x: _local_take(x, prompt_src, shards)  # noqa: E731
-        cache = dataclasses.replace(cache, k=tuple(map(take, cache.k)), v=tuple(map(take, cache.v)),
+        take = lambda x, axis=0: _local_take(x, prompt_src, shards, axis)  # noqa: E731
+        rows_dim = cache.rows_dim  # k, v: [L, U, K, P, Dh]
+        cache = dataclasses.replace(cache, k=take(cache.k, rows_dim), v=take(cache.v, rows_dim),
                                     valid=take(cache.valid), next_pos=take(cache.next_pos))
         cache = pin(cache.shared_by(k, n), "cache")  # [Q, P] prefix read by k rows each; nothing recomputed
         last = pin(jnp.repeat(take(last), k, axis=0))  # [R, V]
@@ -287,16 +291,13 @@ class _Layout:
         return jax.lax.with_sharding_constraint(x, self.sharding(*spec))
 
     def _cache_shardings(self, cache):
-        heads = cache.k[0].shape[1] if cache.k else 1
+        """k, v [L, B, K, S, Dh] (the layers stacked, never split): rows over the row axes, KV heads over tensor."""
+        heads = cache.k.shape[2]
         tensor = "tensor" if "tensor" in self.mesh.axis_names and heads % self.mesh.shape["tensor"] == 0 else None
-        row = self.row_axes or None
-        kv, rows = self.sharding(row, tensor, None, None), self.rows
-        prefix = None
-        if cache.prefix is not None:
-            prefix = dataclasses.replace(cache.prefix, k=tuple(kv for _ in cache.prefix.k),
-                                         v=tuple(kv for _ in cache.prefix.v), valid=rows)
-        return dataclasses.replace(cache, k=tuple(kv for _ in cache.k), v=tuple(kv for _ in cache.v), valid=rows,
-                                   length=self.sharding(), next_pos=rows, prefix=prefix)
+        kv, rows = self.sharding(None, self.row_axes or None, tensor, None, None), self.rows
+        prefix = None if cache.prefix is None else dataclasses.replace(cache.prefix, k=kv, v=kv, valid=rows)
+        return dataclasses.replace(cache, k=kv, v=kv, valid=rows, length=self.sharding(), next_pos=rows,
+                                   prefix=prefix)
 
 
 _jitted_generate = jax.jit(_generate, static_argnames=("st", "layout"))

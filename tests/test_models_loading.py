@@ -35,7 +35,7 @@ def write_random_checkpoint(folder, cfg, *, seed=0, dtype=np.float32, max_shard_
 
     from spct_jax.models.scalar_head import ScalarRM, scalar_rm_mapping
     from spct_jax.models.transformer import Decoder
-    from spct_jax.models.weights import lm_mapping, write_checkpoint
+    from spct_jax.models.weights import lm_mapping, tensor_shape, write_checkpoint
     from spct_jax.train.stage_common import byte_tokenizer_json
 
     build = (lambda: ScalarRM(cfg, rngs=nnx.Rngs(0))) if scalar_rm else (lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
@@ -44,10 +44,9 @@ def write_random_checkpoint(folder, cfg, *, seed=0, dtype=np.float32, max_shard_
     mapping = scalar_rm_mapping(cfg) if scalar_rm else lm_mapping(cfg)
     rng = np.random.default_rng(seed)
     tensors = []
-    for hf, path, transpose in mapping:
-        shape = tuple(flat[path].shape)
-        shape = shape[::-1] if transpose else shape
-        tensors.append((hf, shape, np.dtype(dtype),
+    for m in mapping:
+        shape = tensor_shape(tuple(flat[m.path].shape), m)
+        tensors.append((m.hf, shape, np.dtype(dtype),
                         lambda shape=shape: (rng.standard_normal(shape, np.float32) * 0.05).astype(dtype)))
     hf_config = cfg.to_hf_config()
     if scalar_rm:

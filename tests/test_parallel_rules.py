@@ -39,14 +39,16 @@ def test_every_parameter_of_the_real_shapes_matches_a_rule(name, scalar_rm):
     specs = dict(named_leaves(param_specs(POD, state)))  # also: every split dim divides on the pod mesh
     prefix = "backbone/" if scalar_rm else ""
     assert specs[prefix + "embed"] == P("tensor", "fsdp")
-    assert specs[prefix + "layers/0/attn/q_proj/kernel"] == P("fsdp", "tensor")
-    assert specs[prefix + "layers/5/attn/o_proj/kernel"] == P("tensor", "fsdp")
-    assert specs[prefix + "layers/1/mlp/down_proj/kernel"] == P("tensor", "fsdp")
+    # The blocks are stacked [L, ...]: the layer dim is never split.
+    assert specs[prefix + "layers/attn/q_proj/kernel"] == P(None, "fsdp", "tensor")
+    assert specs[prefix + "layers/attn/o_proj/kernel"] == P(None, "tensor", "fsdp")
+    assert specs[prefix + "layers/mlp/down_proj/kernel"] == P(None, "tensor", "fsdp")
+    assert dict(named_leaves(state))[prefix + "layers/mlp/down_proj/kernel"].shape[0] == PRESETS[name].num_layers
     assert specs[prefix + "final_norm/scale"] == P()
     if scalar_rm:
         assert specs["score/kernel"] == P("fsdp")
     if name == "qwen2.5-7b":
-        assert specs["layers/0/attn/k_proj/bias"] == P("tensor") and specs["lm_head/kernel"] == P("fsdp", "tensor")
+        assert specs["layers/attn/k_proj/bias"] == P(None, "tensor") and specs["lm_head/kernel"] == P("fsdp", "tensor")
     # A rule splits at most the mesh: no dim is split over an axis twice, nothing is left fully replicated but norms
     replicated = [n for n, s in specs.items() if s == P()]
     assert all(n.endswith("norm/scale") for n in replicated), replicated
@@ -74,9 +76,9 @@ def test_indivisible_dims_raise_naming_the_param_or_replicate_when_allowed():
 
 
 def test_axes_the_mesh_lacks_are_dropped():
-    tree = {"layers": {0: {"attn": {"q_proj": {"kernel": jax.ShapeDtypeStruct((64, 32), jnp.float32)}}}}}
+    tree = {"layers": {"attn": {"q_proj": {"kernel": jax.ShapeDtypeStruct((3, 64, 32), jnp.float32)}}}}
     two_axes = AbstractMesh((1, 4), ("data", "fsdp"))  # the trainer's default mesh has no "tensor"
-    assert param_specs(two_axes, tree)["layers"][0]["attn"]["q_proj"]["kernel"] == P("fsdp")
+    assert param_specs(two_axes, tree)["layers"]["attn"]["q_proj"]["kernel"] == P(None, "fsdp")
 
 
 def test_optimizer_state_mirrors_the_params():
@@ -98,10 +100,11 @@ def test_kv_cache_rows_over_batch_axes_heads_over_tensor():
     cfg = PRESETS["gemma2-27b"]
     cache = jax.eval_shape(lambda: KVCache.empty(cfg.replace(num_layers=2, layer_types=("sliding", "full")), 64, 128))
     sh = kv_cache_shardings(POD, cache)
-    assert sh.k[0].spec == P(("data", "fsdp"), "tensor", None, None) and sh.valid.spec == P(("data", "fsdp"))
+    assert cache.k.shape == (2, 64, 16, 128, 128)  # [L, B, K, S, Dh]: every layer stacked
+    assert sh.k.spec == P(None, ("data", "fsdp"), "tensor", None, None) and sh.valid.spec == P(("data", "fsdp"))
     assert sh.length.spec == P()
     odd = AbstractMesh((1, 2, 32), AXES)  # 16 KV heads do not split 32 ways: heads stay whole
-    assert kv_cache_shardings(odd, cache).v[1].spec == P(("data", "fsdp"), None, None, None)
+    assert kv_cache_shardings(odd, cache).v.spec == P(None, ("data", "fsdp"), None, None, None)
     with pytest.raises(ShardingRuleError, match="rows do not divide"):
         kv_cache_shardings(POD, jax.eval_shape(lambda: KVCache.empty(cfg.replace(num_layers=1, layer_types=("full",)),
                                                                       20, 8)))
@@ -216,7 +219,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     # RFT (SFT) on Gemma-2: tied embedding, soft-caps, sliding window.
     sft = [lm_batch(16, 12) for _ in range(2)]
     compare("sft", lambda: init_model(GEMMA, seed=0), lambda g, **kw: make_sft_step(g, chunk=4, **kw), sft,
-            {"embed": P("tensor", "fsdp"), "layers/0/mlp/down_proj/kernel": P("tensor", "fsdp")})
+            {"embed": P("tensor", "fsdp"), "layers/mlp/down_proj/kernel": P(None, "tensor", "fsdp")})
 
     # GRPO on Qwen2: q/k/v biases, untied lm_head. Reference log-probs from the sharded forward equal one device's.
     qwen = init_model(QWEN, seed=1)
@@ -233,7 +236,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
                       advantages=np.asarray(group_advantages(rewards, 4)))
     compare("grpo", lambda: init_model(QWEN, seed=1),
             lambda g, **kw: make_grpo_step(g, loss=GRPOLossConfig(beta=0.08), chunk=4, **kw), [grpo_batch] * 2,
-            {"lm_head/kernel": P("fsdp", "tensor"), "layers/1/attn/q_proj/bias": P("tensor")})
+            {"lm_head/kernel": P("fsdp", "tensor"), "layers/attn/q_proj/bias": P(None, "tensor")})
 
     # Meta RM (BCE) on a Llama-backbone ScalarRM.
     bce = []

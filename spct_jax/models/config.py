@@ -84,6 +84,15 @@ class ModelConfig:
             return None
         return self.sliding_window
 
+    def scan_unit(self) -> int:
+        """The shortest repeating unit of the per-layer attention windows: the smallest u with
+        window_of(l) == window_of(l % u) for every layer (1 for Llama / Qwen2, 2 for Gemma-2's (sliding, full)
+        alternation; L when the pattern never repeats). The decoder scans over whole units and runs the last
+        L mod u layers unrolled, so every scan step has the same, static, windows."""
+        windows = [self.window_of(layer) for layer in range(self.num_layers)]
+        return next(u for u in range(1, self.num_layers + 1)
+                    if all(w == windows[i % u] for i, w in enumerate(windows)))
+
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 

@@ -30,7 +30,7 @@ from flax import nnx
 
 from spct_jax.models.config import ConfigError, ModelConfig
 from spct_jax.models.transformer import Decoder
-from spct_jax.models.weights import WeightsError, lm_mapping
+from spct_jax.models.weights import WeightsError, StackedParams, lm_mapping, tensor_shape
 
 if TYPE_CHECKING:
     from spct_jax.tokenizers.base import Tokenizer
@@ -162,7 +162,7 @@ def from_gguf(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype=None,
     names = {t.name for t in reader.tensors}
     cfg = config_from_gguf_metadata(_metadata(reader), names, where=str(path))
     permute = cfg.family in _PERMUTED
-    targets = {hf: (ours, transpose) for hf, ours, transpose in lm_mapping(cfg)}
+    targets = {m.hf: m for m in lm_mapping(cfg)}
     present = {_gguf_to_hf(n) for n in names}
     missing = sorted(hf for hf in targets if hf not in present)
     if missing:
@@ -172,17 +172,20 @@ def from_gguf(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype=None,
     abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=compute_dtype or dtype, param_dtype=dtype))
     graphdef, state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(state))
+    stacks = StackedParams()  # the blocks' params are stacked [L, ...]: assembled on the host, then placed whole
     for tensor in reader.tensors:
         hf = _gguf_to_hf(tensor.name)
         if hf is None or hf not in targets:
             raise WeightsError(f"{path}: unexpected tensor {tensor.name!r} for this model")
-        ours, transpose = targets[hf]
+        entry = targets[hf]
+        ours, transpose = entry.path, entry.transpose
         var = flat[ours]
         # ggml lists the fastest axis first, so reversed(shape) is the row-major [out, in] of transformers.
         rows_major = tuple(int(n) for n in reversed(tensor.shape))
-        if (tuple(reversed(rows_major)) if transpose else rows_major) != tuple(var.shape):
+        if rows_major != tensor_shape(tuple(var.shape), entry):
             raise WeightsError(f"{path}: tensor {tensor.name!r} has shape {rows_major} (as [out, in]), which does not "
-                               f"fit parameter {'/'.join(map(str, ours))} of shape {tuple(var.shape)}")
+                               f"fit parameter {'/'.join(map(str, ours))} of shape {tuple(var.shape)}"
+                               + (f" (layer {entry.layer})" if entry.layer is not None else ""))
         try:
             host = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32).reshape(rows_major)
         except NotImplementedError as e:
@@ -192,7 +195,12 @@ def from_gguf(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype=None,
         elif permute and ".attn_k." in tensor.name:
             host = _unpermute_rows(host, cfg.num_kv_heads)
         host = np.ascontiguousarray(host.T if transpose else host)  # [out, in] -> our Dense's [in, out]
+        if entry.layer is not None:
+            stacks.put(ours, tuple(var.shape), np.dtype(jnp.dtype(dtype)), entry.layer, host)
+            continue
         var.set_value(jnp.asarray(host, dtype) if place is None else place(ours, host.astype(jnp.dtype(dtype))))
+    for ours, host in stacks.arrays.items():
+        flat[ours].set_value(jnp.asarray(host) if place is None else place(ours, host))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 

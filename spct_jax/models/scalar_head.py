@@ -20,8 +20,8 @@ from flax import nnx
 
 from spct_jax.models.config import ConfigError, ModelConfig
 from spct_jax.models.transformer import Decoder, Dense
-from spct_jax.models.weights import (Mapping, Path_, decoder_mapping, export_tensors, load_into, read_hf_config,
-                                     rule_shardings, spans_processes, write_checkpoint)
+from spct_jax.models.weights import (Mapping, Path_, TensorMap, decoder_mapping, export_tensors, load_into,
+                                     read_hf_config, rule_shardings, spans_processes, write_checkpoint)
 
 _ARCHITECTURES = {"gemma2": "Gemma2ForSequenceClassification", "llama": "LlamaForSequenceClassification",
                   "qwen2": "Qwen2ForSequenceClassification"}
@@ -80,7 +80,8 @@ def init_scalar_rm(config: ModelConfig, *, seed: int = 0, dtype=jnp.float32, par
 
 def scalar_rm_mapping(config: ModelConfig) -> Mapping:
     """Every ScalarRM parameter and its transformers sequence-classification name."""
-    return decoder_mapping(config, prefix=("backbone",), hf_prefix="model.") + [("score.weight", ("score", "kernel"), True)]
+    return decoder_mapping(config, prefix=("backbone",), hf_prefix="model.") + [
+        TensorMap("score.weight", ("score", "kernel"), True)]
 
 
 def _num_labels(hf: dict) -> int:

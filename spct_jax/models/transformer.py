@@ -40,11 +40,11 @@ class SharedPrefix:
         u=1  [ e f g h i j ]  <-- rows 3,4,5    row 1 [ y1 y2 .. ]
                                                 ...
 
-    k, v: per layer [U, K, P, Dh]; valid: [U, P]. Row r continues prefix r // C (C = rows / U).
+    k, v: every layer stacked, [L, U, K, P, Dh]; valid: [U, P]. Row r continues prefix r // C (C = rows / U).
     """
 
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
+    k: jax.Array
+    v: jax.Array
     valid: jax.Array
 
     @property
@@ -57,27 +57,28 @@ class SharedPrefix:
 class KVCache:
     """Keys and values of every layer for S slots, plus which slots hold real tokens.
 
-    k, v:     per layer [B, K, S, Dh] (K = kv heads; slots next to head_dim, so attention reads them without
-              a transpose each decode step)
+    k, v:     [L, B, K, S, Dh], every layer stacked (the layer scan reads layer l's [B, K, S, Dh] as its slice l;
+              K = kv heads; slots next to head_dim, so attention reads them without a transpose each decode step).
+              The row dim is dim 1: `rows_dim` says so to code that splits or gathers rows.
     valid:    [B, S] bool, True where the slot holds a real (non-pad) token that has been written
     length:   [] int32, slots written so far; the same for all rows because padding is on the left
     next_pos: [B] int32, RoPE position the next real token of each row gets
     """
 
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
+    k: jax.Array
+    v: jax.Array
     valid: jax.Array
     length: jax.Array
     next_pos: jax.Array
     prefix: "SharedPrefix | None" = None  # read-only slots in front of every row's own ones (see shared_by)
 
+    rows_dim = 1  # of k and v (and of a prefix's k, v); 0 of valid and next_pos
+
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
-        shape = (batch, config.num_kv_heads, max_len, config.head_dim)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
-        return cls(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
-                   valid=jnp.zeros((batch, max_len), bool), length=jnp.zeros((), jnp.int32),
-                   next_pos=jnp.zeros((batch,), jnp.int32))
+        shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), valid=jnp.zeros((batch, max_len), bool),
+                   length=jnp.zeros((), jnp.int32), next_pos=jnp.zeros((batch,), jnp.int32))
 
     @property
     def max_len(self) -> int:
@@ -90,9 +91,9 @@ class KVCache:
         """
         if self.prefix is not None:
             raise ValueError("take() gathers whole rows; a cache with a shared prefix keeps its rows grouped")
-        take = lambda x: jnp.take(x, rows, axis=0)
-        return KVCache(k=tuple(map(take, self.k)), v=tuple(map(take, self.v)), valid=take(self.valid),
-                       length=self.length, next_pos=take(self.next_pos))
+        kv = lambda x: jnp.take(x, rows, axis=self.rows_dim)  # noqa: E731
+        return KVCache(k=kv(self.k), v=kv(self.v), valid=jnp.take(self.valid, rows, axis=0), length=self.length,
+                       next_pos=jnp.take(self.next_pos, rows, axis=0))
 
     def shared_by(self, rows_per_prompt: int, new_slots: int) -> "KVCache":
         """Fan out without copying: this prefilled cache of U prompts becomes the read-only prefix of
@@ -101,10 +102,10 @@ class KVCache:
         slots are numbered from its end, which Gemma-2's sliding window relies on."""
         if self.prefix is not None:
             raise ValueError("the cache already has a shared prefix")
-        u, dtype = self.valid.shape[0], self.k[0].dtype if self.k else jnp.float32
-        rows = u * rows_per_prompt
-        own = lambda: tuple(jnp.zeros((rows, x.shape[1], new_slots, x.shape[3]), dtype) for x in self.k)
-        return KVCache(k=own(), v=own(), valid=jnp.zeros((rows, new_slots), bool), length=jnp.zeros((), jnp.int32),
+        layers, u, heads, _, dh = self.k.shape
+        own = (layers, u * rows_per_prompt, heads, new_slots, dh)
+        return KVCache(k=jnp.zeros(own, self.k.dtype), v=jnp.zeros(own, self.v.dtype),
+                       valid=jnp.zeros((u * rows_per_prompt, new_slots), bool), length=jnp.zeros((), jnp.int32),
                        next_pos=jnp.repeat(self.next_pos, rows_per_prompt, axis=0),
                        prefix=SharedPrefix(k=self.k, v=self.v, valid=self.valid))
 
@@ -265,28 +266,63 @@ class Block(nnx.Module):
         return pin(x, "hidden"), kv
 
 
-def _remat_call(layer: nnx.Module, *args, pin=_no_pin):
-    """layer(*args) with its activations recomputed in the backward pass. jax.checkpoint over a pure function of
-    the layer's state, not nnx.remat, so it also runs under raw jax transforms (the sampler's lax.scan prefill);
-    a block's forward mutates nothing, so the split state is all it needs."""
-    graphdef, state = nnx.split(layer)
-    return jax.checkpoint(lambda st, *a: nnx.merge(graphdef, st)(*a, pin=pin))(state, *args)
+# Remat policies (`model.remat` in the run config): what a block keeps for its backward pass.
+REMAT_POLICIES = {
+    "none": None,  # every activation the backward pass needs (27B: ~0.5 TB per chip for one 4K-token row)
+    "full": jax.checkpoint_policies.nothing_saveable,  # the block's input only; the whole block is recomputed
+    # The outputs of the weight matmuls (q/k/v/o, gate/up/down); attention scores and elementwise work are
+    # recomputed. More memory than "full" (~(H + 2K) * Dh + 2 D + 3 F values per token and layer), less compute.
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_name(remat: str | bool | None) -> str:
+    """A REMAT_POLICIES key; True / False (the older switch) mean "full" / "none"."""
+    if remat is True:
+        return "full"
+    if remat is False or remat is None:
+        return "none"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat policy {remat!r}: expected one of {sorted(REMAT_POLICIES)}")
+    return remat
+
+
+def _stack_blocks(blocks: list[Block]) -> Block:
+    """One Block whose every Param carries a leading [L] layer dim: slice l is blocks[l]'s. Built from per-layer
+    Blocks so that the random init draws exactly what L separate blocks drew (same seeds, same values)."""
+    graphdef, _ = nnx.split(blocks[0])
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in blocks])
+    return nnx.merge(graphdef, stacked)
 
 
 class Decoder(nnx.Module):
-    """A causal LM.  `model(input_ids, attention_mask) -> logits [B, T, V]`; `model.config` is the ModelConfig."""
+    """A causal LM.  `model(input_ids, attention_mask) -> logits [B, T, V]`; `model.config` is the ModelConfig.
+
+    The blocks' params are stacked: `layers` is one Block whose every Param is [L, ...] (slice l = layer l), run as
+    a `lax.scan` over the repeating unit of the layer pattern (`ModelConfig.scan_unit`), so the program holds one
+    unit whatever the depth. Gemma-2 alternates sliding and full attention, and the window is static per layer
+    (an attention kernel wants it so), so its unit is the pair:
+
+        layer_types   s f s f s f s            (L = 7; s = sliding window, f = full attention)
+        scan          [s f] [s f] [s f] s      3 steps of the pair over params [3, 2, ...] = layers[0:6]
+                                               then layer 6 unrolled (the remainder, < one unit)
+
+    scan_layers=False runs every layer unrolled instead (the same params and math; compile time grows with L).
+    """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-                 remat: bool = False):
+                 remat: str | bool = "none", scan_layers: bool = True):
         self.config = config
         self.dtype = dtype  # compute dtype; params may be kept wider (param_dtype) as master weights.
-        # Recompute each block in the backward pass, keeping only block inputs: the planner's 27B-on-v5p numbers
-        # assume it (activations of one 4K-token row are ~0.5 TB per chip without).
-        self.remat = remat
+        # What each block keeps for the backward pass (REMAT_POLICIES); the train steps set it (stages._remat_graphdef).
+        self.remat = remat_name(remat)
+        self.scan_layers = scan_layers
         # `pin(array, kind)` for activations (hidden_states); set per program by the sharded train steps, None here.
         self.constrain = None
         self.embed = nnx.Param(jax.random.normal(rngs.params(), (config.vocab_size, config.hidden_size), param_dtype) * 0.02)
-        self.layers = nnx.List([Block(config, i, rngs=rngs, param_dtype=param_dtype) for i in range(config.num_layers)])
+        # Never called as is: its Attention.window is layer 0's; _blocks sets each layer's own (config.window_of).
+        self.layers = _stack_blocks([Block(config, i, rngs=rngs, param_dtype=param_dtype)
+                                     for i in range(config.num_layers)])
         self.final_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, gemma=config.is_gemma, param_dtype=param_dtype)
         self.lm_head = None if config.tie_embeddings else Dense(
             config.hidden_size, config.vocab_size, use_bias=False, rngs=rngs, param_dtype=param_dtype)
@@ -321,21 +357,79 @@ class Decoder(nnx.Module):
             # Gemma multiplies by sqrt(d) rounded to the compute dtype, as transformers does.
             x = x * jnp.asarray(self.config.hidden_size**0.5, self.dtype)
         x = pin(x, "hidden")
-        new_k, new_v = [], []
-        run = _remat_call if self.remat else (lambda layer, *args, pin: layer(*args, pin=pin))
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            shared = None if cache is None or cache.prefix is None else (
-                cache.prefix.k[i], cache.prefix.v[i], cache.prefix.valid)
-            x, (k, v) = run(layer, x, positions, q_slots, kv, kv_valid, write_at, shared, pin=pin)
-            new_k.append(k)
-            new_v.append(v)
+        x, written = self._blocks(x, (positions, q_slots, kv_valid, write_at), cache, pin)
         x = self.final_norm(x)
         if cache is None:
             return x, None
-        new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=kv_valid, length=cache.length + t,
-                            next_pos=cache.next_pos + jnp.sum(mask, axis=1, dtype=jnp.int32), prefix=cache.prefix)
+        # Only this call's T columns of every layer go back into the cache, in place: [L, B, K, T, Dh] at `write_at`.
+        put = lambda old, new: jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), write_at, axis=3)  # noqa: E731
+        new_cache = KVCache(k=put(cache.k, written[0]), v=put(cache.v, written[1]), valid=kv_valid,
+                            length=cache.length + t, next_pos=cache.next_pos + jnp.sum(mask, axis=1, dtype=jnp.int32),
+                            prefix=cache.prefix)
         return x, new_cache
+
+    def _blocks(self, x: jax.Array, where: tuple, cache: KVCache | None, pin):
+        """x [B, T, D] through every block -> (x, (k, v) of this call's T columns [L, B, K, T, Dh], or None without
+        a cache). where = (positions, q_slots, kv_valid, write_at) as Attention takes them.
+
+        The scan carries x; its xs are the unit's params and KV-cache slices of each step, [G, unit, ...] views of
+        the stacked [L, ...] arrays; it returns only the new columns (ys), which hidden_states writes into the
+        cache once for all layers (a carried cache would be copied in and out of every step)."""
+        cfg = self.config
+        graphdef, params = nnx.split(self.layers)  # every leaf [L, ...]
+        policy = REMAT_POLICIES[self.remat]
+        t = x.shape[1]
+        positions, q_slots, kv_valid, write_at = where
+        prefix_valid = None if cache is None or cache.prefix is None else cache.prefix.valid
+
+        def block(window, p, x, kv, prefix_kv):
+            blk = nnx.merge(graphdef, p)
+            blk.attn.window = window  # the layer's own; static, so the attention code may specialise on it
+            prefix = None if prefix_kv is None else (*prefix_kv, prefix_valid)
+            x, (k_all, v_all) = blk(x, positions, q_slots, kv, kv_valid, write_at, prefix, pin=pin)
+            if kv is None:
+                return x, None
+            cols = lambda a: jax.lax.dynamic_slice_in_dim(a, write_at, t, axis=2)  # noqa: E731  [B, K, T, Dh]
+            return x, (cols(k_all), cols(v_all))
+
+        if policy is not None:
+            # Inside a scan XLA cannot CSE the recomputation away, so prevent_cse is only needed unrolled.
+            block = jax.checkpoint(block, policy=policy, prevent_cse=not self.scan_layers, static_argnums=(0,))
+
+        def layer_inputs(tree, index):  # index: an int, or a slice of whole units
+            kv = None if cache is None else (cache.k[index], cache.v[index])
+            prefix = None if cache is None or cache.prefix is None else (cache.prefix.k[index], cache.prefix.v[index])
+            return jax.tree.map(lambda a: a[index], tree), kv, prefix
+
+        unit = cfg.scan_unit() if self.scan_layers else cfg.num_layers
+        groups = cfg.num_layers // unit if self.scan_layers else 0
+        scanned = unit * groups
+        written = []
+        if groups:
+            def step(x, xs):
+                p, kv, prefix = xs  # leaves [unit, ...]
+                cols = []
+                for j in range(unit):  # layer g * unit + j has the window of layer j (scan_unit's definition)
+                    x, c = block(cfg.window_of(j), jax.tree.map(lambda a: a[j], p), x,
+                                 None if kv is None else (kv[0][j], kv[1][j]),
+                                 None if prefix is None else (prefix[0][j], prefix[1][j]))
+                    cols.append(c)
+                return x, None if kv is None else tuple(jnp.stack(z) for z in zip(*cols))  # [unit, B, K, T, Dh]
+
+            # [L, ...] -> [G, unit, ...]: a reshape of the leading dim (free when the units cover every layer).
+            units = lambda a: a[:scanned].reshape(groups, unit, *a.shape[1:])  # noqa: E731
+            xs = jax.tree.map(units, layer_inputs(params, slice(0, scanned)))  # None (no cache) stays None
+            x, ys = jax.lax.scan(step, x, xs)
+            if ys is not None:
+                written.append(tuple(y.reshape(scanned, *y.shape[2:]) for y in ys))
+        for layer in range(scanned, cfg.num_layers):  # the remainder (or every layer, unrolled)
+            p, kv, prefix = layer_inputs(params, layer)
+            x, c = block(cfg.window_of(layer), p, x, kv, prefix)
+            if c is not None:
+                written.append(tuple(z[None] for z in c))
+        if cache is None:
+            return x, None
+        return x, tuple(jnp.concatenate(z) if len(z) > 1 else z[0] for z in zip(*written))
 
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:
         """h: [..., D] -> logits [..., V] in float32 (soft-capped for Gemma-2)."""
@@ -362,8 +456,9 @@ class Decoder(nnx.Module):
 
 
 def init_model(config: ModelConfig, *, seed: int = 0, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: bool = False) -> Decoder:
-    return Decoder(config, rngs=nnx.Rngs(params=seed), dtype=dtype, param_dtype=param_dtype, remat=remat)
+               remat: str | bool = "none", scan_layers: bool = True) -> Decoder:
+    return Decoder(config, rngs=nnx.Rngs(params=seed), dtype=dtype, param_dtype=param_dtype, remat=remat,
+                   scan_layers=scan_layers)
 
 
 def count_params(config: ModelConfig) -> int:

@@ -16,6 +16,13 @@ which makes each device's share one contiguous byte range, and then moved to the
 
 Conversion to the param dtype happens per staging slice, so `dtype=bfloat16` never makes a float32 copy.
 
+Stacked layers. The decoder keeps every block param stacked, [L, ...] (models/transformer.py), while a checkpoint
+has one tensor per layer; a mapping entry names the slice (`TensorMap.layer`). Loading reads layer l's tensor
+exactly as a whole param is read (its rows only, in the per-layer layout: the rules never split the layer dim, so
+a device's share of layer l is slice l of its share of the stack) and writes it into slice l of the stacked array
+in place (a donated update on device); the stack is allocated once, already sharded, so no host or device ever
+holds a layer twice. Exporting a slice cuts it on device, inside the same compiled row-block program.
+
 Export is the reverse, without a gather: row blocks of each tensor (in the file's orientation, cast on device) are
 replicated one at a time and process 0 writes them; so no host holds more than one block, and every process
 leaves `write_checkpoint` only after a barrier, once the folder is published whole (written under a temporary name,
@@ -27,7 +34,7 @@ import functools
 import itertools
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +48,18 @@ from spct_jax.models.safetensors_io import CheckpointReader, TensorItem, WriteFa
 from spct_jax.models.transformer import Decoder
 
 Path_ = tuple[Any, ...]
-# (hf tensor name, our state path, transpose?) — transformers' Linear stores [out, in], our Dense stores [in, out].
-Mapping = list[tuple[str, Path_, bool]]
+
+
+class TensorMap(NamedTuple):
+    """One checkpoint tensor and where it lives in our params."""
+
+    hf: str  # transformers' tensor name, e.g. "model.layers.3.self_attn.q_proj.weight"
+    path: Path_  # our nnx state path, e.g. ("layers", "attn", "q_proj", "kernel")
+    transpose: bool  # transformers' Linear stores [out, in], our Dense stores [in, out]
+    layer: int | None = None  # the slice of a stacked [L, ...] param (the decoder's blocks), None: the whole param
+
+
+Mapping = list[TensorMap]
 # path, our (param) shape -> the sharding a loaded param gets, e.g. the partition rules' NamedSharding.
 ShardingFn = Callable[[Path_, tuple[int, ...]], jax.sharding.Sharding]
 # Tensors transformers may write that carry no parameters of ours.
@@ -56,30 +73,38 @@ class WeightsError(ValueError):
 
 
 def decoder_mapping(cfg: ModelConfig, *, prefix: Path_ = (), hf_prefix: str = "model.") -> Mapping:
-    """Every parameter of a `Decoder` and its transformers name."""
-    out: Mapping = [(f"{hf_prefix}embed_tokens.weight", prefix + ("embed",), False),
-                    (f"{hf_prefix}norm.weight", prefix + ("final_norm", "scale"), False)]
+    """Every parameter of a `Decoder` and its transformers name: layer i's tensors are slice i of the stacked
+    ("layers", ...) params."""
+    out: Mapping = [TensorMap(f"{hf_prefix}embed_tokens.weight", prefix + ("embed",), False),
+                    TensorMap(f"{hf_prefix}norm.weight", prefix + ("final_norm", "scale"), False)]
     norms = {"input_layernorm": "input_norm", "post_attention_layernorm": "post_attn_norm"}
     if cfg.is_gemma:
         norms.update(pre_feedforward_layernorm="pre_mlp_norm", post_feedforward_layernorm="post_mlp_norm")
+    ours = prefix + ("layers",)
     for i in range(cfg.num_layers):
-        hf, ours = f"{hf_prefix}layers.{i}.", prefix + ("layers", i)
+        hf = f"{hf_prefix}layers.{i}."
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            out.append((f"{hf}self_attn.{proj}.weight", ours + ("attn", proj, "kernel"), True))
+            out.append(TensorMap(f"{hf}self_attn.{proj}.weight", ours + ("attn", proj, "kernel"), True, i))
             if cfg.qkv_bias and proj != "o_proj":
-                out.append((f"{hf}self_attn.{proj}.bias", ours + ("attn", proj, "bias"), False))
+                out.append(TensorMap(f"{hf}self_attn.{proj}.bias", ours + ("attn", proj, "bias"), False, i))
         for proj in ("gate_proj", "up_proj", "down_proj"):
-            out.append((f"{hf}mlp.{proj}.weight", ours + ("mlp", proj, "kernel"), True))
+            out.append(TensorMap(f"{hf}mlp.{proj}.weight", ours + ("mlp", proj, "kernel"), True, i))
         for hf_norm, our_norm in norms.items():
-            out.append((f"{hf}{hf_norm}.weight", ours + (our_norm, "scale"), False))
+            out.append(TensorMap(f"{hf}{hf_norm}.weight", ours + (our_norm, "scale"), False, i))
     return out
 
 
 def lm_mapping(cfg: ModelConfig) -> Mapping:
     m = decoder_mapping(cfg)
     if not cfg.tie_embeddings:
-        m.append(("lm_head.weight", ("lm_head", "kernel"), True))
+        m.append(TensorMap("lm_head.weight", ("lm_head", "kernel"), True))
     return m
+
+
+def tensor_shape(var_shape: tuple[int, ...], entry: TensorMap) -> tuple[int, ...]:
+    """The checkpoint tensor's shape for a mapping entry whose param has `var_shape` (layer slice, [out, in])."""
+    shape = tuple(var_shape[1:]) if entry.layer is not None else tuple(var_shape)
+    return tuple(reversed(shape)) if entry.transpose else shape
 
 
 def read_hf_config(folder: paths.PathLike) -> dict[str, Any]:
@@ -128,9 +153,32 @@ def staging_spec(mesh, rows: int, row_axes: tuple[str, ...], col_axes: tuple[str
 
 
 @functools.lru_cache(maxsize=None)
-def _relayout(transpose: bool, target: jax.sharding.Sharding) -> Callable[[jax.Array], jax.Array]:
-    # One compiled program per (tensor shape, layout pair); layers repeat shapes, so a model needs a handful.
-    return jax.jit((lambda x: x.T) if transpose else (lambda x: x), out_shardings=target)
+def _relayout(transpose: bool, target: jax.sharding.Sharding, into_stack: bool = False) -> Callable:
+    """(transpose and) reshard to `target`: x -> x'. into_stack: `target` is a stacked param's layout and the
+    program writes x' into slice `layer` of the (donated, so updated in place) stack: (stack, x, layer) -> stack.
+    One compiled program per (tensor shape, layout pair, into_stack), the layer traced: a model needs a handful
+    (each costs XLA:CPU ~1.5 MB of host memory for its code, which is why the write shares the relayout's program)."""
+    move = (lambda x: x.T) if transpose else (lambda x: x)  # noqa: E731
+    if not into_stack:
+        return jax.jit(move, out_shardings=target)
+
+    def put(stack: jax.Array, x: jax.Array, layer: jax.Array) -> jax.Array:
+        # The layer dim is never split: each device writes its own share of the slice, no communication.
+        return jax.lax.dynamic_update_index_in_dim(stack, move(x).astype(stack.dtype), layer, 0)
+
+    return jax.jit(put, donate_argnums=0, out_shardings=target)
+
+
+def _zeros(shape: tuple[int, ...], dtype: np.dtype, sharding: jax.sharding.Sharding | None) -> jax.Array:
+    """A zero array laid out by `sharding`, each device's shard copied in from calloc'd host pages (which cost
+    nothing until read): no compiled program, whose code XLA:CPU would keep in host memory. The copy is forced
+    (may_alias=False): an array aliasing a host buffer cannot be donated to the in-place layer writes."""
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shards = [jax.device_put(np.zeros(tuple(len(range(*s.indices(n))) for s, n in zip(index, shape)), dtype), device,
+                             may_alias=False)
+              for device, index in sharding.addressable_devices_indices_map(shape).items()]
+    return jax.make_array_from_single_device_arrays(shape, sharding, shards)
 
 
 def _file_axes(target: NamedSharding, ndim: int, transpose: bool) -> list[tuple[str, ...]]:
@@ -140,20 +188,11 @@ def _file_axes(target: NamedSharding, ndim: int, transpose: bool) -> list[tuple[
     return axes[::-1] if transpose else axes
 
 
-def _load_sharded(reader: CheckpointReader, hf: str, transpose: bool, dtype: np.dtype,
-                  target: NamedSharding) -> jax.Array:
-    """One tensor into `target`, this process reading only its devices' rows (module docstring).
-
-    When the target splits at most the file's rows (o_proj / down_proj under fsdp, norms), each device's slice is
-    read straight into place (transposed on host). Otherwise the tensor goes through the staging layout and one
-    compiled relayout moves it to `target` on device.
-    """
+def _shard_reader(reader: CheckpointReader, hf: str, transpose: bool, dtype: np.dtype, direct: bool):
+    """rows_for(index) -> this device's slice of tensor `hf`: in our orientation when `direct` (transposed on the
+    host), else the file's. Devices holding the same rows share one read."""
     shape = reader.shape(hf)
-    file_axes = _file_axes(target, len(shape), transpose)
-    direct = not any(file_axes[1:])  # the target splits at most the file's rows
-    stage = target if direct else NamedSharding(target.mesh, staging_spec(
-        target.mesh, shape[0], file_axes[0], tuple(a for axes in file_axes[1:] for a in axes)))
-    slices: dict[tuple[int, int], np.ndarray] = {}  # devices holding the same rows share one read
+    slices: dict[tuple[int, int], np.ndarray] = {}
 
     def rows_for(index: tuple[slice, ...]) -> np.ndarray:
         if not shape:
@@ -167,14 +206,48 @@ def _load_sharded(reader: CheckpointReader, hf: str, transpose: bool, dtype: np.
         return slices[(start, stop)][(tuple(reversed(rest)) + (slice(None),)) if direct and transpose
                                      else (slice(None),) + rest]
 
+    return rows_for
+
+
+def _load_sharded(reader: CheckpointReader, hf: str | list[str], transpose: bool, dtype: np.dtype,
+                  target: NamedSharding) -> jax.Array:
+    """One tensor into `target`, this process reading only its devices' rows (module docstring).
+
+    When the target splits at most the file's rows (o_proj / down_proj under fsdp, norms), each device's slice is
+    read straight into place (transposed on host). Otherwise the tensor goes through the staging layout and one
+    compiled relayout moves it to `target` on device.
+
+    hf a list: the L tensors of a stacked param [L, ...] laid out by `target` (the layer dim whole). Read straight
+    into place, the stack is one array built from every layer's rows; otherwise each layer is staged and relaid
+    out into its slice of the stack, which the relayout's program writes in place (no program of its own).
+    """
+    names = [hf] if isinstance(hf, str) else list(hf)
+    per_layer = target if isinstance(hf, str) else layer_sharding(target)
+    shape = reader.shape(names[0])
+    file_axes = _file_axes(per_layer, len(shape), transpose)
+    direct = not any(file_axes[1:])  # the target splits at most the file's rows
+    stage = per_layer if direct else NamedSharding(target.mesh, staging_spec(
+        target.mesh, shape[0], file_axes[0], tuple(a for axes in file_axes[1:] for a in axes)))
     our_shape = tuple(reversed(shape)) if direct and transpose else shape
-    staged = jax.make_array_from_callback(our_shape, stage, rows_for)
-    slices.clear()
-    if direct:
-        out = staged
+    if isinstance(hf, str) or direct:
+        readers = [_shard_reader(reader, name, transpose, dtype, direct) for name in names]
+        if isinstance(hf, str):
+            out = jax.make_array_from_callback(our_shape, stage, readers[0])
+        else:  # each device's [L, ...] share: its rows of every layer
+            out = jax.make_array_from_callback((len(names), *our_shape), target,
+                                               lambda index: np.stack([r(index[1:]) for r in readers]))
+        del readers
+        if not direct:
+            out = _relayout(transpose, target)(out)
     else:
-        out = _relayout(transpose, target)(staged)
-        del staged
+        out = _zeros((len(names), *(shape[::-1] if transpose else shape)), dtype, target)
+        for layer, name in enumerate(names):
+            staged = jax.make_array_from_callback(our_shape, stage, _shard_reader(reader, name, transpose, dtype,
+                                                                                    False))
+            out = _relayout(transpose, target, True)(out, staged, jnp.int32(layer))
+            del staged
+            out.block_until_ready()
+            _release_freed_host_memory()
     out.block_until_ready()  # one tensor at a time: bounded memory, no collective queue (deadlock trap)
     _release_freed_host_memory()
     return out
@@ -193,14 +266,43 @@ def _release_freed_host_memory() -> None:
         pass
 
 
+def layer_sharding(stacked: NamedSharding) -> NamedSharding:
+    """A stacked param's per-layer layout: its spec without the (never split) leading layer dim."""
+    spec = tuple(stacked.spec)
+    if spec and spec[0] is not None:
+        raise WeightsError(f"a stacked param's layer dim must not be split, got {stacked.spec}")
+    return NamedSharding(stacked.mesh, P(*spec[1:]))
+
+
+class StackedParams:
+    """The stacked [L, ...] params being filled layer by layer (see the module docstring)."""
+
+    def __init__(self):
+        self.arrays: dict[Path_, Any] = {}
+
+    def put(self, path: Path_, shape: tuple[int, ...], dtype: np.dtype, layer: int, value: np.ndarray) -> None:
+        """Assembled on the host (the place= hook and GGUF: each param is placed whole)."""
+        self.arrays.setdefault(path, np.empty(shape, dtype))[layer] = value
+
+    def device(self, path: Path_, shape: tuple[int, ...], dtype: np.dtype, sharding) -> jax.Array:
+        """The stack on device, zeros until its layers are written (then replaced by `set`)."""
+        if path not in self.arrays:
+            self.arrays[path] = _zeros(shape, dtype, sharding)
+        return self.arrays.pop(path)
+
+    def set(self, path: Path_, stack: jax.Array) -> None:
+        self.arrays[path] = stack
+
+
 def load_into(module: nnx.Module, folder: paths.PathLike, mapping: Mapping, *, dtype,
               place: Callable[[Path_, np.ndarray], jax.Array] | None = None, sharding: ShardingFn | None = None,
               strict: bool = True) -> nnx.Module:
     """Fill an (abstract or concrete) module's params from a checkpoint, one tensor at a time.
 
     sharding(path, shape): each param's layout; each process then reads only its own devices' rows (module
-    docstring). place(path, host_array): the older hook, given each tensor whole on every process (e.g.
-    `parallel.rules.rule_placer`). Neither: a plain device_put of the whole tensor.
+    docstring). place(path, host_array): the older hook, given each param whole on every process (e.g.
+    `parallel.rules.rule_placer`; a stacked param is assembled on the host, then placed). Neither: the tensors
+    are copied to the default device one at a time.
     """
     if place is not None and sharding is not None:
         raise ValueError("give place= or sharding= (mesh=), not both")
@@ -209,8 +311,8 @@ def load_into(module: nnx.Module, folder: paths.PathLike, mapping: Mapping, *, d
     flat = dict(nnx.to_flat_state(state))
     reader = CheckpointReader(folder)
     try:
-        expected = {hf for hf, _, _ in mapping}
-        missing = [hf for hf, _, _ in mapping if hf not in reader]
+        expected = {m.hf for m in mapping}
+        missing = [m.hf for m in mapping if m.hf not in reader]
         if missing:
             raise WeightsError(f"{folder}: checkpoint is missing tensor {missing[0]!r}"
                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -220,29 +322,44 @@ def load_into(module: nnx.Module, folder: paths.PathLike, mapping: Mapping, *, d
             if extra:
                 raise WeightsError(f"{folder}: unexpected tensor {extra[0]!r} for this model"
                                    + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-        for hf, path, transpose in mapping:  # every shape before any read: a bad file fails in seconds
-            if path not in flat:
-                raise WeightsError(f"internal: no parameter at {'/'.join(map(str, path))} for tensor {hf!r}")
-            want = tuple(flat[path].shape)
-            got = reader.shape(hf)
-            if (tuple(reversed(got)) if transpose else got) != want:
-                raise WeightsError(f"{folder}: tensor {hf!r} (in {reader.file_of(hf).name}) has shape {got}, "
-                                   f"expected {tuple(reversed(want)) if transpose else want}")
+        for m in mapping:  # every shape before any read: a bad file fails in seconds
+            if m.path not in flat:
+                raise WeightsError(f"internal: no parameter at {'/'.join(map(str, m.path))} for tensor {m.hf!r}")
+            want, got = tensor_shape(tuple(flat[m.path].shape), m), reader.shape(m.hf)
+            if got != want:
+                raise WeightsError(f"{folder}: tensor {m.hf!r} (in {reader.file_of(m.hf).name}) has shape {got}, "
+                                   f"expected {want}")
         order = list(mapping)
         if sharding is not None:
-            # Largest first: a relayout's transient buffers (a few times the tensor's share, on CPU devices in
-            # host RAM) then come while the host holds least, so they do not stack on top of a loaded model.
-            order.sort(key=lambda m: -int(np.prod(reader.shape(m[0]), dtype=np.int64)))
-        for hf, path, transpose in order:
-            var = flat[path]
+            # Largest tensor first (a stack's layers together): a relayout's transient buffers (a few times the
+            # tensor's share, on CPU devices in host RAM) and its program's compilation then come while the host
+            # holds least, so they do not stack on top of a loaded model.
+            order.sort(key=lambda m: (-int(np.prod(reader.shape(m.hf), dtype=np.int64)), m.path, m.layer or 0))
+        stacks = StackedParams()
+        done: set[Path_] = set()
+        for m in order:
+            var = flat[m.path]
+            shape = tuple(var.shape)
             if sharding is not None:
-                arr = _load_sharded(reader, hf, transpose, dtype, sharding(path, tuple(var.shape)))
+                if m.path not in done:  # a stacked param: all its layers at once
+                    names = m.hf if m.layer is None else [e.hf for e in sorted(
+                        (e for e in mapping if e.path == m.path), key=lambda e: e.layer)]
+                    var.set_value(_load_sharded(reader, names, m.transpose, dtype, sharding(m.path, shape)))
+                    done.add(m.path)
+                continue
+            host = reader.get(m.hf).astype(dtype, copy=False)  # a private copy, converted once
+            host = np.ascontiguousarray(host.T) if m.transpose else host
+            if m.layer is None:
+                var.set_value(jnp.asarray(host) if place is None else place(m.path, host))
+            elif place is not None:  # the hook places whole params: the stack is assembled on the host
+                stacks.put(m.path, shape, dtype, m.layer, host)
             else:
-                host = reader.get(hf).astype(dtype, copy=False)  # a private copy, converted once
-                host = np.ascontiguousarray(host.T) if transpose else host
-                arr = jnp.asarray(host) if place is None else place(path, host)
-                del host
-            var.set_value(arr)
+                stack = stacks.device(m.path, shape, dtype, None)
+                stacks.set(m.path, _relayout(False, stack.sharding, True)(stack, host, jnp.int32(m.layer)))
+                del stack
+            del host
+        for path, arr in stacks.arrays.items():
+            flat[path].set_value(place(path, arr) if isinstance(arr, np.ndarray) else arr)
     finally:
         reader.close()
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
@@ -303,20 +420,36 @@ def _block_sharding(mesh, shape: tuple[int, ...]) -> NamedSharding:
 
 
 @functools.lru_cache(maxsize=None)
-def _row_block(transpose: bool, start: int, stop: int, dtype: np.dtype, out: NamedSharding):
-    # Rows [start, stop) of the file orientation, cast on device, laid out by `_block_sharding`. Static bounds:
-    # XLA slices each shard locally before gathering (memory_analysis: temporaries of one block, not the tensor).
-    return jax.jit(lambda x: (x.T if transpose else x)[start:stop].astype(dtype), out_shardings=out)
+def _row_block(transpose: bool, start: int, stop: int, dtype: np.dtype, out: NamedSharding, stacked: bool):
+    # Rows [start, stop) of the file orientation (of layer `l` of a stacked param), cast on device, laid out by
+    # `_block_sharding`. Static bounds, a traced layer: XLA slices each shard locally before gathering
+    # (memory_analysis: temporaries of one block, not the tensor), one program for every layer.
+    def block(x, layer):
+        if stacked:
+            x = jax.lax.dynamic_index_in_dim(x, layer, 0, keepdims=False)
+        return (x.T if transpose else x)[start:stop].astype(dtype)
+
+    return jax.jit(block, out_shardings=out)
 
 
-def tensor_blocks(arr: jax.Array, transpose: bool, dtype, *, block_bytes: int = EXPORT_BLOCK_BYTES):
-    """Consecutive row blocks of `arr` (transposed: the file's [out, in]) in `dtype`, for `write_safetensors`.
+@jax.jit
+def _layer_slice(x: jax.Array, layer: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_index_in_dim(x, layer, 0, keepdims=False)
 
-    A host-local array: numpy blocks cut from one host copy. An array spanning processes: a collective per block,
-    which every process must drive in the same order; process 0 gets the blocks, the others None.
+
+def tensor_blocks(arr: jax.Array, transpose: bool, dtype, *, block_bytes: int = EXPORT_BLOCK_BYTES,
+                  layer: int | None = None):
+    """Consecutive row blocks of `arr` (of its slice `layer` when it is a stacked param; transposed: the file's
+    [out, in]) in `dtype`, for `write_safetensors`.
+
+    A host-local array: numpy blocks cut from one host copy of the tensor. An array spanning processes: a
+    collective per block, which every process must drive in the same order; process 0 gets the blocks, the others
+    None.
     """
     dtype = np.dtype(dtype)
     if not isinstance(arr, jax.Array) or arr.is_fully_addressable:
+        if layer is not None:  # one layer to the host, not the stack
+            arr = _layer_slice(arr, jnp.int32(layer)) if isinstance(arr, jax.Array) else arr[layer]
         host = np.asarray(jax.device_get(arr))
         host = host.T if transpose else host
         rows = max(1, block_bytes // max(1, host[:1].size * dtype.itemsize)) if host.ndim else 1
@@ -325,13 +458,14 @@ def tensor_blocks(arr: jax.Array, transpose: bool, dtype, *, block_bytes: int = 
         return
     if not isinstance(arr.sharding, NamedSharding):
         raise TypeError(f"cannot export an array with {type(arr.sharding).__name__}; expected a NamedSharding")
-    shape = tuple(reversed(arr.shape)) if transpose else tuple(arr.shape)
+    shape = tuple(arr.shape[1:] if layer is not None else arr.shape)
+    shape = tuple(reversed(shape)) if transpose else shape
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     rows = max(1, block_bytes // max(1, row_bytes))
     for start in range(0, shape[0], rows):
         stop = min(shape[0], start + rows)
         out = _block_sharding(arr.sharding.mesh, (stop - start,) + shape[1:])
-        block = _row_block(transpose, start, stop, dtype, out)(arr)
+        block = _row_block(transpose, start, stop, dtype, out, layer is not None)(arr, jnp.int32(layer or 0))
         block.block_until_ready()
         if jax.process_index() == 0:
             host = np.empty(block.shape, dtype)
@@ -348,10 +482,10 @@ def tensor_blocks(arr: jax.Array, transpose: bool, dtype, *, block_bytes: int = 
 def export_tensors(module: nnx.Module, mapping: Mapping, dtype) -> list[TensorItem]:
     flat = dict(nnx.to_flat_state(nnx.state(module)))
     out = []
-    for hf, path, transpose in mapping:
-        var = flat[path]
-        shape = tuple(reversed(var.shape)) if transpose else tuple(var.shape)
-        out.append((hf, shape, np.dtype(dtype), lambda var=var, t=transpose: tensor_blocks(var[...], t, dtype)))
+    for m in mapping:
+        var = flat[m.path]
+        out.append((m.hf, tensor_shape(tuple(var.shape), m), np.dtype(dtype),
+                    lambda var=var, m=m: tensor_blocks(var[...], m.transpose, dtype, layer=m.layer)))
     return out
 
 
@@ -449,6 +583,6 @@ def save_pretrained(model: Decoder, path: paths.PathLike, *, dtype=np.float32,
                      collective=spans_processes(model), extra_files=extra_files)
 
 
-__all__ = ["ConfigError", "WeightsError", "from_pretrained", "save_pretrained", "decoder_mapping", "load_into",
-           "lm_hf_config", "lm_mapping", "rule_shardings", "staging_spec", "spans_processes", "tensor_blocks",
-           "write_checkpoint"]
+__all__ = ["ConfigError", "WeightsError", "TensorMap", "from_pretrained", "save_pretrained", "decoder_mapping",
+           "layer_sharding", "load_into", "lm_hf_config", "lm_mapping", "rule_shardings", "staging_spec",
+           "spans_processes", "tensor_blocks", "tensor_shape", "write_checkpoint"]

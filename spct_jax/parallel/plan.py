@@ -41,7 +41,7 @@ from jax.sharding import AbstractMesh
 
 from spct_jax.models.config import PRESETS, ModelConfig
 from spct_jax.models.scalar_head import ScalarRM
-from spct_jax.models.transformer import Block, init_model
+from spct_jax.models.transformer import init_model
 from spct_jax.parallel.mesh import AXES, Accelerator, MeshConfig, parse_accelerator
 from spct_jax.parallel.plan_phases import LAYOUTS, TPU, Backend, MeshShape, logprob_program, sampler_program, train_program
 from spct_jax.parallel.rules import DEFAULT_RULES, opt_state_specs, param_specs, spec_ways
@@ -64,9 +64,9 @@ def abstract_params(model: ModelConfig, param_dtype: str, scalar_rm: bool = Fals
     """The Params of a Decoder (or ScalarRM) as a nested dict of ShapeDtypeStructs, keyed like its nnx state.
 
     Built with nnx.eval_shape, nothing allocated. A whole 27B decoder traced at once costs seconds (flax probes
-    every Variable's tracer, which is quadratic in the trace), so the model is traced with one layer and one
-    Block is traced alone and repeated: a block's parameter shapes do not depend on its index (the index only
-    picks the attention window). tests/test_parallel_plan.py checks the count against count_params.
+    every Variable's tracer, which is quadratic in the trace), so the model is traced with one layer and its
+    stacked block params [1, ...] get the real depth [L, ...]: a block's parameter shapes do not depend on its index
+    (the index only picks the attention window). tests/test_parallel_plan.py checks the count against count_params.
     """
     dtype = jnp.dtype(param_dtype)
     one_layer = model.replace(num_layers=1, layer_types=None if model.layer_types is None else model.layer_types[:1])
@@ -75,10 +75,9 @@ def abstract_params(model: ModelConfig, param_dtype: str, scalar_rm: bool = Fals
     else:
         shell = nnx.eval_shape(lambda: init_model(one_layer, param_dtype=dtype))
     tree = nnx.to_pure_dict(nnx.state(shell, nnx.Param))
-    block = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Block(model, 0, rngs=nnx.Rngs(0), param_dtype=dtype)),
-                                       nnx.Param))
     decoder = tree["backbone"] if scalar_rm else tree
-    decoder["layers"] = {i: block for i in range(model.num_layers)}
+    decoder["layers"] = jax.tree.map(lambda x: jax.ShapeDtypeStruct((model.num_layers, *x.shape[1:]), x.dtype),
+                                     decoder["layers"])
     return tree
 
 
@@ -219,7 +218,7 @@ def _plan_stages(c: Any, mesh_shape: tuple[int, int, int], backend: Backend = TP
     usable = parse_accelerator(c.hardware.accelerator_type).hbm_bytes * c.hardware.hbm_usable_fraction
     model, meta = PRESETS[c.model.preset], PRESETS[c.meta_rm.preset]
     b = jnp.dtype(c.model.compute_dtype).itemsize
-    pdt, remat = c.model.param_dtype, c.model.remat == "full"
+    pdt, remat = c.model.param_dtype, c.model.remat
 
     policy = abstract_params(model, pdt)
     policy_specs = param_specs(mesh, policy, DEFAULT_RULES)

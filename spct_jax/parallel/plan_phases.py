@@ -153,7 +153,7 @@ TPU = Backend("tpu", per_layer_lm=0, per_layer_rm=0, block_lm=2, block_rm=2)
 
 
 def train_program(m: ModelConfig, mesh: MeshShape, *, rows: int, seq: int, microbatches: int, b: int,
-                  grad_bytes: int, layout: str, lm_logits: bool = True, remat: bool = True,
+                  grad_bytes: int, layout: str, lm_logits: bool = True, remat: str | bool = "full",
                   batch_fields: int = 3, backend: Backend = TPU) -> dict[str, int]:
     """Per-device bytes of TrainStep (train/steps.py) beyond its state arguments.
 
@@ -161,8 +161,9 @@ def train_program(m: ModelConfig, mesh: MeshShape, *, rows: int, seq: int, micro
                  accumulator and one micro-batch's gradients are both live.
     activations  every block's input [rows, T, D] (what remat "full" keeps), the MLP products XLA keeps per
                  layer and for the block in flight (`backend`), fp32 attention scores of one block, and the
-                 loss's fp32 logits of one chunk (the scalar RM has none). Without remat every block keeps its
-                 forward buffers.
+                 loss's fp32 logits of one chunk (the scalar RM has none). "save_dots" also keeps every layer's
+                 weight-matmul outputs (q/k/v, o, gate/up, down). Without remat every block keeps its forward
+                 buffers.
     batch        the [rows, T] fields and their micro-batch split.
     """
     rows_dev = -(-(rows // microbatches) // mesh.row_shards)
@@ -173,10 +174,15 @@ def train_program(m: ModelConfig, mesh: MeshShape, *, rows: int, seq: int, micro
     saved = m.num_layers * rows_dev * seq * m.hidden_size * b
     per_layer = backend.per_layer_lm if lm_logits else backend.per_layer_rm
     block = backend.block_lm if lm_logits else backend.block_rm
-    if remat:
-        act = saved + m.num_layers * per_layer * mlp + block * mlp + attn
-    else:
+    remat = {True: "full", False: "none"}.get(remat, remat)
+    if remat == "none":
         act = m.num_layers * (3 * mlp + attn)
+    else:
+        act = saved + m.num_layers * per_layer * mlp + block * mlp + attn
+    if remat == "save_dots":  # q/k/v (heads over tensor), o and down ([T, D]), gate and up (the MLP products)
+        qkv = (m.num_heads + 2 * m.num_kv_heads) * m.head_dim
+        dots = rows_dev * seq * (_split(qkv, t) + 2 * m.hidden_size) * b + 2 * mlp
+        act += m.num_layers * dots
     if lm_logits:
         act += _logits(m, mesh, rows_dev, seq, group=group, buffers=1)
     grads = grad_bytes * (2 if microbatches > 1 else 1)

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from spct_jax import sampling
 from spct_jax.models.config import ModelConfig
 from spct_jax.models.scalar_head import ScalarRM
-from spct_jax.models.transformer import Decoder, init_model
+from spct_jax.models.transformer import Decoder, init_model, remat_name
 from spct_jax.parallel.mesh import batch_sharding
 from spct_jax.parallel.rules import param_specs
 from spct_jax.train import steps
@@ -93,14 +93,13 @@ def logprob_call(m: ModelConfig, mesh: Mesh, *, rows: int, block_rows: int | Non
 
 
 def train_step_call(m: ModelConfig, mesh: Mesh, kind: str, *, rows: int, seq: int, microbatches: int,
-                    compute_dtype: Any, param_dtype: Any, remat: bool = True):
+                    compute_dtype: Any, param_dtype: Any, remat: str = "full"):
     """TrainStep of a stage ("sft", "grpo" or "bce") on a [rows, seq] batch, state in `param_dtype`."""
     graphdef, state = abstract_module(m, mesh, dtype=compute_dtype, param_dtype=param_dtype, scalar_rm=kind == "bce")
     module = nnx.merge(graphdef, state)
-    if remat:  # as stages._remat_graphdef
-        for _, sub in nnx.iter_modules(module):
-            if isinstance(sub, Decoder):
-                sub.remat = True
+    for _, sub in nnx.iter_modules(module):  # as stages._remat_graphdef
+        if isinstance(sub, Decoder):
+            sub.remat = remat_name(remat)
     graphdef, params = nnx.split(module, nnx.Param)
     opt = OptimizerConfig(learning_rate=1e-6)
     abstract_state = TrainState(params=params, opt_state=jax.eval_shape(make_optimizer(opt).init, params),

@@ -1,7 +1,7 @@
 """Partition rules: which mesh axes split each parameter, optimizer moment, KV-cache entry and activation.
 
 A rule is (regex, PartitionSpec); a parameter's path is its nnx state path joined by "/", e.g.
-"layers/3/attn/q_proj/kernel" or, inside the meta RM, "backbone/layers/3/attn/q_proj/kernel". The first rule
+"layers/attn/q_proj/kernel" or, inside the meta RM, "backbone/layers/attn/q_proj/kernel". The first rule
 whose regex matches the WHOLE path wins. A parameter no rule matches is an error listing every such path: a
 silently replicated 27B embedding would only show up as an out-of-memory on the pod.
 
@@ -11,12 +11,15 @@ as in Megatron, so q/k/v/gate/up are column-parallel and o/down row-parallel (on
 
     embed            [V, D]            P("tensor", "fsdp")
     lm_head          [D, V]            P("fsdp", "tensor")
-    q/k/v_proj       [D, H*Dh]         P("fsdp", "tensor")      bias [H*Dh]: P("tensor")
-    o_proj           [H*Dh, D]         P("tensor", "fsdp")
-    gate/up_proj     [D, F]            P("fsdp", "tensor")
-    down_proj        [F, D]            P("tensor", "fsdp")
-    *_norm scale     [D]               P()  (replicated: D floats per norm)
+    q/k/v_proj       [L, D, H*Dh]      P(None, "fsdp", "tensor")      bias [L, H*Dh]: P(None, "tensor")
+    o_proj           [L, H*Dh, D]      P(None, "tensor", "fsdp")
+    gate/up_proj     [L, D, F]         P(None, "fsdp", "tensor")
+    down_proj        [L, F, D]         P(None, "tensor", "fsdp")
+    *_norm scale     [L, D] / [D]      P()  (replicated: D floats per norm)
     score (meta RM)  [D, 1]            P("fsdp", None)
+
+The blocks' params are stacked on a leading layer dim L (the decoder scans over it, models/transformer.py), which
+is never split: every device holds its share of every layer, and the scan's step l reads slice l locally.
 
 Axes a mesh lacks (e.g. the trainer's 1-device ("data", "fsdp") mesh has no "tensor") are dropped, i.e. size 1.
 """
@@ -39,12 +42,13 @@ _PREFIX = r"(?:.*/)?"  # any wrapper (the meta RM's "backbone/") in front of a d
 DECODER_RULES: tuple[Rule, ...] = (
     (_PREFIX + r"embed", P("tensor", "fsdp")),
     (_PREFIX + r"lm_head/kernel", P("fsdp", "tensor")),
-    (_PREFIX + r"layers/\d+/attn/(q|k|v)_proj/kernel", P("fsdp", "tensor")),
-    (_PREFIX + r"layers/\d+/attn/(q|k|v)_proj/bias", P("tensor")),  # Qwen2
-    (_PREFIX + r"layers/\d+/attn/o_proj/kernel", P("tensor", "fsdp")),
-    (_PREFIX + r"layers/\d+/mlp/(gate|up)_proj/kernel", P("fsdp", "tensor")),
-    (_PREFIX + r"layers/\d+/mlp/down_proj/kernel", P("tensor", "fsdp")),
-    (_PREFIX + r"layers/\d+/(input|post_attn|pre_mlp|post_mlp)_norm/scale", P()),
+    # The blocks, stacked [L, ...]: the leading layer dim (None) is never split.
+    (_PREFIX + r"layers/attn/(q|k|v)_proj/kernel", P(None, "fsdp", "tensor")),
+    (_PREFIX + r"layers/attn/(q|k|v)_proj/bias", P(None, "tensor")),  # Qwen2
+    (_PREFIX + r"layers/attn/o_proj/kernel", P(None, "tensor", "fsdp")),
+    (_PREFIX + r"layers/mlp/(gate|up)_proj/kernel", P(None, "fsdp", "tensor")),
+    (_PREFIX + r"layers/mlp/down_proj/kernel", P(None, "tensor", "fsdp")),
+    (_PREFIX + r"layers/(input|post_attn|pre_mlp|post_mlp)_norm/scale", P()),
     (_PREFIX + r"final_norm/scale", P()),
 )
 SCALAR_HEAD_RULES: tuple[Rule, ...] = (
@@ -241,28 +245,27 @@ def kv_cache_shardings(mesh: Mesh, cache: Any) -> Any:
     """Shardings for a `KVCache` (or its eval_shape): rows over the batch axes, KV heads over "tensor" when the
     head count divides (else whole: GQA models can have fewer KV heads than tensor shards).
 
-    k, v [B, K, S, Dh]; valid [B, S]; next_pos [B]; length [] replicated. B must divide over the batch axes.
-    A shared prefix (k, v [U, K, P, Dh], valid [U, P]) splits its prompts the same way when U divides, else it
-    is replicated (k samples of one prompt on more devices than prompts).
+    k, v [L, B, K, S, Dh] (every layer stacked; L never split); valid [B, S]; next_pos [B]; length [] replicated.
+    B must divide over the batch axes. A shared prefix (k, v [L, U, K, P, Dh], valid [U, P]) splits its prompts the
+    same way when U divides, else it is replicated (k samples of one prompt on more devices than prompts).
     """
     rows = batch_axes(mesh)
     row_ways = int(np.prod([mesh.shape[a] for a in rows]))
     b = cache.valid.shape[0]
     if b % row_ways:
         raise ShardingRuleError(f"KV cache: {b} rows do not divide over the batch axes {rows} ({row_ways} ways)")
-    kv_heads = cache.k[0].shape[1] if cache.k else 0
+    kv_heads = cache.k.shape[2]
     tensor = "tensor" if "tensor" in mesh.axis_names and kv_heads % mesh.shape["tensor"] == 0 else None
     row_entry = rows if rows else None
-    kv = NamedSharding(mesh, P(row_entry, tensor, None, None))
+    kv = NamedSharding(mesh, P(None, row_entry, tensor, None, None))
     rows_only = NamedSharding(mesh, P(row_entry))
     prefix = None
     if cache.prefix is not None:
         split = cache.prefix.valid.shape[0] % row_ways == 0
-        p_kv = NamedSharding(mesh, P(row_entry if split else None, tensor, None, None))
-        prefix = type(cache.prefix)(k=tuple(p_kv for _ in cache.prefix.k), v=tuple(p_kv for _ in cache.prefix.v),
-                                    valid=NamedSharding(mesh, P(row_entry if split else None)))
-    return type(cache)(k=tuple(kv for _ in cache.k), v=tuple(kv for _ in cache.v), valid=rows_only,
-                       length=NamedSharding(mesh, P()), next_pos=rows_only, prefix=prefix)
+        p_kv = NamedSharding(mesh, P(None, row_entry if split else None, tensor, None, None))
+        prefix = type(cache.prefix)(k=p_kv, v=p_kv, valid=NamedSharding(mesh, P(row_entry if split else None)))
+    return type(cache)(k=kv, v=kv, valid=rows_only, length=NamedSharding(mesh, P()), next_pos=rows_only,
+                       prefix=prefix)
 
 
 # -- activations --------------------------------------------------------------------------------------------------

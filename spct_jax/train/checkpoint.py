@@ -90,7 +90,9 @@ class ParamsReader:
     restores one (orbax partial restore; with a NamedSharding over several processes each reads its shards).
 
     Params live in the step's "state" item under "params", each nnx Variable as {"value": array}; a param path is
-    the nnx state path, e.g. ("layers", 0, "attn", "q_proj", "kernel") or ("backbone", "embed").
+    the nnx state path, e.g. ("layers", "attn", "q_proj", "kernel") or ("backbone", "embed"). The decoder's block
+    params are stacked [L, ...]: `read` returns all layers of one (its shards of them, with a sharding over
+    several processes); `weights.tensor_blocks(..., layer=l)` cuts one layer out on device.
     """
 
     def __init__(self, directory: paths.PathLike, step: int | None = None):

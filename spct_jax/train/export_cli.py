@@ -54,6 +54,18 @@ def _run_config(stage: paths.Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _param_shapes(cfg, kind: str) -> dict[tuple[Any, ...], tuple[int, ...]]:
+    """Every param path of the model `cfg` describes and its shape (nnx.eval_shape: nothing allocated)."""
+    from flax import nnx
+
+    from spct_jax.models.scalar_head import ScalarRM
+    from spct_jax.models.transformer import Decoder
+
+    build = ScalarRM if kind == "scalar_rm" else Decoder
+    abstract = nnx.eval_shape(lambda: build(cfg, rngs=nnx.Rngs(0)))
+    return {path: tuple(var.shape) for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
+
+
 def export_checkpoint(stage_dir: paths.PathLike, *, out: paths.PathLike | None = None, step: int | None = None,
                       model: str | None = None, dtype: str | None = None,
                       max_shard_bytes: int = 5 * 1024**3) -> dict[str, Any]:
@@ -66,7 +78,7 @@ def export_checkpoint(stage_dir: paths.PathLike, *, out: paths.PathLike | None =
     from spct_jax.models.registry import describe_model
     from spct_jax.models.scalar_head import scalar_rm_hf_config, scalar_rm_mapping
     from spct_jax.models.weights import (WeightsError, lm_hf_config, lm_mapping, rule_shardings, tensor_blocks,
-                                         write_checkpoint)
+                                         tensor_shape, write_checkpoint)
     from spct_jax.train.checkpoint import ParamsReader
 
     stage = paths.as_path(stage_dir)
@@ -92,28 +104,47 @@ def export_checkpoint(stage_dir: paths.PathLike, *, out: paths.PathLike | None =
             mapping, hf_config, kind = scalar_rm_mapping(cfg), scalar_rm_hf_config(cfg, np_dtype), "scalar_rm"
         else:
             mapping, hf_config, kind = lm_mapping(cfg), lm_hf_config(cfg, np_dtype), "lm"
-        wanted = {path for _, path, _ in mapping}
+        wanted = {m.path for m in mapping}
         extra, missing = sorted(map(str, set(saved) - wanted)), sorted(map(str, wanted - set(saved)))
         if extra or missing:
             raise WeightsError(f"{reader.directory} step {reader.step} does not fit {source!r}: "
                                + (f"missing param {missing[0]}" if missing else f"unexpected param {extra[0]}")
                                + f" ({len(missing)} missing, {len(extra)} unexpected)")
+        # The same paths can hold other shapes (the blocks are stacked: another depth is another [L, ...]).
+        want = _param_shapes(cfg, kind)
+        wrong = sorted(str(p) for p in wanted if tuple(saved[p][0]) != want[p])
+        if wrong:
+            path = next(p for p in wanted if str(p) == wrong[0])
+            raise WeightsError(f"{reader.directory} step {reader.step} does not fit {source!r}: param {wrong[0]} has "
+                               f"shape {tuple(saved[path][0])}, the model needs {want[path]} ({len(wrong)} differ)")
         multi = jax.process_count() > 1
         sharding = None
         if multi:  # each tensor restored sharded by the rules: every host reads its shards only
             from spct_jax.parallel.mesh import MeshConfig, make_mesh
 
             sharding = rule_shardings(make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1)))
-        tensors = []
-        for hf, path, transpose in mapping:
-            shape, _ = saved[path]
-            file_shape = tuple(reversed(shape)) if transpose else shape
+        # A stacked param ([L, ...], the decoder's blocks) holds one tensor per layer: its layers are written one
+        # after the other, so that it is read once and dropped after its last layer (the file order is free).
+        first = {}
+        for i, m in enumerate(mapping):
+            first.setdefault(m.path, i)
+        order = sorted(mapping, key=lambda m: (first[m.path], m.layer or 0))
+        left = {p: sum(m.path == p for m in mapping) for p in first}  # tensors still to write per param
+        held: dict = {}  # path -> the param, while its layers are being written
 
-            def produce(path=path, shape=shape, transpose=transpose):
-                arr = reader.read(path, None if sharding is None else sharding(path, shape))
-                return tensor_blocks(arr, transpose, np_dtype)
+        def produce(m):
+            shape, _ = saved[m.path]
+            arr = held.get(m.path)
+            if arr is None:
+                arr = reader.read(m.path, None if sharding is None else sharding(m.path, shape))
+            left[m.path] -= 1
+            if left[m.path]:
+                held[m.path] = arr
+            else:
+                held.pop(m.path, None)
+            return tensor_blocks(arr, m.transpose, np_dtype, layer=m.layer)
 
-            tensors.append((hf, file_shape, np_dtype, produce))
+        tensors = [(m.hf, tensor_shape(saved[m.path][0], m), np_dtype, lambda m=m: produce(m)) for m in order]
         write_checkpoint(out, hf_config, tensors, max_shard_bytes=max_shard_bytes, collective=multi,
                          extra_files=tokenizer_writer(tokenizer, source))
         step = reader.step

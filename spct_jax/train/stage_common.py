@@ -94,7 +94,7 @@ def stage_run(config: ml_collections.ConfigDict, stage: str, mesh, workdir: Path
     return StageRun(workdir=str(workdir), steps=s.steps, batch_size=s.batch_size,
                     optimizer=optimizer_config(config, stage), seed=config.seed, checkpoint_every=c.every,
                     progress_bar=sys.stderr.isatty(), num_microbatches=s.num_microbatches, mesh=mesh,
-                    keep_checkpoints=c.keep, log_every=c.log_every, remat=config.model.remat == "full")
+                    keep_checkpoints=c.keep, log_every=c.log_every, remat=config.model.remat)
 
 
 def check_batch(rows: int, microbatches: int, mesh, field: str) -> None:

@@ -19,7 +19,7 @@ from flax import nnx
 
 from spct_jax.data.batching import SFTRecord, collate, round_up, tokenize_all
 from spct_jax.data.schema import PreferenceItem
-from spct_jax.models.transformer import Decoder
+from spct_jax.models.transformer import Decoder, remat_name
 from spct_jax.parallel.mesh import HostFeed, batch_shards
 from spct_jax.tokenizer import Tokenizer
 from spct_jax.train.config import LoopConfig, OptimizerConfig
@@ -45,7 +45,9 @@ class StageRun:
     mesh: object | None = None
     keep_checkpoints: int = 3
     log_every: int = 1  # metrics every N steps (and at the last)
-    remat: bool = False  # recompute every decoder block in the backward pass (activations: block inputs only)
+    # What each decoder block keeps for the backward pass (transformer.REMAT_POLICIES): "none", "full" (block inputs
+    # only, the block recomputed) or "save_dots" (the weight matmuls' outputs too); True / False = "full" / "none".
+    remat: str | bool = "none"
     # Training batches (SFT, meta RM, GRPO's update) are padded to a multiple of this: fewer distinct shapes
     # (compiles) against less padding to compute.
     length_multiple: int = 64
@@ -55,6 +57,7 @@ class StageRun:
     length_segments: int = 1
 
     def __post_init__(self):
+        object.__setattr__(self, "remat", remat_name(self.remat))  # validated; a bad name raises ValueError
         if self.length_multiple < 1:
             raise ValueError(f"length_multiple must be >= 1, got {self.length_multiple}")
         if self.length_segments < 1:
@@ -77,14 +80,14 @@ class StageRun:
                           keep_checkpoints=self.keep_checkpoints, log_every=self.log_every)
 
 
-def _remat_graphdef(model: nnx.Module) -> nnx.GraphDef:
-    """The graphdef of `model` with every `Decoder` in it (a meta RM's backbone too) set to wrap its blocks in
-    nnx.remat. Only the train step merges params into it: the sampler and the forward-only log-probs keep the
-    plain graphdef (nnx.remat cannot run inside the sampler's raw lax.scan, and a forward pass gains nothing)."""
+def _remat_graphdef(model: nnx.Module, policy: str = "full") -> nnx.GraphDef:
+    """The graphdef of `model` with every `Decoder` in it (a meta RM's backbone too) set to rematerialise its
+    blocks by `policy` (transformer.REMAT_POLICIES). Only the train step merges params into it: the sampler and the
+    forward-only log-probs keep the plain graphdef (a forward pass has no backward to save memory for)."""
     view = nnx.merge(*nnx.split(model))  # new module objects over the same arrays; `model` itself is unchanged
     for _, module in nnx.iter_modules(view):
         if isinstance(module, Decoder):
-            module.remat = True
+            module.remat = remat_name(policy)
     return split_params(view)[0]
 
 
@@ -102,9 +105,9 @@ def _batch_size(run: StageRun, num_examples: int) -> int:
 
 def _start(model: nnx.Module, run: StageRun, make_step, *, copy_params: bool = True, **step_kw):
     """(plain graphdef, placed initial state, step): the set-up every stage shares, params sharded by the rules,
-    blocks rematerialised in the step's backward pass when `run.remat`."""
+    blocks rematerialised in the step's backward pass by the policy `run.remat`."""
     graphdef, state = create_train_state(model, run.optimizer, run.seed, copy_params=copy_params)
-    step = make_step(_remat_graphdef(model) if run.remat else graphdef, optimizer=run.optimizer,
+    step = make_step(graphdef if run.remat == "none" else _remat_graphdef(model, run.remat), optimizer=run.optimizer,
                      num_microbatches=run.num_microbatches, mesh=run.mesh,
                      param_shardings=run.shardings(state.params), **step_kw)
     return graphdef, step.place(state), step
