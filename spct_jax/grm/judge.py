@@ -117,10 +117,9 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str], defaults: Mapping[str, Any]) -> argparse.Namespace:
     """Parse `argv`; fill every flag the user left out (those whose argparse default is None) from the `--config`
     file's field (CONFIG_FIELDS, and the mesh), else from `defaults`. Exits 2 (argparse's way) on a bad command line
-    or config. `args.config_values` records what the config supplied."""
+    or config."""
     overrides, rest = split_overrides(argv)
     args = parser.parse_args(rest)
-    args.config_values = {}
     if overrides and args.config is None:
         parser.error(f"{overrides[0]} needs --config FILE")
     if args.config is not None:
@@ -139,13 +138,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str], defaults: M
             section, _, key = field.rpartition(".")
             value = config[section][key] if section else config[key]
             setattr(args, dest, value)
-            args.config_values[dest] = value
         if args.mesh is None:
             try:
                 args.mesh = MeshConfig.from_mapping(config.mesh)
             except MeshError as e:
                 parser.error(f"config field 'mesh': {e}")
-            args.config_values["mesh"] = args.mesh.as_dict()
     for dest, value in defaults.items():
         if getattr(args, dest, None) is None:
             setattr(args, dest, value)
