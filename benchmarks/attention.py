@@ -108,7 +108,8 @@ def main():
     if args.speed_ts:
         print("\nForward + backward, causal with soft-cap 50, best of "
               f"{args.repeats} (ms):\n")
-        print("| T | full wall | blockwise wall | blockwise / full | full CPU | blockwise CPU |\n|---|---|---|---|---|---|")
+        print("| T | full wall | blockwise wall | blockwise / full | full CPU | blockwise CPU |")
+        print("|---|---|---|---|---|---|")
         for row in speed_rows(args):
             print(row, flush=True)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")

@@ -131,6 +131,14 @@ class _Plan:
         return self.firsts[-1]
 
 
+def _dot(eq, a, b):
+    """einsum accumulating in float32. bf16 operands stay bf16 where the hardware multiplies them into float32
+    (TPU, GPU); XLA:CPU's dot has no bf16 x bf16 -> f32 kernel, so there they are widened first."""
+    if jax.default_backend() == "cpu":
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32)
+
+
 def _grouped(x, u):
     """[B, ...] -> [U, C, ...]: rows grouped by the segment's key row (C = B / U; own segment: U = B, C = 1)."""
     return x.reshape(u, x.shape[0] // u, *x.shape[1:])
@@ -152,7 +160,7 @@ def _block_logits(plan: _Plan, seg: int, j, qg, k, valid, q_glob):
     qg: [U, C, K, G, bq, Dh]; k: [U, K, Sp, Dh]; valid: [U, Sp]; j: the key block; q_glob: [bq]."""
     bk = plan.bks[seg]
     kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)  # [U, K, bk, Dh]
-    s = jnp.einsum("uckgtd,uksd->uckgts", qg, kb, preferred_element_type=jnp.float32) * plan.scale
+    s = _dot("uckgtd,uksd->uckgts", qg, kb) * plan.scale
     th = None
     if plan.softcap is not None:  # Gemma-2: cap before the mask, as the full path does
         th = jnp.tanh(s / plan.softcap)
@@ -199,7 +207,7 @@ def _forward(plan: _Plan, q, segs, q_slots):
                 p = jnp.exp(s - m_safe[..., None])
                 corr = jnp.exp(m - m_safe)
                 vb = jax.lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)  # [U, K, bk, Dh]
-                pv = jnp.einsum("uckgts,uksd->uckgtd", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
+                pv = _dot("uckgts,uksd->uckgtd", p.astype(v.dtype), vb)
                 return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv
 
             lo, hi = _kv_range(plan, seg, q_glob)
@@ -244,14 +252,14 @@ def _backward(plan: _Plan, q, segs, q_slots, out, lse, dout):
                 p = jnp.exp(s - lse_g[..., None])  # [U, C, K, G, bq, bk]; 0 where masked or on an empty row
                 kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)  # [U, K, bk, Dh]
                 vb = jax.lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
-                dv_j = jnp.einsum("uckgts,uckgtd->uksd", p.astype(dog.dtype), dog, preferred_element_type=jnp.float32)
-                dp = jnp.einsum("uckgtd,uksd->uckgts", dog, vb, preferred_element_type=jnp.float32)
+                dv_j = _dot("uckgts,uckgtd->uksd", p.astype(dog.dtype), dog)
+                dp = _dot("uckgtd,uksd->uckgts", dog, vb)
                 ds = p * (dp - delta_g[..., None])
                 if th is not None:
                     ds = ds * (1.0 - th * th)  # d(cap * tanh(x / cap)) / dx
                 ds = ds * plan.scale
-                dq = dq + jnp.einsum("uckgts,uksd->uckgtd", ds.astype(kb.dtype), kb, preferred_element_type=jnp.float32)
-                dk_j = jnp.einsum("uckgts,uckgtd->uksd", ds.astype(qg.dtype), qg, preferred_element_type=jnp.float32)
+                dq = dq + _dot("uckgts,uksd->uckgtd", ds.astype(kb.dtype), kb)
+                dk_j = _dot("uckgts,uckgtd->uksd", ds.astype(qg.dtype), qg)
                 add = lambda acc, x: jax.lax.dynamic_update_slice_in_dim(
                     acc, jax.lax.dynamic_slice_in_dim(acc, j * bk, bk, axis=2) + x, j * bk, axis=2)
                 return dq, add(dk, dk_j), add(dv, dv_j)
@@ -276,6 +284,12 @@ def _backward(plan: _Plan, q, segs, q_slots, out, lse, dout):
         dv = dv + jnp.where(real, per_key_row[:, :, None, :], 0.0)
         grads.append((dk.astype(k.dtype), dv.astype(v.dtype), None))
     return dq.astype(q.dtype), tuple(grads)
+
+
+# Jitted with the plan static: under an outer jit they inline; called eagerly (the decoder run without jit, as the
+# parity tests do) they hit the compile cache instead of re-tracing their loops on every call.
+_forward = jax.jit(_forward, static_argnums=0)
+_backward = jax.jit(_backward, static_argnums=0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -360,7 +374,8 @@ def splash_attention(q, k, v, *, kv_valid, scale, softcap=None, window=None, blo
     b, t, kh, g, dh = q.shape
     blk = min(block, -(-t // 128) * 128)
     tp = -(-t // blk) * blk
-    qh = _pad_to((q * jnp.asarray(scale, q.dtype)).transpose(0, 2, 3, 1, 4), tp, 3)  # [B, K, G, Tp, Dh]; the kernel does not scale
+    qh = (q * jnp.asarray(scale, q.dtype)).transpose(0, 2, 3, 1, 4)  # the kernel does not scale
+    qh = _pad_to(qh, tp, 3)  # [B, K, G, Tp, Dh]
     kp = _pad_to(k.astype(q.dtype), tp, 2)  # [B, K, Tp, Dh]
     vp = _pad_to(v.astype(q.dtype), tp, 2)
     seg = _pad_to(kv_valid.astype(jnp.int32), tp, 1, 2)  # [B, Tp]
