@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from spct_jax.models.attention import attend
 from spct_jax.models.config import ModelConfig
 
 _MASKED = -1e30  # finite, so a row with no visible key (a pad query) softmaxes to uniform instead of NaN.
@@ -188,40 +189,12 @@ class Attention(nnx.Module):
         else:
             k_all = jax.lax.dynamic_update_slice_in_dim(kv[0], k_new.astype(kv[0].dtype), write_at, axis=2)
             v_all = jax.lax.dynamic_update_slice_in_dim(kv[1], v_new.astype(kv[1].dtype), write_at, axis=2)
-        s = k_all.shape[2]
         groups = cfg.num_heads // cfg.num_kv_heads
         qg = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)  # [B, T, K, G, Dh]
-        scale = jnp.asarray(cfg.attn_scale, q.dtype)
-        logits = jnp.einsum("btkgd,bksd->bkgts", qg, k_all.astype(q.dtype)) * scale
-        k_slots = jnp.arange(s)
-        visible = k_slots[None, :] <= q_slots[:, None]  # [T, S] causal in slot space
-        if self.window is not None:
-            visible &= k_slots[None, :] > q_slots[:, None] - self.window
-        mask = visible[None, None, None] & kv_valid[:, None, None, None, :]  # [B, 1, 1, T, S]
-        if prefix is not None:
-            pk, pv, p_valid = prefix  # [U, K, P, Dh], [U, P]
-            u, p = p_valid.shape
-            qu = qg.reshape(u, b // u, t, cfg.num_kv_heads, groups, cfg.head_dim)  # rows grouped by prompt
-            p_logits = jnp.einsum("uctkgd,ukpd->uckgtp", qu, pk.astype(q.dtype)) * scale
-            p_visible = jnp.ones((t, p), bool)  # every prefix slot precedes every own slot
-            if self.window is not None:  # own slot s sits at global slot P + s
-                p_visible &= jnp.arange(p)[None, :] > (p + q_slots)[:, None] - self.window
-            p_mask = p_visible[None, None, None, None] & p_valid[:, None, None, None, None, :]  # [U,1,1,1,T,P]
-            logits = jnp.concatenate([p_logits.reshape(b, *p_logits.shape[2:]), logits], axis=-1)  # [B,K,G,T,P+S]
-            mask = jnp.concatenate(
-                [jnp.broadcast_to(p_mask, (u, b // u, 1, 1, t, p)).reshape(b, 1, 1, t, p),
-                 jnp.broadcast_to(mask, (b, 1, 1, t, s))], axis=-1)
-        logits = logits.astype(jnp.float32)
-        if cfg.attn_logit_softcap is not None:
-            logits = jnp.tanh(logits / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
-        logits = jnp.where(mask, logits, _MASKED)
-        probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-        if prefix is not None:
-            p_probs = probs[..., :p].reshape(u, b // u, *probs.shape[1:-1], p)  # [U, C, K, G, T, P]
-            out = (jnp.einsum("uckgtp,ukpd->uctkgd", p_probs, pv.astype(q.dtype)).reshape(qg.shape)
-                   + jnp.einsum("bkgts,bksd->btkgd", probs[..., p:], v_all.astype(q.dtype)))
-        else:
-            out = jnp.einsum("bkgts,bksd->btkgd", probs, v_all.astype(q.dtype))
+        # Without a cache the queries sit at slots 0..T-1 (hidden_states), which attend may know statically (a TPU
+        # kernel's mask is built at trace time); with one, at this call's traced q_slots.
+        out = attend(qg, k_all, v_all, q_slots=0 if kv is None else q_slots, kv_valid=kv_valid, scale=cfg.attn_scale,
+                     softcap=cfg.attn_logit_softcap, window=self.window, prefix=prefix)  # [B, T, K, G, Dh]
         return self.o_proj(out.reshape(b, t, -1)), (k_all, v_all)
 
 
