@@ -51,6 +51,12 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.hardware.accelerator_type = accelerator_type  # ours: gcloud's name, e.g. v5p-64 = 32 chips
     c.hardware.hbm_usable_fraction = 0.9  # ours: headroom for XLA's own buffers and fragmentation
 
+    c.runtime = ml_collections.ConfigDict()  # the stage commands' JAX runtime (spct_jax/parallel/compilation.py)
+    c.runtime.compilation_cache = ""  # ours: persistent XLA compilation cache dir; "" = $SPCT_COMPILATION_CACHE, else
+    #                                   run_dir/compilation_cache (survives pod restarts); "off" disables it
+    c.runtime.compilation_cache_min_secs = 1.0  # ours: only programs compiling at least this long are cached (JAX's
+    #                                             default; the tiny eager programs would only fill the directory)
+
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = data  # ours: pure data parallel (params replicated) across this axis
     c.mesh.fsdp = fsdp  # ours: -1 = every remaining chip; params, grads and Adam moments are split over it
@@ -159,6 +165,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     except ValueError as e:
         raise ConfigValidationError(f"config field 'hardware.accelerator_type': {e}") from None
     need(0 < c.hardware.hbm_usable_fraction <= 1, "hardware.hbm_usable_fraction", "must be in (0, 1]")
+    need(c.runtime.compilation_cache_min_secs >= 0, "runtime.compilation_cache_min_secs", "must be >= 0")
     try:
         data, fsdp, tensor = MeshConfig.from_mapping(c.mesh).resolve(accel.chips)
     except ValueError as e:

@@ -40,6 +40,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from spct_jax.models.transformer import Decoder
+from spct_jax.parallel.compilation import compile_phase
 from spct_jax.parallel.mesh import batch_axes
 
 _TRACES: Counter = Counter()  # incremented at trace time only: one count per compiled (shape, static-config) bucket
@@ -500,9 +501,10 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     show = progress if progress is not None else len(groups) > 1
     for group in tqdm(groups, desc="sampling", unit="batch", disable=not show):
         call = _plan_call(group, prompts, prompt_seeds, num_samples, shards, st.pad_id)
-        toks, lps, _ = _jitted_generate(graphdef, state, *_inputs(call, layout, base),
-                                        *_scalars(max_new_tokens, temperature, top_p),
-                                        st=dataclasses.replace(st, num_samples=call.per_slot), layout=layout)
+        with compile_phase("sampling"):  # compile counts (parallel/compilation.py), unless a stage phase names them
+            toks, lps, _ = _jitted_generate(graphdef, state, *_inputs(call, layout, base),
+                                            *_scalars(max_new_tokens, temperature, top_p),
+                                            st=dataclasses.replace(st, num_samples=call.per_slot), layout=layout)
         toks, lps = _to_host(toks), _to_host(lps)  # [R, N] each: the one gather of this call
         for q, slot in enumerate(call.slots):
             if slot is None:

@@ -12,7 +12,8 @@ from spct_jax.data.toy import ToyConfig, toy_splits
 from spct_jax.models import ModelConfig, init_model
 from spct_jax.models.registry import load_model
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
-from spct_jax.train.grpo import GRPOConfig, rollout_batch, too_easy
+from spct_jax.parallel.compilation import compile_counts, compile_delta
+from spct_jax.train.grpo import BUCKETS_PER_OCTAVE, GRPOConfig, GRPOUpdate, length_bucket, rollout_batch, too_easy
 from spct_jax.train.losses import group_advantages
 from spct_jax.grm.trajectories import RolloutConfig, Trajectory
 from spct_jax.train.stages import StageRun, grpo
@@ -105,6 +106,49 @@ def test_update_padding_follows_length_multiple_and_leaves_the_update_alone(tmp_
     a, b = rows[1][0], rows[64][0]
     for k in ("loss", "kl_mean", "reward_mean", "rollout_length", "grad_norm"):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
+def test_update_lengths_fall_in_a_fixed_geometric_set():
+    """Any rollout length up to 27B's max_prompt_len + max_new_tokens (4096) pads to one of 20 lengths (4 per
+    doubling, multiples of 64), less than 25% or one multiple longer, where multiples of 64 alone would be 64 shapes."""
+    buckets = {n: length_bucket(n, multiple=64) for n in range(1, 4097)}
+    assert len(set(buckets.values())) == 20 and max(buckets.values()) == 4096
+    assert all(n <= b < n + max(n / 4, 64) and b % 64 == 0 for n, b in buckets.items())
+    assert [length_bucket(n, multiple=64) for n in (64, 65, 129, 700, 1025, 3000)] == [64, 128, 192, 768, 1280, 3072]
+
+
+def test_grpo_compiles_the_update_and_reference_once_per_length_bucket(monkeypatch):
+    """12 updates whose rollouts have 12 different lengths: the GRPO update and the reference log-prob programs
+    compile once per length bucket (6 here), counted by the compile counter the stage commands log (jax.monitoring
+    events under the grpo_update / grpo_reference phases)."""
+    model = init_model(TINY, seed=0)
+    opt = OptimizerConfig(learning_rate=1e-3)
+    graphdef, state = create_train_state(model, opt, seed=0)
+    step = make_grpo_step(graphdef, optimizer=opt, loss=GRPOLossConfig(group_size=2), chunk=16)
+    state = step.place(state)
+    cfg = GRPOConfig(prompts_per_step=2, loss=GRPOLossConfig(group_size=2))
+    lengths = [9, 11, 14, 15, 21, 22, 23, 36, 39, 58, 66, 72]  # prompt + completion of the longest rollout
+    pad = type("Tok", (), {"pad_id": 0})()
+    update = GRPOUpdate(graphdef, pad, [None] * 4, step, nnx.state(model, nnx.Param), cfg, length_multiple=4)
+    plan = iter(lengths)
+
+    def rollouts(params, prompts, salt):  # 2 prompts x G=2 with one right and one wrong rollout per group
+        n = next(plan)
+        traj = lambda c, ok: Trajectory(  # noqa: E731
+            uid="u", perm=(0, 1), template="toy", hinted=False, prompt_ids=(5,) * 4, completion_ids=(6,) * c,
+            logprobs=(0.0,) * c, text="", principles="", critique="", scores=None, error=None, correct=ok)
+        return [[traj(n - 4, True), traj(2, False)], [traj(3, False), traj(n - 5, True)]]
+
+    monkeypatch.setattr(update, "rollouts", rollouts)
+    buckets = {length_bucket(n, multiple=4, per_octave=BUCKETS_PER_OCTAVE) for n in lengths}
+    assert buckets == {12, 16, 24, 40, 64, 80}
+    before = compile_counts()
+    for i in range(len(lengths)):
+        state, metrics = update(state, np.asarray([i % 4, (i + 1) % 4]))
+        assert np.isfinite(metrics["loss"])
+    compiles = compile_delta(before)
+    assert compiles["grpo_update"].programs == len(buckets), compiles  # not one per length (12)
+    assert compiles["grpo_reference"].programs == len(buckets), compiles
 
 
 def test_reference_in_the_policy_dtype_survives_donated_updates(tmp_path):

@@ -32,6 +32,7 @@ from flax import nnx
 from spct_jax.data.batching import round_up
 from spct_jax.data.schema import PreferenceItem
 from spct_jax.grm.scorer import GenerativeRewardModel
+from spct_jax.parallel.compilation import compile_phase
 from spct_jax.parallel.mesh import HostFeed
 from spct_jax.sampling import bucket
 from spct_jax.tokenizer import Tokenizer
@@ -70,17 +71,44 @@ class GRPOConfig:
         return self.loss.group_size
 
 
-def rollout_batch(trajs: Sequence[Sequence[Trajectory]], pad_id: int, *, length_multiple: int | None = None
-                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+BUCKETS_PER_OCTAVE = 4  # GRPO's update lengths: 4 buckets per doubling, at most 25% padding
+
+
+def length_bucket(n: int, *, multiple: int, per_octave: int = BUCKETS_PER_OCTAVE) -> int:
+    """The smallest length of a fixed geometric set that is >= n: per doubling [m, 2m) (m = multiple * 2^k) the
+    `per_octave` points m * (1 + i / per_octave), each rounded up to `multiple`. With multiple 64 and 4 per octave:
+
+        64 128 192 256 320 384 448 512 640 768 896 1024 1280 1536 1792 2048 2560 3072 3584 4096 ...
+
+    So a run whose rollouts may be anything up to max_prompt_len + max_new_tokens (27B: 4096) compiles its update
+    and its log-prob program for at most 20 lengths (multiples of 64: up to 64), padding less than 25% or one
+    multiple (1025 -> 1280) where a multiple would pad < 64 tokens: the padding is computed, never in a loss."""
+    if n <= multiple:
+        return multiple
+    base = multiple
+    while 2 * base < n:  # base < n <= 2 * base
+        base *= 2
+    return next(point for point in (round_up(base + base * i // per_octave, multiple) for i in range(1, per_octave + 1))
+                if point >= n)  # the last point is 2 * base
+
+
+def rollout_batch(trajs: Sequence[Sequence[Trajectory]], pad_id: int, *, length_multiple: int | None = None,
+                  per_octave: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Right-padded [B, T] arrays for B = prompts x G rollouts, and the rewards [B].
 
     loss_mask[t] = 1 where token t is a generated token (the convention of data/batching.py), so only the
-    completion is trained. T is bucketed to bound recompiles: the next power of two, or with `length_multiple`
-    the next multiple of it (less padding: ~140-token rollouts pad to 144, not 256; padding never enters the loss).
+    completion is trained. T is bucketed to bound recompiles: the next power of two; with `length_multiple` the
+    next multiple of it (less padding: ~140-token rollouts pad to 144, not 256; padding never enters the loss);
+    with `per_octave` too, the next `length_bucket` (a fixed geometric set: what GRPOUpdate uses).
     """
     flat = [t for group in trajs for t in group]
     longest = max(len(t.prompt_ids) + len(t.completion_ids) for t in flat)
-    length = bucket(longest) if length_multiple is None else round_up(longest, length_multiple)
+    if length_multiple is None:
+        length = bucket(longest)
+    elif per_octave is None:
+        length = round_up(longest, length_multiple)
+    else:
+        length = length_bucket(longest, multiple=length_multiple, per_octave=per_octave)
     b = len(flat)
     ids = np.full((b, length), pad_id, np.int32)
     attn = np.zeros((b, length), np.int32)
@@ -106,13 +134,20 @@ class GRPOUpdate:
     Multi-host: the sampler runs as one program over all devices, each device decoding its own rows, and every
     process gets all rollouts back (sampling.py); each then feeds only its own rows of the update batch (`feed`),
     and the log-probs stay on device, sharded like the batch, computed `cfg.logprob_rows` rows at a time.
+
+    Compiles: the update batch's length is a `length_bucket` (of `length_multiple`, `per_octave` per doubling), so
+    the update and the log-prob programs compile once per bucket a rollout length falls in, whatever the lengths
+    (tests/test_train_grpo.py counts them); the phases' compile counts are logged as grpo_rollout,
+    grpo_reference and grpo_update (parallel/compilation.py).
     """
 
     def __init__(self, graphdef: nnx.GraphDef, tokenizer: Tokenizer, items: Sequence[PreferenceItem],
                  step: TrainStep, reference_params: nnx.State, cfg: GRPOConfig, *, template: str = "default",
-                 feed: HostFeed = HostFeed(), length_multiple: int | None = None):
+                 feed: HostFeed = HostFeed(), length_multiple: int | None = None,
+                 per_octave: int | None = BUCKETS_PER_OCTAVE):
         self.graphdef, self.tokenizer, self.items, self.step, self.cfg = graphdef, tokenizer, list(items), step, cfg
         self.length_multiple = length_multiple  # the update batch's padding (rollout_batch)
+        self.per_octave = per_octave
         self.reference_params = reference_params
         self.template = template
         self.feed = feed
@@ -137,20 +172,24 @@ class GRPOUpdate:
     def __call__(self, state: TrainState, prompt_indices: np.ndarray) -> tuple[TrainState, dict[str, float]]:
         update = int(jax.device_get(state.step))
         prompts = [self.items[int(i)] for i in prompt_indices]
-        trajs = self.rollouts(state.params, prompts, salt=1_000 + update)
-        full, rewards = rollout_batch(trajs, self.tokenizer.pad_id, length_multiple=self.length_multiple)  # [B, T]
+        with compile_phase("grpo_rollout"):
+            trajs = self.rollouts(state.params, prompts, salt=1_000 + update)
+        full, rewards = rollout_batch(trajs, self.tokenizer.pad_id, length_multiple=self.length_multiple,
+                                      per_octave=None if self.length_multiple is None else self.per_octave)  # [B, T]
         g = self.cfg.group_size
         full["advantages"] = np.asarray(group_advantages(jnp.asarray(rewards), g))
         rows = self.feed.rows(len(rewards))
         batch = self.feed.to_global({k: v[rows] for k, v in full.items()}, len(rewards))
-        batch["ref_logp"] = self.logprobs(self.reference_params, batch)  # [B, T], sharded like the batch
-        if self.cfg.inner_epochs > 1:  # keep pi_old fixed across inner epochs; with one epoch pi_old = pi_theta
-            batch["old_logp"] = self.logprobs(state.params, batch)
+        with compile_phase("grpo_reference"):
+            batch["ref_logp"] = self.logprobs(self.reference_params, batch)  # [B, T], sharded like the batch
+            if self.cfg.inner_epochs > 1:  # keep pi_old fixed across inner epochs; with one epoch pi_old = pi_theta
+                batch["old_logp"] = self.logprobs(state.params, batch)
         metrics: dict[str, float] = {}
-        for _ in range(self.cfg.inner_epochs):
-            state, m = self.step(state, batch)
-            m = jax.device_get(m)  # sync every step: see MACHINE-NOTES (CPU collectives deadlock trap)
-            metrics.update({k: float(v) for k, v in m.items()})
+        with compile_phase("grpo_update"):
+            for _ in range(self.cfg.inner_epochs):
+                state, m = self.step(state, batch)
+                m = jax.device_get(m)  # sync every step: see MACHINE-NOTES (CPU collectives deadlock trap)
+                metrics.update({k: float(v) for k, v in m.items()})
         flat = [t for group in trajs for t in group]
         grouped = rewards.reshape(-1, g)
         metrics.update(

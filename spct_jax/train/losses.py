@@ -53,14 +53,19 @@ def logprobs_from_hidden(model: nnx.Module, hidden: jax.Array, input_ids: jax.Ar
     Only [B, chunk, V] logits exist at once, forward and backward: each chunk is rematerialised
     (`jax.checkpoint`), so the backward pass keeps the chunk's hidden states, not its logits. When the whole
     sequence fits in one chunk there is nothing to save memory against, and the logits are not recomputed.
+
+    With the model's activation layout set (`Decoder.constrain`, as the sharded steps set it: steps.pinned), each
+    chunk's hidden states keep their rows on their devices and its logits are split by rows and vocabulary
+    ("logits" of parallel/rules.py ACTIVATION_SPECS), so GSPMD never holds a chunk's [B, C, V] whole.
     """
     b, t, d = hidden.shape
     n = t - 1  # positions 0..T-2 predict tokens 1..T-1
     h = hidden[:, :-1]  # [B, n, D]
     targets = input_ids[:, 1:]  # [B, n]
+    pin = getattr(model, "constrain", None) or (lambda x, kind: x)
 
     def one_chunk(h_c: jax.Array, tgt_c: jax.Array) -> jax.Array:  # [B, C, D], [B, C] -> [B, C]
-        logits = model.logits_from_hidden(h_c)
+        logits = pin(model.logits_from_hidden(pin(h_c, "hidden")), "logits")  # [B, C, V]
         return _target_logprobs(logits if temperature == 1.0 else logits / temperature, tgt_c)
 
     if n <= chunk:

@@ -109,10 +109,17 @@ def check_batch(rows: int, microbatches: int, mesh, field: str) -> None:
 
 # -- runtime ------------------------------------------------------------------------------------------------------
 def setup_runtime(config: ml_collections.ConfigDict):
-    """Join the multi-process run (before any other JAX call), then build the mesh from config.mesh."""
+    """Join the multi-process run (before any other JAX call), point JAX's persistent compilation cache at
+    `runtime.compilation_cache` (default run_dir/compilation_cache: a restarted pod loads its programs instead of
+    compiling them; spct_jax/parallel/compilation.py), start counting compiles per phase, then build the mesh from
+    config.mesh."""
+    from spct_jax.parallel.compilation import enable_compilation_cache
     from spct_jax.parallel.mesh import MeshConfig, MeshError, initialize_distributed, make_mesh
 
     setup = initialize_distributed()
+    rt = config.get("runtime") or ml_collections.ConfigDict()
+    enable_compilation_cache(rt.get("compilation_cache", ""), run_dir=config.run_dir,
+                             min_compile_secs=rt.get("compilation_cache_min_secs", 1.0))
     try:
         mesh = make_mesh(MeshConfig.from_mapping(config.mesh))
     except MeshError as e:  # validate() checked the named slice; this is the devices actually present
@@ -320,11 +327,17 @@ def run_cli(prog: str, argv: Sequence[str], description: str,
     except ValueError as e:  # ConfigFileError, the config's own validation error, MeshError: all name the field
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    try:
-        mesh = setup_runtime(config)
-        summary = run(config, mesh)
-    except StageError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
+    from spct_jax.parallel.compilation import compile_counts, compile_delta, log_compile_counts, preserved_cache_settings
+
+    before = compile_counts()
+    with preserved_cache_settings():  # run in-process (tests), the command leaves JAX's settings as it found them
+        try:
+            mesh = setup_runtime(config)
+            summary = run(config, mesh)
+        except StageError as e:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return e.exit_code
+        finally:
+            log_compile_counts(compile_delta(before), logger=log)  # per phase: sampling, sft, grpo_update, ...
     print(to_json(summary))
     return 0

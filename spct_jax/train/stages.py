@@ -20,6 +20,7 @@ from flax import nnx
 from spct_jax.data.batching import SFTRecord, collate, round_up, tokenize_all
 from spct_jax.data.schema import PreferenceItem
 from spct_jax.models.transformer import Decoder, remat_name
+from spct_jax.parallel.compilation import compile_phase
 from spct_jax.parallel.mesh import HostFeed, batch_shards
 from spct_jax.tokenizer import Tokenizer
 from spct_jax.train.config import LoopConfig, OptimizerConfig
@@ -151,8 +152,9 @@ def sft(model: nnx.Module, tokenizer: Tokenizer, records: Sequence[SFTRecord], r
                   length_blocks(idx, lengths, segments=segments, multiple=run.length_multiple)]
         return blocks[0] if segments == 1 else tuple(blocks)
 
-    result = run_training(step, state, epoch_batches(len(examples), batch_size, seed=run.seed, get_batch=get_batch),
-                          config=run.loop())
+    with compile_phase("sft"):
+        result = run_training(step, state, epoch_batches(len(examples), batch_size, seed=run.seed,
+                                                         get_batch=get_batch), config=run.loop())
     info = {"examples": len(examples), "dropped": len(report.dropped), "truncated": len(report.truncated),
             "steps": result.step, "preempted": result.preempted}
     return nnx.merge(graphdef, result.state.params), info
@@ -176,6 +178,7 @@ def grpo(model: nnx.Module, tokenizer: Tokenizer, items: Sequence[PreferenceItem
                                    chunk=cfg.logprob_chunk, temperature=cfg.rollout.temperature)
     if step.param_shardings is not None:  # the frozen reference lives on the same layout as the policy
         ref_params = jax.device_put(ref_params, step.param_shardings)
+    # Update lengths: length_bucket(longest, multiple=run.length_multiple), a fixed geometric set (bounded compiles).
     update = GRPOUpdate(graphdef, tokenizer, items, step, ref_params, cfg, template=template, feed=run.feed(),
                         length_multiple=run.length_multiple)
     source = epoch_batches(len(items), cfg.prompts_per_step, seed=run.seed, get_batch=lambda idx: idx)
@@ -196,6 +199,7 @@ def train_metarm(rm: nnx.Module, examples: Sequence[MetaRMExample], run: StageRu
         return feed.to_global(metarm_batch(examples, idx[feed.rows(len(idx))], pad_id=pad_id, length=length),
                               len(idx))
 
-    result = run_training(step, state, epoch_batches(len(examples), batch_size, seed=run.seed, get_batch=get_batch),
-                          config=run.loop())
+    with compile_phase("bce"):
+        result = run_training(step, state, epoch_batches(len(examples), batch_size, seed=run.seed,
+                                                         get_batch=get_batch), config=run.loop())
     return nnx.merge(graphdef, result.state.params), {"steps": result.step, "preempted": result.preempted}

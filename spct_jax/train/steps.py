@@ -31,6 +31,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from spct_jax.models.transformer import Decoder
+from spct_jax.parallel.compilation import compile_phase
 from spct_jax.parallel.mesh import BATCH_AXES, batch_axes, batch_sharding
 from spct_jax.parallel.rules import constrain
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
@@ -188,7 +189,8 @@ class TrainStep:
     def __call__(self, state: TrainState, batch: Batch | Segments) -> tuple[TrainState, dict[str, jax.Array]]:
         if self._jitted is None:  # a fresh state from `create_train_state` sits on one device: place it once
             state = self.place(state)
-        return self.jitted(state)(state, batch)
+        with compile_phase("train_step"):  # compile counts, unless a stage phase (sft, grpo_update, ...) names them
+            return self.jitted(state)(state, batch)
 
 
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, *, optimizer: OptimizerConfig,
@@ -305,7 +307,8 @@ class LogprobFn:
             p_sh = jax.tree.map(lambda _: rep, params) if self.param_shardings is None else self.param_shardings
             bs = batch_sharding(self.mesh)
             self._jitted = jax.jit(self._logprobs, in_shardings=(p_sh, bs, bs), out_shardings=bs)
-        return self._jitted(params, batch["input_ids"], batch["attention_mask"])
+        with compile_phase("logprobs"):
+            return self._jitted(params, batch["input_ids"], batch["attention_mask"])
 
 
 def make_logprob_fn(graphdef: nnx.GraphDef, *, chunk: int = 512, mesh: Mesh | None = None,
