@@ -37,9 +37,24 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from spct_jax import paths
+from spct_jax.train.stage_common import StageError
 from spct_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointError(StageError):
+    """A saved step that cannot be restored (truncated or damaged files). A StageError, so the stage commands print
+    it as one line (exit 1: an input that cannot be read) instead of orbax's / tensorstore's traceback."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=1)
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = text.split(" See full TensorStore details")[0]  # the rest is a repr of the whole store spec
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Checkpointer:
@@ -67,9 +82,24 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                 data=ocp.args.JsonRestore()))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                     data=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exceptions; any failure means this step
+            raise self._restore_error(step, e) from e
         return out["state"], dict(out["data"] or {})
+
+    def _restore_error(self, step: int, e: Exception) -> CheckpointError:
+        """Name the step folder and what remains: never fall back silently, since resuming from an older step
+        repeats training the user may not want to pay for twice."""
+        older = sorted(s for s in self.manager.all_steps() if s < step)
+        folder = self.directory / str(step)
+        if older:
+            todo = (f"the older steps {older} remain: move {folder} away (or delete it) and rerun to resume from step "
+                    f"{older[-1]}")
+        else:
+            todo = f"no older step remains: delete {self.directory} to start this stage over"
+        return CheckpointError(f"{folder}: checkpoint step {step} cannot be restored ({_first_line(e)}); {todo}")
 
     def wait(self) -> None:
         """Block until the in-flight save (if any) is on disk."""

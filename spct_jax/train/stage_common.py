@@ -45,8 +45,23 @@ class StageError(Exception):
 
 # -- config -------------------------------------------------------------------------------------------------------
 def load_run_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """get_config() of the file at `path`, overridden, then checked by the file's own `validate` when it has one."""
-    return load_config(path, overrides)
+    """get_config() of the file at `path`, overridden, then checked by the file's own `validate` when it has one,
+    and its run_dir checked to be a folder (or nothing yet): a file there would otherwise fail deep inside the
+    first write, as a traceback, after the runtime and the model are set up."""
+    import os
+
+    from spct_jax import paths
+
+    config = load_config(path, overrides)
+    run_dir = config.get("run_dir")
+    if run_dir and not paths.is_remote(str(run_dir)):
+        existing = os.path.abspath(run_dir)
+        while not os.path.exists(existing):  # a missing run_dir is made; the nearest existing folder must be one
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise ValueError(f"config field 'run_dir': {existing} is a file, not a folder; give a folder (made if "
+                             "missing)")
+    return config
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
