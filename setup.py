@@ -36,9 +36,13 @@ TEST = [
     "nbformat>=5.10,<6",
     "ipykernel>=6.29,<8",
     "httpx>=0.27,<1",
+    # GRPOTrainer for the TRL adapter's end-to-end test; 1.16 installs beside torch 2.13.0 / transformers 5.x
+    # without replacing either (it depends on accelerate, datasets, transformers, not on torch directly).
+    "trl>=1.16,<1.17",
 ]
 
-SERVE = ["starlette>=0.40,<2", "uvicorn>=0.30,<1"]
+# httpx: spct_jax.serve.client, the caller's side (RL trainers); the server itself needs only starlette + uvicorn.
+SERVE = ["starlette>=0.40,<2", "uvicorn>=0.30,<1", "httpx>=0.27,<1"]
 
 setup(
     name="spct-jax",
