@@ -15,11 +15,11 @@ Guarantees (why each exists):
     An RL step must never stall on a sick reward server, so a call that cannot finish in time raises
     `RewardTimeout` instead of waiting longer.
   * Retries only where they can help, with exponential backoff and jitter (many trainer workers must not retry in
-    lock step): connection failures (a server that is restarting), 502/504, and 503 after the server's
+    lock step): connection failures (a server that is restarting), 408/502/504, and 503 after the server's
     `Retry-After`. A Retry-After longer than the budget left fails at once with `ServerBusy` (waiting it out would
     overrun the budget anyway). Scoring is deterministic and side-effect free, so a retry cannot double-count.
-  * Never retried: 400/413 (`BadRequest`, naming the server's `field`), 401/403 (`Unauthorized`: a wrong token
-    stays wrong), 404, 500 (`ServerError`: a crash on an item crashes again).
+  * Never retried: 400/413/415 (`BadRequest`, naming the server's `field`), 401/403 (`Unauthorized`: a wrong
+    token stays wrong), 404, 500 (`ServerError`: a crash on an item crashes again).
   * `max_concurrency` bounds requests in flight per client (a threading semaphore for sync calls, an asyncio one per
     event loop for async calls): size it at or below the server's --max-queue, or the surplus is answered 503.
 
@@ -64,7 +64,7 @@ class Unauthorized(RewardClientError):
 
 
 class BadRequest(RewardClientError):
-    """400/413: the server refused the body; `field` names where (e.g. "responses[2]", "query[0]", "k")."""
+    """400/413/415: the server refused the body; `field` names where (e.g. "responses[2]", "query[0]", "k")."""
 
     def __init__(self, message: str, *, url: str, status: int, field: str | None):
         super().__init__(message, url=url, status=status)
@@ -179,12 +179,15 @@ class _Call:
         message = body.get("error") if isinstance(body, dict) else None
         message = message or r.text[:200] or r.reason_phrase
         self.last = f"HTTP {r.status_code}: {message}"
-        if r.status_code in (400, 413, 422):
+        if r.status_code in (400, 413, 415, 422):
             field = body.get("field") if isinstance(body, dict) else None
             raise BadRequest(f"{self.url} refused the request (HTTP {r.status_code}, field {field!r}): {message}",
                              url=self.url, status=r.status_code, field=field)
         if r.status_code in (401, 403):
-            hint = "wrong token" if self.client.token else "the server needs a token (RewardClient(token=...))"
+            if r.status_code == 403:  # not the token: e.g. a loopback server refusing this Host / Origin
+                hint = "refused"
+            else:
+                hint = "wrong token" if self.client.token else "the server needs a token (RewardClient(token=...))"
             raise Unauthorized(f"{self.url}: HTTP {r.status_code} ({hint}): {message}", url=self.url,
                                status=r.status_code)
         if r.status_code == 503:
@@ -196,7 +199,7 @@ class _Call:
                 f"{self.url} is busy (HTTP 503, Retry-After {hint}); {self.attempts} attempt(s), "
                 f"{max(left, 0):.1f} s of the {self.client.timeout:g} s budget left: {message}",
                 url=self.url, retry_after=hint))
-        if r.status_code in (502, 504):
+        if r.status_code in (408, 502, 504):  # the body was too slow to arrive / the scoring timed out
             return self._wait(self.backoff(), ServerError(
                 f"{self.url}: HTTP {r.status_code} after {self.attempts} attempt(s): {message}", url=self.url,
                 status=r.status_code))
