@@ -10,7 +10,8 @@ The server is the real command in a subprocess on 127.0.0.1 (a free port), stopp
 the adapter as GRPOTrainer does: one call per rollout batch of P prompts x G completions (prompts repeated G
 times); the adapter sends one /v1/score request per item, max_concurrency at a time. Every setting is warmed up
 with untimed batches of the same shapes until two in a row take about the same time (the sampler compiles per
-shape), then timed over --batches batches. Completions are same-length strings, so batches of a setting share one bucket.
+shape), then timed over --batches batches. Completions are same-length strings, so batches of a setting share
+one bucket.
 
 Reports rewards/s (completions rewarded per second) and GRM items and samples per batch. --max-batch defaults
 to 1, the CPU setting (benchmarks/serve.py): with batching, the rows of a sampler call vary with how many items
@@ -121,7 +122,8 @@ def run_setting(base: str, args: argparse.Namespace, group: int, grouped: bool) 
     fn.close()
     items = (m1["requests"]["ok"] - m0["requests"]["ok"]) / args.batches
     samples = (m1["samples"]["total"] - m0["samples"]["total"]) / args.batches
-    return {"group": group, "grouped": grouped, "rewards_per_s": n / wall, "warmup": len(times), "items_per_batch": items,
+    return {"group": group, "grouped": grouped, "rewards_per_s": n / wall, "warmup": len(times),
+            "items_per_batch": items,
             "samples_per_batch": samples, "s_per_batch": wall / args.batches,
             "p50_ms": m1["latency_ms"]["p50"]}
 
