@@ -25,7 +25,7 @@ import uvicorn
 
 from spct_jax.grm.scorer import Judgement, SampleRecord
 from spct_jax.serve.app import ServeOptions, create_app
-from spct_jax.serve.batcher import Batcher, BatcherClosed, QueueFull, ScoreParams
+from spct_jax.serve.batcher import Batcher, BatcherClosed, JobTooLarge, QueueFull, ScoreParams
 from spct_jax.serve.schema import Limits
 from spct_jax.serve.server import DEFAULT_HOST, build_parser, serve_in_thread
 
@@ -260,13 +260,17 @@ def test_scorer_errors_stay_with_their_request(served_fake):
 
 def test_batcher_without_http():
     fake = FakeScorer(delay=0.05)
-    b = Batcher(fake, max_batch=3, max_queue=4, batch_wait_s=0.05)
+    b = Batcher(fake, max_batch=3, max_queue=11, batch_wait_s=0.05)
     p2, p3 = ScoreParams(2, None, 0.5), ScoreParams(3, None, 0.5)
     # Queued before the worker starts, so its first call sees them all: the k=2 jobs share it, k=3 waits its turn.
     boom = {"context": "boom", "responses": ["x"]}
     futs = [b.submit([item(0)], p2), b.submit([item(1)], p3), b.submit([boom], p2), b.submit([item(2)], p2)]
+    # The queue bound counts items: 4 queued + 8 > 11; a job over the whole bound could never be taken.
     with pytest.raises(QueueFull):
-        b.submit([item(9)], p2)
+        b.submit([item(i) for i in range(8)], p2)
+    with pytest.raises(JobTooLarge):
+        b.submit([item(i) for i in range(12)], p2)
+    assert b.queue_depth == 4 and b.queued_requests == 4
     b.start()
     time.sleep(0.01)
     big = b.submit([item(i) for i in range(10, 17)], p3)  # 7 items > max_batch: scored in chunks of 3

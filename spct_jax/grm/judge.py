@@ -25,6 +25,12 @@ get one over every device (fsdp=-1): one device per process cannot hold rows spl
 Errors are `JudgeError`s whose message is one line naming the flag and value; exit_code 2 for a command line that
 names nothing usable (a `--model` typo, a mesh that does not fit the devices or the model's heads), 1 for a
 checkpoint that exists but cannot be read.
+
+They also share one rule for what an item may hold and how long its prompt may get, so `spct score` refuses what
+`spct serve` answers 400 to: `check_context` / `check_strings` (a field that does not fit raises `FieldError`
+naming it, e.g. "responses[2]"), and `prompt_budget` (a judgement's prompt may use the model's positions less
+--max-new-tokens; `check_template_fits` refuses, before any weights load, settings where even the template's own
+text does not fit, which would otherwise refuse every item).
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ import argparse
 import dataclasses
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from spct_jax.parallel.mesh import AXES, MeshConfig, MeshError
@@ -147,6 +153,97 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str], defaults: M
         if getattr(args, dest, None) is None:
             setattr(args, dest, value)
     return args
+
+
+# -- items and prompts: one rule for `spct score` and `spct serve` -----------------------------------------------
+class FieldError(ValueError):
+    """An item field that does not fit; `field` names where (e.g. "responses[2]"), `message` what is wrong."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def check_strings(value: Any, field: str, *, allow_empty_list: bool = False) -> list[str]:
+    """A list of strings (a bare string is refused: it would be judged one character at a time)."""
+    if not isinstance(value, list):
+        raise FieldError(field, f"must be a list of strings, got {type(value).__name__}")
+    if not value and not allow_empty_list:
+        raise FieldError(field, "must not be empty")
+    for i, v in enumerate(value):
+        if not isinstance(v, str):
+            raise FieldError(f"{field}[{i}]", f"must be a string, got {type(v).__name__}")
+    return value
+
+
+def check_context(value: Any, field: str = "context") -> str | list[dict[str, str]]:
+    """A string, or a non-empty list of {"role", "content"} turns (returned with only those two keys)."""
+    from spct_jax.data.schema import VALID_ROLES
+
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value:
+        for i, t in enumerate(value):
+            if not isinstance(t, dict) or t.get("role") not in VALID_ROLES or not isinstance(t.get("content"), str):
+                raise FieldError(f"{field}[{i}]", f"must be {{\"role\": one of {list(VALID_ROLES)}, \"content\": str}}")
+        return [{"role": t["role"], "content": t["content"]} for t in value]
+    raise FieldError(field, "must be a string or a non-empty list of {role, content} turns")
+
+
+def prompt_budget(config, max_new_tokens: int, spec: Any) -> int:
+    """The longest prompt a judgement may have: the model's positions less the --max-new-tokens it may write."""
+    room = config.max_position_embeddings - max_new_tokens
+    if room < 1:
+        raise JudgeError(f"--max-new-tokens {max_new_tokens}: --model {str(spec)!r} has only "
+                         f"{config.max_position_embeddings} positions, none left for a prompt")
+    return room
+
+
+def template_tokens(tokenizer, template: str) -> int:
+    """Tokens of the template's own text around an empty item (the least any prompt of it takes)."""
+    from spct_jax.grm.prompts import build_prompt
+
+    text = build_prompt([{"role": "user", "content": ""}], [""] * (2 if template == "judge" else 1),
+                        template=template)
+    return len(tokenizer.encode_chat([{"role": "user", "content": text}]))
+
+
+def check_template_fits(config, tokenizer, *, template: str, max_new_tokens: int, spec: Any) -> int:
+    """prompt_budget, checked against the template: JudgeError (exit 2) when the template alone does not fit."""
+    budget = prompt_budget(config, max_new_tokens, spec)
+    try:
+        bare = template_tokens(tokenizer, template)
+    except ValueError as e:  # an unknown template name
+        raise JudgeError(f"--template {template!r}: {e}") from None
+    if bare > budget:
+        raise JudgeError(f"--max-new-tokens {max_new_tokens} leaves prompts {budget} of the "
+                         f"{config.max_position_embeddings} positions of --model {str(spec)!r}, but template "
+                         f"{template!r} alone takes {bare} tokens, so every item would be refused; give "
+                         f"--max-new-tokens below {config.max_position_embeddings - bare} (less the item's own "
+                         "tokens) or a shorter --template")
+    return budget
+
+
+def prompt_too_long(tokens: int, budget: int, positions: int, max_new_tokens: int) -> str:
+    return (f"the GRM prompt has {tokens} tokens, over the {budget} a prompt may have (the model's {positions} "
+            f"positions less --max-new-tokens {max_new_tokens})")
+
+
+def prompt_check(tokenizer, *, template: str, budget: int, positions: int,
+                 max_new_tokens: int) -> Callable[[Any], None]:
+    """check(item): ValueError (prompt_too_long) when the item's GRM prompt, responses in the order given, has more
+    than `budget` tokens. Other orders can differ by a token or two with a BPE tokenizer; the scorer's own
+    max_prompt_tokens check stays as the backstop."""
+    from spct_jax.grm.trajectories import as_item, prompt_ids
+
+    def check(item: Any) -> None:
+        it = as_item(item)
+        n = len(prompt_ids(tokenizer, it, range(it.num_responses), template=template))
+        if n > budget:
+            raise ValueError(prompt_too_long(n, budget, positions, max_new_tokens))
+
+    return check
 
 
 # -- runtime -------------------------------------------------------------------------------------------------------
@@ -345,6 +442,8 @@ def load_judge(model: Any, meta_rm: Any = None, *, mesh=None, dtype: str = "floa
                                  max_prompt_tokens=max_prompt_tokens, mesh=mesh)
 
 
-__all__ = ["ACCEPTED_MODEL", "CONFIG_FIELDS", "DTYPES", "JudgeError", "Runtime", "add_runtime_args", "check_heads",
-           "describe", "load_decoder", "load_judge", "load_meta_rm", "make_inference_mesh", "parse_args",
-           "parse_mesh", "setup_runtime", "split_overrides"]
+__all__ = ["ACCEPTED_MODEL", "CONFIG_FIELDS", "DTYPES", "FieldError", "JudgeError", "Runtime", "add_runtime_args",
+           "check_context", "check_heads", "check_strings", "check_template_fits", "describe", "load_decoder",
+           "load_judge", "load_meta_rm", "make_inference_mesh", "parse_args", "parse_mesh", "prompt_budget", "prompt_check",
+           "prompt_too_long",
+           "setup_runtime", "split_overrides", "template_tokens"]

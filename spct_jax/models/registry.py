@@ -28,8 +28,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 def tiny_random_config(vocab_size: int) -> ModelConfig:
+    # 8192 positions: its byte tokenizer spends ~3.9K tokens on the App. G default template alone, so 4096 left no
+    # room for an item plus the default 512 new tokens (`spct serve --model tiny-random` refused every request).
+    # RoPE has no position table, so the number costs nothing until a sequence is that long.
     return ModelConfig(family="llama", vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_layers=2,
-                       num_heads=4, num_kv_heads=2, head_dim=16, tie_embeddings=True, max_position_embeddings=4096,
+                       num_heads=4, num_kv_heads=2, head_dim=16, tie_embeddings=True, max_position_embeddings=8192,
                        pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 

@@ -8,12 +8,19 @@ Rules:
   * A job is one HTTP request's items (1 for /v1/score, one per distinct prompt for /get_reward) plus the sampling
     parameters (k, k_meta, temperature). Only jobs with equal parameters share a call, because `score` takes one k.
   * When the worker is idle it takes the oldest job and waits up to `batch_wait_s` for more to arrive; while it is
-    busy, new jobs queue up and the next call takes them at once. A call holds at most `max_batch` items; a single
-    job larger than that is scored in chunks of `max_batch`, one call after another.
-  * `max_queue` bounds the jobs waiting (not the ones being scored): `submit` raises `QueueFull` beyond it.
-  * A job past its deadline is dropped unscored (`DeadlineExceeded`); a job whose future was cancelled (its HTTP
-    request timed out) is skipped. A job already being scored cannot be cancelled: its result is simply discarded.
-  * If a call with several jobs fails, each job is retried alone, so one bad item cannot fail its neighbours.
+    busy, new jobs queue up and the next call takes them at once. A call holds at most `max_batch` items; a job
+    larger than that is scored in chunks of `max_batch`, one call after another, and stays at the head of the queue
+    until its last chunk is taken.
+  * `max_queue` bounds the ITEMS waiting for the scorer (those of queued jobs, and the chunks of a big job not yet
+    taken), not the requests: a request of 120 prompts costs 120 times one of 1, so counting requests would let
+    one request walk around the bound. `submit` raises `QueueFull` when the job does not fit now, `JobTooLarge`
+    when it never could (more items than `max_queue`).
+  * A job is dropped, unscored, at the next chunk boundary once its deadline has passed (`DeadlineExceeded`) or
+    once its future is cancelled (its HTTP request timed out or its client went away: `JobFuture.cancel`). Only
+    the chunk already inside the scorer finishes; the rest of the job never reaches it, so abandoned work stops
+    holding the worker within one call.
+  * If a call with several jobs fails, each job's part is retried alone, so one bad item cannot fail its
+    neighbours.
   * `close(drain=True)` refuses new jobs, finishes every queued one, then stops the worker.
 
 Testable without HTTP: give it any object with a `score(items, *, k, k_meta, temperature, max_new_tokens, seed,
@@ -42,12 +49,34 @@ class QueueFull(RuntimeError):
     """The bounded queue is full: answer 503."""
 
 
+class JobTooLarge(ValueError):
+    """A job with more items than the whole queue may hold: it can never be accepted, so answer 413, not 503."""
+
+
 class BatcherClosed(RuntimeError):
     """The batcher is shutting down and takes no new jobs: answer 503."""
 
 
 class DeadlineExceeded(TimeoutError):
-    """The job's deadline passed before the worker reached it: answer 504."""
+    """The job's deadline passed before the worker reached (the rest of) it: answer 504."""
+
+
+class Abandoned(RuntimeError):
+    """The job's future was cancelled while it was being scored; the rest of it was dropped. Nobody waits for it."""
+
+
+class JobFuture(concurrent.futures.Future):
+    """A job's result. Unlike a plain Future, `cancel()` also works once scoring has started: it marks the job
+    abandoned, and the worker drops what it has not yet handed to the scorer (it returns False then, as a plain
+    Future's would). asyncio's `wrap_future` calls it when the awaiting task is cancelled or times out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.abandoned = threading.Event()
+
+    def cancel(self) -> bool:
+        self.abandoned.set()
+        return super().cancel()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +93,16 @@ class Job:
     items: list[dict[str, Any]]
     params: ScoreParams
     deadline: float | None  # time.monotonic() value
-    future: concurrent.futures.Future[list[Judgement]] = dataclasses.field(
-        default_factory=concurrent.futures.Future)
+    future: JobFuture = dataclasses.field(default_factory=JobFuture)
+    taken: int = 0  # items handed to the scorer so far (changed under the batcher's lock)
+    results: list[Judgement] = dataclasses.field(default_factory=list)  # in item order (worker thread only)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.items) - self.taken
+
+
+Part = tuple[Job, int, int]  # (job, start, stop): the job's items [start, stop) in one scorer call
 
 
 class Batcher:
@@ -75,7 +112,7 @@ class Batcher:
             raise ValueError("need max_batch >= 1, max_queue >= 1 and batch_wait_s >= 0")
         self.scorer = scorer
         self.max_batch = max_batch
-        self.max_queue = max_queue
+        self.max_queue = max_queue  # items
         self.batch_wait_s = batch_wait_s
         self.max_new_tokens = max_new_tokens
         self.seed = seed
@@ -95,23 +132,34 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
+        """Items waiting for the scorer (what max_queue bounds)."""
         with self._cond:
-            return sum(not j.future.cancelled() for j in self._queue)
+            return self._waiting_items()
+
+    @property
+    def queued_requests(self) -> int:
+        with self._cond:
+            return sum(not j.future.abandoned.is_set() for j in self._queue)
+
+    def _waiting_items(self) -> int:
+        # Abandoned jobs still sit in the deque until the worker reaches them; they should not cost a slot.
+        return sum(j.waiting for j in self._queue if not j.future.abandoned.is_set())
 
     def submit(self, items: list[dict[str, Any]], params: ScoreParams, *,
-               deadline: float | None = None) -> concurrent.futures.Future[list[Judgement]]:
+               deadline: float | None = None) -> JobFuture:
         """Queue one job; its future resolves to one Judgement per item, in order."""
         if not items:
             raise ValueError("a job needs at least one item")
+        if len(items) > self.max_queue:
+            raise JobTooLarge(f"{len(items)} items in one request; the queue holds at most {self.max_queue} "
+                              "(--max-queue)")
         job = Job(items=list(items), params=params, deadline=deadline)
         with self._cond:
             if self._closed:
                 raise BatcherClosed("the server is shutting down")
-            if len(self._queue) >= self.max_queue:
-                # Jobs whose requests already timed out still sit in the deque; they should not cost a slot.
-                self._queue = collections.deque(j for j in self._queue if not j.future.cancelled())
-                if len(self._queue) >= self.max_queue:
-                    raise QueueFull(f"{len(self._queue)} jobs queued (--max-queue {self.max_queue})")
+            waiting = self._waiting_items()
+            if waiting + len(items) > self.max_queue:
+                raise QueueFull(f"{waiting} items queued, {len(items)} more would pass --max-queue {self.max_queue}")
             self._queue.append(job)
             self._cond.notify_all()
         return job.future
@@ -123,7 +171,9 @@ class Batcher:
             if not drain:
                 while self._queue:
                     job = self._queue.popleft()
-                    if job.future.set_running_or_notify_cancel():
+                    if job.taken == 0 and not job.future.set_running_or_notify_cancel():
+                        continue
+                    if not job.future.done():
                         job.future.set_exception(BatcherClosed("the server shut down before scoring this job"))
             self._cond.notify_all()
             thread = self._thread
@@ -131,38 +181,53 @@ class Batcher:
             thread.join(timeout)
 
     # -- worker side ------------------------------------------------------------------------------------------------
-    def _claim(self, job: Job) -> bool:
-        """Move a job from queued to running; False when it was cancelled or has expired (then it is settled)."""
-        if not job.future.set_running_or_notify_cancel():
+    def _live(self, job: Job) -> bool:
+        """Whether the worker may hand (more of) `job` to the scorer; a job that may not is settled here (caller
+        holds the lock). The first chunk moves the future from pending to running."""
+        if job.taken == 0:
+            if not job.future.set_running_or_notify_cancel():  # cancelled while queued: nobody waits
+                self.metrics.record_dropped(len(job.items))
+                return False
+        elif job.future.done():  # an earlier chunk failed, and settled it
             return False
-        if job.deadline is not None and time.monotonic() >= job.deadline:
-            job.future.set_exception(DeadlineExceeded("the request timed out while queued"))
-            return False
-        return True
+        if job.future.abandoned.is_set():
+            job.future.set_exception(Abandoned("the request was abandoned while it was being scored"))
+        elif job.deadline is not None and time.monotonic() >= job.deadline:
+            job.future.set_exception(DeadlineExceeded("the request timed out before it was scored"))
+        else:
+            return True
+        self.metrics.record_dropped(job.waiting)
+        return False
 
-    def _next_batch(self) -> list[Job] | None:
-        """Block for the oldest live job, then gather compatible jobs for up to batch_wait_s; None once closed."""
+    def _next_batch(self) -> list[Part] | None:
+        """Block for the oldest live job, take its next chunk, then gather whole compatible jobs for up to
+        batch_wait_s; None once closed and drained."""
         with self._cond:
             while True:
                 while not self._queue and not self._closed:
                     self._cond.wait()
                 if not self._queue:
                     return None  # closed and drained
-                first = self._queue.popleft()
-                if self._claim(first):
+                head = self._queue[0]
+                if self._live(head):
                     break
-            batch, size = [first], len(first.items)
+                self._queue.popleft()
+            start = head.taken
+            head.taken = stop = min(len(head.items), start + self.max_batch)
+            if head.waiting == 0:
+                self._queue.popleft()
+            batch: list[Part] = [(head, start, stop)]
+            size = stop - start
             until = time.monotonic() + self.batch_wait_s
             while size < self.max_batch:
-                picked = None
-                for job in self._queue:
-                    if job.params == first.params and size + len(job.items) <= self.max_batch:
-                        picked = job
-                        break
+                # Only whole jobs join (they were never at the head, so nothing of them is taken yet).
+                picked = next((j for j in self._queue if j.params == head.params and j.taken == 0
+                               and size + len(j.items) <= self.max_batch), None)
                 if picked is not None:
                     self._queue.remove(picked)
-                    if self._claim(picked):
-                        batch.append(picked)
+                    if self._live(picked):
+                        picked.taken = len(picked.items)
+                        batch.append((picked, 0, len(picked.items)))
                         size += len(picked.items)
                     continue
                 left = until - time.monotonic()
@@ -174,11 +239,10 @@ class Batcher:
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
             try:
-                self._score_batch(batch)
+                self._score(batch)
             except BaseException as e:  # never let the worker die with futures pending
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(e)
+                for job, _, _ in batch:
+                    self._fail(job, e)
 
     def _call(self, items: list[dict[str, Any]], params: ScoreParams, jobs: int) -> list[Judgement]:
         """One scorer call of at most max_batch items, recorded in the metrics."""
@@ -192,28 +256,27 @@ class Batcher:
                                   failed=sum(j.num_failed for j in out))
         return list(out)
 
-    def _score_job_alone(self, job: Job) -> None:
+    def _score(self, batch: list[Part]) -> None:
+        items = [it for job, start, stop in batch for it in job.items[start:stop]]
         try:
-            out: list[Judgement] = []
-            for start in range(0, len(job.items), self.max_batch):
-                out += self._call(job.items[start:start + self.max_batch], job.params, 1)
+            out = self._call(items, batch[0][0].params, len(batch))
         except Exception as e:
-            job.future.set_exception(e)
-        else:
-            job.future.set_result(out)
-
-    def _score_batch(self, batch: list[Job]) -> None:
-        if len(batch) == 1:
-            self._score_job_alone(batch[0])
-            return
-        items = [it for job in batch for it in job.items]
-        try:
-            out = self._call(items, batch[0].params, len(batch))
-        except Exception:
-            for job in batch:  # isolate the failing job: everyone else still gets an answer
-                self._score_job_alone(job)
+            if len(batch) == 1:
+                self._fail(batch[0][0], e)
+            else:
+                for part in batch:  # isolate the failing job: everyone else still gets an answer
+                    self._score([part])
             return
         r = 0
-        for job in batch:
-            job.future.set_result(out[r:r + len(job.items)])
-            r += len(job.items)
+        for job, start, stop in batch:
+            job.results += out[r:r + stop - start]
+            r += stop - start
+            if len(job.results) == len(job.items) and not job.future.done():
+                job.future.set_result(job.results)
+
+    def _fail(self, job: Job, error: BaseException) -> None:
+        with self._cond:
+            if job in self._queue:  # a big job whose chunk failed: its other chunks are not scored
+                self._queue.remove(job)
+        if not job.future.done():
+            job.future.set_exception(error)

@@ -1,4 +1,5 @@
-"""Counters behind `GET /metrics`: request outcomes, batch sizes, latency percentiles, parse-failure rate.
+"""Counters behind `GET /metrics`: request outcomes, batch sizes, latency percentiles, parse-failure rate, items
+dropped unscored, and the connection guards' refusals.
 
 Written from two threads (the event loop records requests, the scoring worker records batches), hence the lock.
 Recent windows are bounded deques, so a long-running server keeps constant memory; totals are plain counters.
@@ -12,7 +13,13 @@ import time
 from typing import Any
 
 # Outcomes a request can end in; each has a counter in the `requests` block of the snapshot.
-OUTCOMES = ("ok", "bad_request", "unauthorized", "rejected", "timeouts", "errors")
+#   forbidden      a Host / Origin outside the allow-list (403: a browser page or a DNS-rebinding attack)
+#   rejected       503: queue full or shutting down
+#   timeouts       504: not scored within --timeout
+#   aborted        the client went away (mid-body or while scored), or sent its body too slowly (408)
+OUTCOMES = ("ok", "bad_request", "unauthorized", "forbidden", "rejected", "timeouts", "aborted", "errors")
+# What the connection guard (server.py) did to connections that never became requests.
+CONNECTION_EVENTS = ("refused", "header_timeouts")
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -39,6 +46,9 @@ class Metrics:
         self._max_items = 0
         self._samples = 0
         self._failed = 0
+        self._dropped_items = 0  # items never scored: their request timed out or its client went away
+        self._connections = dict.fromkeys(CONNECTION_EVENTS, 0)
+        self._open_connections = 0
 
     # -- written by the HTTP layer --------------------------------------------------------------------------------
     def request_started(self) -> None:
@@ -59,6 +69,18 @@ class Metrics:
         with self._lock:
             self._outcomes[outcome] += 1
 
+    def connection(self, event: str) -> None:
+        """A connection the guard closed before it made a request (refused over the cap, or too slow to send
+        its headers)."""
+        if event not in self._connections:
+            raise ValueError(f"unknown connection event {event!r}")
+        with self._lock:
+            self._connections[event] += 1
+
+    def connections_open(self, delta: int) -> None:
+        with self._lock:
+            self._open_connections += delta
+
     # -- written by the scoring worker ----------------------------------------------------------------------------
     def record_batch(self, *, requests: int, items: int, seconds: float, samples: int, failed: int) -> None:
         with self._lock:
@@ -72,21 +94,31 @@ class Metrics:
             self._samples += samples
             self._failed += failed
 
+    def record_dropped(self, items: int) -> None:
+        """Items of an abandoned job (timed out, or its client gone) that were never handed to the scorer."""
+        with self._lock:
+            self._dropped_items += items
+
     # -- read ---------------------------------------------------------------------------------------------------------
     def retry_after_s(self, queue_depth: int, max_batch: int) -> int:
-        """Seconds a refused client should wait: the queued batches ahead of it at the recent mean batch time."""
+        """Seconds a refused client should wait: the queued batches ahead of it (queue_depth items, max_batch
+        per call) at the recent mean batch time."""
         with self._lock:
             mean = sum(self._batch_seconds) / len(self._batch_seconds) if self._batch_seconds else 1.0
         return int(min(60, max(1, math.ceil(mean * (queue_depth / max(max_batch, 1) + 1)))))
 
-    def snapshot(self, *, queue_depth: int) -> dict[str, Any]:
+    def snapshot(self, *, queue_depth: int, queued_requests: int | None = None) -> dict[str, Any]:
+        """queue_depth: items waiting for the scorer (what --max-queue bounds); queued_requests: their requests."""
         with self._lock:
             lat = sorted(self._latencies)
             total = sum(self._outcomes.values())
             return {
                 "uptime_s": round(time.monotonic() - self._started, 3),
                 "queue_depth": queue_depth,
+                "queued_requests": queued_requests,
                 "in_flight": self._in_flight,
+                "dropped_items": self._dropped_items,
+                "connections": {"open": self._open_connections, **self._connections},
                 "requests": {"total": total, **self._outcomes},
                 "batches": {
                     "count": self._num_batches,

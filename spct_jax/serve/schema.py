@@ -23,13 +23,18 @@ POST /get_reward (OpenRLHF's remote-RM protocol)
       NaN.
     * `labels` and any other fields (OpenRLHF versions send extras) are accepted and ignored: the GRM judges without
       references.
+    * Size: one request may hold at most --max-request-items groups (GRM items), and never more than --max-queue
+      (which counts items); a larger one gets 413 naming "query": split it into several requests.
+
+Both endpoints refuse a GRM prompt longer than the model's positions less --max-new-tokens (400), as `spct score`
+does (grm/judge.py holds the shared rules).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from spct_jax.data.schema import VALID_ROLES
+from spct_jax.grm.judge import FieldError, check_context, check_strings
 from spct_jax.grm.scorer import Judgement
 from spct_jax.grm.voting import default_k_meta
 
@@ -39,13 +44,9 @@ SCORE_FIELDS = ("context", "responses", "k", "k_meta", "return_samples")
 SERVE_UID = "serve"
 
 
-class SchemaError(ValueError):
-    """A request body that does not fit the schema; `field` names where (e.g. "responses[2]")."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+# A request body that does not fit the schema; `field` names where (e.g. "responses[2]"). The same class as the
+# CLIs' item errors (grm/judge.py), so `spct score` and this server refuse the same items in the same words.
+SchemaError = FieldError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Limits:
     max_k: int
     has_meta_rm: bool
     default_k_meta: int | None  # None: the paper's k/2 (only used with a meta RM)
+    max_request_items: int = 256  # GRM items (distinct prompts) per request; the queue's bound caps it too
 
     def k_meta_for(self, k: int) -> int | None:
         """The k_meta a request gets when it names none."""
@@ -95,17 +97,6 @@ def _int(body: dict[str, Any], name: str, lo: int, hi: int, default: int | None)
     return v
 
 
-def _strings(value: Any, name: str, *, allow_empty_list: bool = False) -> list[str]:
-    if not isinstance(value, list):
-        raise SchemaError(name, f"must be a list of strings, got {type(value).__name__}")
-    if not value and not allow_empty_list:
-        raise SchemaError(name, "must not be empty")
-    for i, v in enumerate(value):
-        if not isinstance(v, str):
-            raise SchemaError(f"{name}[{i}]", f"must be a string, got {type(v).__name__}")
-    return value
-
-
 def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise SchemaError("body", f"must be a JSON object, got {type(body).__name__}")
@@ -119,20 +110,10 @@ def parse_score_request(body: Any, limits: Limits) -> ScoreRequest:
             raise SchemaError(name, f"unknown field; expected one of {list(SCORE_FIELDS)}")
     if "context" not in body:
         raise SchemaError("context", "is required")
-    ctx = body["context"]
-    if isinstance(ctx, str):
-        context: str | list[dict[str, str]] = ctx
-    elif isinstance(ctx, list) and ctx:
-        for i, t in enumerate(ctx):
-            if not isinstance(t, dict) or t.get("role") not in VALID_ROLES or not isinstance(t.get("content"), str):
-                raise SchemaError(f"context[{i}]", f"must be {{\"role\": one of {list(VALID_ROLES)}, "
-                                                    "\"content\": str}")
-        context = [{"role": t["role"], "content": t["content"]} for t in ctx]
-    else:
-        raise SchemaError("context", "must be a string or a non-empty list of {role, content} turns")
+    context = check_context(body["context"])
     if "responses" not in body:
         raise SchemaError("responses", "is required")
-    responses = _strings(body["responses"], "responses")
+    responses = check_strings(body["responses"], "responses")
     k = _int(body, "k", 1, limits.max_k, limits.default_k)
     if body.get("k_meta") is not None and not limits.has_meta_rm:
         raise SchemaError("k_meta", "this server has no meta RM (start it with --meta-rm)")
@@ -148,10 +129,10 @@ def parse_reward_request(body: Any) -> RewardRequest:
     body = _object(body)
     if "query" not in body:
         raise SchemaError("query", "is required")
-    queries = _strings(body["query"], "query", allow_empty_list=True)
+    queries = check_strings(body["query"], "query", allow_empty_list=True)
     if "prompts" not in body or body["prompts"] is None:
         raise SchemaError("prompts", "is required: each query is split as prompts[i] + response")
-    prompts = _strings(body["prompts"], "prompts", allow_empty_list=True)
+    prompts = check_strings(body["prompts"], "prompts", allow_empty_list=True)
     if len(prompts) != len(queries):
         raise SchemaError("prompts", f"has {len(prompts)} entries for {len(queries)} queries")
     index: dict[str, int] = {}
