@@ -1,7 +1,7 @@
 """`spct data check PATH... [--format F]`: read preference files, print counts and every bad row.
 
-Exit status: 0 when every row is usable, 1 when any row (or file) is bad or no preference file was found,
-2 on a usage error. Rows dropped by policy (ties) are counted in the summary but are not errors.
+Exit status: 0 when every row is usable, 1 when any row (or file) is bad, a file has no rows at all, or no
+preference file was found, 2 on a usage error. Rows dropped by policy (ties) are counted in the summary but are not errors.
 
 Items without ground truth (no `rewards` and no `best`, e.g. the `{"context", "responses"}` lines `spct score`
 reads) are good rows: they can be scored, but not evaluated (no accuracy, no Eq. 10 reward). Each file with such
@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             for b in report.bad:
                 print(f"BAD {b.loc}: {b.reason}", file=out)
             bad += len(report.bad)
+            if report.rows == 0 and not report.bad:  # nothing to check is not a pass: a truncated copy looks so
+                print(f"BAD {f}: no rows (an empty file)", file=out)
+                bad += 1
             dropped.update(report.dropped)
             counts.update(count_by_subset(items))
             print(report.summary(), file=out)

@@ -62,7 +62,7 @@ class SafetensorsFile:
             with self.path.open("rb") as f:
                 raw = f.read(8)
                 if len(raw) != 8:
-                    raise SafetensorsError(f"{self.path}: truncated header")
+                    raise SafetensorsError(f"{self.path}: truncated header; download or export the file again")
                 (n,) = struct.unpack("<Q", raw)
                 if n > _MAX_HEADER:
                     raise SafetensorsError(f"{self.path}: header of {n} bytes is implausible")
@@ -85,8 +85,9 @@ class SafetensorsFile:
                 raise SafetensorsError(f"{self.path}: tensor {name!r} has {end - start} bytes for shape "
                                        f"{tuple(e['shape'])}")
             if self._base + end > size:
-                raise SafetensorsError(f"{self.path}: tensor {name!r} ends at byte {self._base + end} but the file "
-                                       f"has {size} (truncated?)")
+                # Named up front, before any loading: an interrupted download or copy is the usual cause.
+                raise SafetensorsError(f"{self.path}: truncated: tensor {name!r} ends at byte {self._base + end} but "
+                                       f"the file has {size}; download or export the file again")
         self._fd: int | None = None
         self._file = None
 
