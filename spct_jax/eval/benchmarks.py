@@ -18,8 +18,10 @@ by the benchmark's own section names, plus one headline key per benchmark:
 |             |                                     | "Focus", "Ties"                                   | (1/m)   |
 | rmbench     | "RM-Bench"                          | "Chat", "Math", "Code", "Safety"; "Easy",         | "wrong" |
 |             |                                     | "Normal", "Hard"                                  |         |
+| items       | "Accuracy"                          | "Pairs", "Best-of-N"                              | "half"  |
 
-All values are in [0, 1] (but RewardBench 2's "Ties", whose official formula spans [-0.01, 1.01]); a section with
+`items` is not a published benchmark: it scores one's own `{"context", "responses", "best"|"rewards"}` lines
+(eval/items.py). All values are in [0, 1] (but RewardBench 2's "Ties", whose official formula spans [-0.01, 1.01]); a section with
 no items is absent. `ties` is each scorer's default tie rule (see metrics.py); ReaLMistake's ROC-AUC counts a tied
 positive/negative pair as 1/2.
 
@@ -37,6 +39,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 
 from spct_jax.data.schema import PreferenceItem
+from spct_jax.eval import items as generic
 from spct_jax.eval import judgebench, ppe, realmistake, rewardbench, rewardbench2, rmb, rmbench
 from spct_jax.eval.predictions import load_predictions
 
@@ -50,6 +53,7 @@ BENCHMARKS: dict[str, Scorer] = {
     "judgebench": judgebench.score_judgebench,
     "rewardbench2": rewardbench2.score_rewardbench2,
     "rmbench": rmbench.score_rmbench,
+    "items": generic.score_items,
 }
 
 # One line per benchmark: its rule and the official source it follows (for `--help` and docs/evaluation.md).
@@ -68,6 +72,17 @@ BENCHMARK_INFO: dict[str, tuple[str, str]] = {
                      "allenai/reward-bench scripts/run_v2.py, rewardbench/utils.py"),
     "rmbench": ("3x3 chosen-vs-rejected style matrix: hard = upper, normal = diagonal, easy = lower triangle",
                 "THU-KEG/RM-Bench scripts/utils.py compute_accuracy"),
+    "items": ("your own {context, responses, best|rewards} lines: the best must score highest, a tie 1/m",
+              "none (spct-jax's generic rule, eval/items.py)"),
+}
+
+# The scores each benchmark is summarised by (the scaling plot, the `--benchmark all` table). Other keys of a result
+# are sections or diagnostics - JudgeBench's "Inconsistent" is a share of pairs, not a score - and are not drawn.
+HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
+    "rewardbench": (rewardbench.SCORE_KEY,), "rmb": (rmb.SCORE_KEY,),
+    "ppe": (ppe.PREFERENCE_KEY, ppe.CORRECTNESS_KEY), "realmistake": (realmistake.SCORE_KEY,),
+    "judgebench": (judgebench.SCORE_KEY,), "rewardbench2": (rewardbench2.SCORE_KEY,), "rmbench": (rmbench.SCORE_KEY,),
+    "items": (generic.SCORE_KEY,),
 }
 
 # [P] App. D.2 / Table 2: "Overall" is the mean of these four; ReaLMistake is reported apart.
