@@ -189,7 +189,7 @@ def test_row_without_label_names_file_line_and_uid(tmp_path):
 
 # ---------------------------------------------------------------- spct eval score
 
-def test_eval_score_cli(tmp_path, capsys, monkeypatch):
+def test_eval_score_cli(tmp_path, capsys):
     from spct_jax.eval import cli
 
     path = write(tmp_path, fixture_lines(("AB",)))  # jb-toy-2 is B>A: [1, 0] is wrong there
@@ -197,11 +197,26 @@ def test_eval_score_cli(tmp_path, capsys, monkeypatch):
                            "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"Knowledge": 1.0, "Math": 0.0, "Coding": 1.0,
                                                     "JudgeBench": pytest.approx(2 / 3)}
-    # Both orders need the benchmark's own reader (two lines per uid): the cli edit proposed for phase 2 is to
-    # read predictions with benchmarks.load_benchmark_predictions. Checked here by standing it in for the reader.
-    monkeypatch.setattr(cli, "load_predictions", lambda p: benchmarks.load_benchmark_predictions("judgebench", p),
-                        raising=False)
+    # Both orders: two lines per uid, read by the benchmark's own reader (benchmarks.load_benchmark_predictions).
     path = write(tmp_path, fixture_lines())
     assert cli.score_main(["--benchmark", "judgebench", "--data", str(FIXTURE), "--predictions", str(path)]) == 0
     out = capsys.readouterr().out
     assert "JudgeBench" in out and " 66.67" in out and "Inconsistent" in out
+    want = judgebench.score_judgebench(read_preferences(FIXTURE), judgebench.load_predictions(path), single_game=True)
+    assert cli.score_main(["--benchmark", "judgebench", "--data", str(FIXTURE), "--predictions", str(path), "--json",
+                           "--single-game"]) == 0
+    assert json.loads(capsys.readouterr().out) == want and "Inconsistent" not in want
+    # a second AB line of one pair names the file, line and uid
+    path.write_text(path.read_text() + json.dumps({"uid": "jb-toy-1", "order": "AB", "scores": [1, 0]}) + "\n")
+    assert cli.score_main(["--benchmark", "judgebench", "--data", str(FIXTURE), "--predictions", str(path)]) == 1
+    assert f"{path}:7: uid 'jb-toy-1': a second AB line (first on line 1)" in capsys.readouterr().err
+
+
+def test_eval_score_help_lists_every_benchmark_with_its_rule_and_source(capsys):
+    from spct_jax.eval import cli
+
+    assert cli.score_main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert set(benchmarks.BENCHMARK_INFO) == set(benchmarks.BENCHMARKS) == set(benchmarks.HEADLINE_KEYS)
+    for name, (rule, source) in benchmarks.BENCHMARK_INFO.items():
+        assert f"  {name:<12}  {rule}" in text and f"source: {source}" in text

@@ -2,6 +2,11 @@
 
     spct eval score --benchmark rewardbench --data rb.jsonl --predictions pred.jsonl [--json]
 
+Predictions are read by the benchmark's own reader (benchmarks.load_benchmark_predictions: JudgeBench's has one
+line per pair and order shown), and the uids a file may hold are the benchmark's (benchmarks.expected_uids: PPE
+conflict pairs, RM-Bench comparisons). Every file `spct eval run` writes as predictions*.jsonl scores here to the
+numbers in its results.json.
+
 Exit status: 0 scored; 1 bad data, predictions or options (the message names file:line or the uid);
 2 bad command line.
 """
@@ -16,14 +21,24 @@ from pathlib import Path
 
 from spct_jax.data.schema import PreferenceItem
 from spct_jax.eval import ppe
-from spct_jax.eval.benchmarks import BENCHMARKS, score_benchmark
+from spct_jax.eval.benchmarks import (BENCHMARK_INFO, BENCHMARKS, expected_uids, load_benchmark_predictions,
+                                      score_benchmark)
 from spct_jax.eval.metrics import TIE_RULES
-from spct_jax.eval.predictions import PredictionError, load_predictions
+from spct_jax.eval.predictions import PredictionError
+
+
+def benchmarks_epilog() -> str:
+    """Every benchmark with its rule and the official source it follows (BENCHMARK_INFO), for --help."""
+    width = max(map(len, BENCHMARK_INFO))
+    lines = ["benchmarks (--benchmark NAME: rule; source):"]
+    for name, (rule, source) in BENCHMARK_INFO.items():
+        lines += [f"  {name:<{width}}  {rule}", f"  {'':<{width}}  source: {source}"]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spct eval score", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=benchmarks_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     p.add_argument("--data", required=True, action="extend", nargs="+", metavar="PATH",
                    help="benchmark data files or folders (read recursively), e.g. RMB's pairwise and BoN sets")
@@ -31,13 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True, metavar="PRED.jsonl",
                    help='one {"uid": ..., "scores": [...]} line per item, scores in the original response order '
                         "(ppe correctness: per conflict pair, uid question_id+j, or per question with all K scores; "
+                        "rmbench: whole (6 scores) or per comparison, uid <uid>+c<i>r<j>; judgebench: one "
+                        '{"uid", "order": "AB"|"BA", "scores": [s_A, s_B] | null} line per order shown; '
                         "realmistake: an item without a line counts as failed)")
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by section name")
     p.add_argument("--ties", choices=TIE_RULES, default=None,
-                   help="tie rule (default per benchmark: rewardbench half, rmb wrong, ppe half)")
+                   help="tie rule (default per benchmark: rewardbench, ppe, rewardbench2, items half; rmb, rmbench "
+                        "wrong; judgebench takes none: a tie is the verdict A=B)")
     p.add_argument("--seed", type=int, default=None, help="seed of the 'random' tie-break")
     p.add_argument("--prior-sets", action="store_true", help="rewardbench: [2,2,2,2,1] average with prior sets")
-    p.add_argument("--details", action="store_true", help="rewardbench/rmb: add per-subset accuracies")
+    p.add_argument("--details", action="store_true",
+                   help="rewardbench, rmb: per-subset accuracies; judgebench: per source; rewardbench2: the Ties "
+                        "formula's terms; rmbench: each domain's Easy/Normal/Hard")
+    p.add_argument("--single-game", action="store_true",
+                   help="judgebench: score the AB lines only, with JudgeBench's --single_game rule")
     p.add_argument("--threshold", type=float, default=None,
                    help="realmistake: predict 'error' iff score < threshold (default 5.5, the midpoint of the "
                         "1-10 scale; spct eval run's predictions are per-sample means)")
@@ -57,6 +79,8 @@ def _options(args: argparse.Namespace) -> dict:
         opts["prior_sets"] = True
     if args.details:
         opts["details"] = True
+    if args.single_game:
+        opts["single_game"] = True
     return opts
 
 
@@ -79,14 +103,6 @@ def _read(paths: Sequence[str], format: str | None, benchmark: str) -> list[Pref
     return items
 
 
-def answered_uids(benchmark: str, items: Sequence[PreferenceItem], preds: dict) -> set[str]:
-    """The uids a predictions file may hold for these items: PPE correctness questions are predicted per conflict
-    pair (question_id+j) unless predicted whole (ppe.prediction_items)."""
-    if benchmark == "ppe":
-        return {it.uid for it in ppe.prediction_items(items, preds)}
-    return {it.uid for it in items}
-
-
 def _table(name: str, n_items: int, results: dict[str, float]) -> str:
     width = max(len(k) for k in results)
     lines = [f"{name}: {n_items} items (%)"]
@@ -101,8 +117,8 @@ def score_main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         items = _read(args.data, args.format, args.benchmark)
-        preds = load_predictions(args.predictions)
-        expected = answered_uids(args.benchmark, items, preds)
+        preds = load_benchmark_predictions(args.benchmark, args.predictions)
+        expected = expected_uids(args.benchmark, items, preds)
         extra = [u for u in preds if u not in expected]
         if args.strict and extra:
             shown = ", ".join(repr(u) for u in extra[:5]) + (", ..." if len(extra) > 5 else "")
@@ -131,6 +147,7 @@ def main(argv: Sequence[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: spct eval score --benchmark B --data PATH --predictions F [--json]\n"
               "       spct eval run --model M --benchmark B --data PATH --k 8 --out DIR\n"
+              "       spct eval run --model M --benchmark all --data-dir DIR --k 8 --out DIR\n"
               "                     [--mesh data=D,fsdp=F,tensor=T] [--dtype D] [--config FILE]")
         return 0 if argv else 2
     if argv[0] == "score":
