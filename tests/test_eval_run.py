@@ -175,10 +175,10 @@ def _ppe_pairs_of(rows) -> dict:
 
 def test_ppe_correctness_items_are_judged_as_their_conflict_pairs():
     from spct_jax.data.formats import read_preferences
-    from spct_jax.eval.run import judged_items
+    from spct_jax.eval.judged import base_units
 
     rows = [json.loads(x) for x in PPE_FIXTURE.read_text().splitlines()]
-    judged = judged_items("ppe", read_preferences(PPE_FIXTURE))
+    judged = base_units("ppe", read_preferences(PPE_FIXTURE))
     assert {it.uid: (it.responses, it.best) for it in judged} == _ppe_pairs_of(rows)
     assert [it.uid for it in judged] == ["mmlu-1+0", "mmlu-1+1", "mmlu-2+0", "mmlu-2+1", "mmlu-2+2", "mmlu-2+3"]
 
@@ -231,7 +231,7 @@ def _single_samples(score: int, parsed: int, k: int = 8) -> list[SampleRecord]:
 def _realmistake_runs(cases, tmp_path, k_metas=None):
     """score_runs (what `spct eval run` scores) on hand-made samples; also writes the data file and the
     predictions so that `spct eval score` can be checked against the same numbers."""
-    from spct_jax.eval.run import build_parser, score_runs
+    from spct_jax.eval.run import Prepared, build_parser, score_runs
 
     items = [_realmistake(uid, ok) for uid, ok, _, _ in cases]
     plan = Plan(ks=[8], k_metas=k_metas, temperature=0.5)
@@ -241,7 +241,7 @@ def _realmistake_runs(cases, tmp_path, k_metas=None):
         rows.append(item_dump(item, samples, votes_for(item, samples, plan, seed=0)))
     args = build_parser().parse_args(["--model", "m", "--benchmark", "realmistake", "--data", "d", "--out", "o",
                                       "--k", "8"])
-    runs, files = score_runs(items, rows, plan, args)
+    runs, files = score_runs(Prepared(args, plan, items, items, None), rows)
     data = tmp_path / "realmistake.jsonl"
     data.write_text("".join(json.dumps({"input": it.context[0]["content"], "llm_response": it.responses[0],
                                         "error_label": it.meta["error_label"], "metadata": {"id": it.uid}}) + "\n"

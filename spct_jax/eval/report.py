@@ -176,7 +176,9 @@ def render_item(row: Mapping[str, Any], i: int) -> str:
     failed = sum(s.get("scores") is None for s in samples)
     correct, badge = _verdict(row)
     subset = (row.get("meta") or {}).get("subset")
-    tags = "".join(f'<span class="badge">{esc(t)}</span>' for t in (row.get("source"), subset) if t)
+    # A two-order copy says which order it was shown in (eval/orders.py); its responses are listed in that order.
+    shown = f"shown {row['order']}" if row.get("order") else None
+    tags = "".join(f'<span class="badge">{esc(t)}</span>' for t in (row.get("source"), subset, shown) if t)
     out = [f'<section class="item" id="item-{i}" data-uid="{esc(row["uid"])}" data-correct="{correct}" '
            f'data-failed="{failed}"><h2>{esc(row["uid"])}{tags}{badge}</h2>', _context(row), _responses(row, i),
            f'<div class="samples"><h3>Samples ({len(samples)}, {failed} unparsable)</h3>']
@@ -186,13 +188,14 @@ def render_item(row: Mapping[str, Any], i: int) -> str:
 
 def _results_table(runs: Sequence[Mapping[str, Any]]) -> str:
     keys: list[str] = []
-    for r in runs:
-        keys += [k for k in r.get("scores", {}) if k not in keys]
+    for r in runs:  # the scores, then a two-order run's position consistency where the scores lack it
+        keys += [k for k in (*r.get("scores", {}), *r.get("consistency", {})) if k not in keys]
     if not keys:
         return ""
     rows = ["<tr><th>method</th>" + "".join(f"<th>{esc(k)}</th>" for k in keys) + "</tr>"]
     for r in runs:
-        cells = "".join(f"<td>{100 * r['scores'][k]:.2f}</td>" if k in r["scores"] else "<td>-</td>" for k in keys)
+        values = {**r.get("consistency", {}), **r.get("scores", {})}
+        cells = "".join(f"<td>{100 * values[k]:.2f}</td>" if k in values else "<td>-</td>" for k in keys)
         rows.append(f"<tr><td>{esc(_vote_label(r))}</td>{cells}</tr>")
     return '<table class="results">' + "".join(rows) + "</table>"
 

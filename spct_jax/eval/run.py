@@ -10,17 +10,20 @@ MetaRM@k keeps the top k_meta of those k by meta score; k_meta defaults to k/2 (
 A prediction is the vote totals, so ties between responses are scored by the benchmark's own rule, exactly as
 `spct eval score` would score the same file; `--ties random` gives the paper's seeded random tie-break instead.
 
-What is judged is not always the data's item (results.json: `items` counts judged items, `benchmark_items` the
-data's):
-  ppe          a correctness question (32 responses) is judged as its conflict pairs, one 2-response item per
-               pair with uid question_id+j (ppe.py: PPE's own pairwise view; 32 chain-of-thought answers do not fit
-               one prompt). --limit counts questions, so every judged question is scored whole.
-  realmistake  ROC-AUC and the threshold compare scores ACROSS items, and a sum over the samples that parsed
-               depends on how many parsed (6 of 8 at 8 = 48 ranks below 8 of 8 at 7 = 56). The prediction is
-               therefore the per-sample mean, totals / samples summed (the parsed ones for Voting, the kept ones
-               for MetaRM), as serve's pointwise rewards; --threshold is per sample (default 5.5, on 1-10). An
-               item none of whose samples parsed has no score and no predictions line: realmistake.py counts it
-               under "Failed" and scores it as a failed judgement, never as an "error" verdict.
+What is judged is not always the data's item (eval/judged.py): PPE correctness questions as their conflict pairs,
+RM-Bench items as their 9 chosen-vs-rejected pairs, RewardBench 2 Ties items one response at a time (a 1-10 rating
+each); results.json's `items` counts judged items, `benchmark_items` the data's. --limit counts data items, so
+every judged item is scored whole. ReaLMistake and the Ties ratings predict per-sample means (a sum depends on how
+many samples parsed); a ReaLMistake item none of whose samples parsed has no prediction ("Failed").
+
+Two orders (eval/orders.py). JudgeBench is judged as its own code does: every pair shown (A, B) and again (B, A),
+each order with its own k samples and the GRM's response shuffle off, so the order shown is the order seen;
+`--single-game` judges (A, B) only. `--both-orders` does the same for the pairs of any other benchmark
+(RewardBench, PPE, RMB pairwise, RM-Bench, items): its score is then Voting over both orders' samples (the AB
+order alone shows the chosen response first in every pair of those data sets). Either way each run reports the
+position consistency ("Inconsistent", "Flipped": eval/consistency.py) in results.json.
+
+`--benchmark all --data-dir DIR` runs every benchmark whose files are under DIR (eval/run_all.py).
 
 On a pod: `--mesh data=D,fsdp=F,tensor=T` (and `--dtype`, default bfloat16 with a mesh) shards the GRM and meta
 RM over every device of every host, or `--config configs/X.py` takes the mesh, dtype, k, k_meta, temperature,
@@ -33,17 +36,21 @@ stops after the chunk in flight (exit 0) and the same command resumes without ju
 
 Artifacts in --out (written only after every item is judged, each under a temporary name and then renamed, or on
 gs:// uploaded whole, so a crash leaves no half-written file):
-  predictions.jsonl            one {"uid", "scores"} line per judged item, Voting@k totals in the original response
-                               order (realmistake: the per-sample mean; none for an item with no parsed sample)
-  predictions_metarm.jsonl     the same for MetaRM@k (with --meta-rm)
-    (several k: predictions_k{K}.jsonl and predictions_metarm_k{K}.jsonl, one per k; any of them scores with
-    `spct eval score --predictions ...` to the numbers in results.json)
-  items.jsonl                  per judged item: uid, source, meta, context, responses, ground truth (rewards, best),
-                               samples [{permutation, text, principles, critique, scores (original order) | null,
-                               error, meta_score, kept (in the headline vote)}], votes [{method, k, k_meta,
-                               totals, best, kept, num_valid, num_failed}]
-  results.json / results.md    the official scores per method@k, run settings, parse rate and the file list
-  scaling.png                  headline score vs k, Voting and MetaRM lines (only with several k)
+  predictions.jsonl            the Voting@k predictions in the benchmark's own format, scored by
+                               `spct eval score --benchmark B --data ... --predictions FILE` to the numbers in
+                               results.json: {"uid", "scores"} in the data's response order (JudgeBench: one
+                               {"uid", "order", "scores"} line per order; RM-Bench: per pair, uid <uid>+c<i>r<j>;
+                               PPE correctness: per conflict pair, uid question_id+j)
+  predictions_orders.jsonl     with --both-orders: each order's totals as JudgeBench-style order lines
+  predictions_metarm*.jsonl    the same for MetaRM@k (with --meta-rm)
+    (several k: predictions_k{K}.jsonl, predictions_metarm_k{K}.jsonl, ... one per k)
+  items.jsonl                  per judged item: uid, source, meta, context, responses (as shown, for a BA copy),
+                               ground truth (rewards, best), order (two-order copies), samples [{permutation,
+                               text, principles, critique, scores (the item's order) | null, error, meta_score,
+                               kept (in the headline vote)}], votes [{method, k, k_meta, totals, best, kept,
+                               num_valid, num_failed}]
+  results.json / results.md    the official scores per method@k (and consistency), run settings, parse rate, files
+  scaling.png                  the benchmark's headline score(s) vs k, Voting and MetaRM lines (only with several k)
   viewer.html                  the critique viewer (report.py), first --viewer-limit items
 
 Exit status: 0 done (or stopped by SIGTERM, resumable); 1 bad data or options, or a checkpoint that cannot be
@@ -55,29 +62,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from spct_jax import paths
 
 from spct_jax.data.schema import DataError, PreferenceItem
-from spct_jax.eval import ppe, realmistake, rewardbench, rmb
-from spct_jax.eval.benchmarks import BENCHMARKS, score_benchmark
+from spct_jax.eval.benchmarks import BENCHMARKS, HEADLINE_KEYS, score_benchmark
+from spct_jax.eval.judged import base_units, judged_units, orders_mode, run_predictions, shuffles
 from spct_jax.eval.metrics import TIE_RULES
+from spct_jax.eval.orders import order_of
+from spct_jax.eval.run_outputs import jsonl, results_markdown, write_outputs
 
 if TYPE_CHECKING:  # the GRM stack pulls in jax; keep `--help` and input errors fast
+    from spct_jax.grm.judge import Runtime
     from spct_jax.grm.scorer import GenerativeRewardModel, SampleRecord
 
 PROG = "spct eval run"
 DEFAULTS = {"k": [8], "max_new_tokens": 512, "batch_items": 8, "seed": 0}  # when neither a flag nor --config sets them
-# The keys the scaling plot and the summary line follow, per benchmark (benchmarks.py's headline keys).
-HEADLINES: dict[str, tuple[str, ...]] = {
-    "rewardbench": (rewardbench.SCORE_KEY,), "rmb": (rmb.SCORE_KEY,),
-    "ppe": (ppe.PREFERENCE_KEY, ppe.CORRECTNESS_KEY), "realmistake": (realmistake.SCORE_KEY,),
-}
+ALL = "all"
 
 
 def _int_list(text: str) -> list[int]:
@@ -96,33 +101,47 @@ def parse_ks(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    from spct_jax.eval.cli import benchmarks_epilog
+
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=benchmarks_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="GRM: checkpoint folder, .gguf file, tiny-random or smollm2-135m")
     p.add_argument("--meta-rm", default=None, metavar="DIR",
                    help="meta RM folder: an HF sequence-classification checkpoint (its own tokenizer files are used "
                         "if it has them, else the GRM's tokenizer), or a likelihood meta RM (likelihood_meta_rm.json)")
-    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
-    p.add_argument("--data", required=True, action="extend", nargs="+", metavar="PATH",
-                   help="benchmark data files or folders (read recursively)")
+    p.add_argument("--benchmark", required=True, choices=[*sorted(BENCHMARKS), ALL],
+                   help="the benchmark's rules score the run ('items': your own {context, responses, best|rewards} "
+                        "lines); 'all': every benchmark found under --data-dir")
+    p.add_argument("--data", action="extend", nargs="+", metavar="PATH",
+                   help="benchmark data files or folders (read recursively); not with --benchmark all")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="--benchmark all: a folder with one subfolder per benchmark (DIR/judgebench/*.jsonl, "
+                        "DIR/rewardbench/*.jsonl, DIR/rmb/{Pairwise_set,BoN_set}/, DIR/ppe/, ...; eval/run_all.py)")
     p.add_argument("--format", default=None, help="data format for the reader (default: detected)")
     p.add_argument("--k", type=parse_ks, default=None, metavar="K[,K...]",
-                   help="samples per item; several (1,8,32) give a scaling curve from one max(k) run (default 8)")
+                   help="samples per item (per order, when judged in two); several (1,8,32) give a scaling curve "
+                        "from one max(k) run (default 8)")
     p.add_argument("--k-meta", type=_int_list, default=None, metavar="KM[,KM...]",
                    help="samples the meta RM keeps, one per k in ascending k order (default: k/2 rounded up)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder, local or gs:// (created if missing)")
     p.add_argument("--limit", type=int, default=None,
-                   help="judge only the first N data items (a PPE correctness question counts once, with all its "
-                        "conflict pairs)")
+                   help="judge only the first N data items (per benchmark with 'all'); an item judged in parts "
+                        "(PPE conflict pairs, RM-Bench pairs, Ties ratings, two orders) counts once")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 512")
     p.add_argument("--temperature", type=float, default=None, help="default: 0.5 (paper) if max k > 1, else 0")
     p.add_argument("--seed", type=int, default=None, help="sampling, shuffle and tie-break seed (default 0)")
     p.add_argument("--template", default="default", help="GRM prompt template")
     p.add_argument("--batch-items", type=int, default=None,
                    help="items per sampler call, and per chunk kept for a resume (default 8)")
+    p.add_argument("--both-orders", action="store_true",
+                   help="judge every pair in both orders (shuffle off), score Voting over both, and report the "
+                        "position consistency (judgebench: the default)")
+    p.add_argument("--single-game", action="store_true",
+                   help="judgebench: judge each pair in the original order only (JudgeBench's --single_game)")
     p.add_argument("--ties", choices=TIE_RULES, default=None, help="scoring tie rule (default: the benchmark's)")
     p.add_argument("--prior-sets", action="store_true", help="rewardbench: [2,2,2,2,1] average with prior sets")
-    p.add_argument("--details", action="store_true", help="rewardbench/rmb: add per-subset accuracies")
+    p.add_argument("--details", action="store_true",
+                   help="add per-subset scores (rewardbench, rmb, judgebench, rewardbench2, rmbench)")
     p.add_argument("--subset", default=None, help="ppe: the correctness set of all the data")
     p.add_argument("--threshold", type=float, default=None,
                    help="realmistake: predict 'error' iff the per-sample mean score < threshold (default 5.5, "
@@ -138,11 +157,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line, with --config's fields for the flags not given (grm/judge.py); SystemExit(2) if bad."""
     from spct_jax.grm.judge import parse_args as parse
 
-    args = parse(build_parser(), list(argv), DEFAULTS)
+    parser = build_parser()
+    args = parse(parser, list(argv), DEFAULTS)
     if isinstance(args.k, int):  # a config's inference.k / k_meta are single values
         args.k = [args.k]
     if isinstance(args.k_meta, int):
         args.k_meta = [args.k_meta]
+    if args.benchmark == ALL:
+        if args.data_dir is None or args.data is not None:
+            parser.error("--benchmark all takes --data-dir DIR (one subfolder per benchmark), not --data")
+    elif args.data is None or args.data_dir is not None:
+        parser.error(f"--benchmark {args.benchmark} takes --data PATH (--data-dir is for --benchmark all)")
     return args
 
 
@@ -192,9 +217,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(ks=ks, k_metas=k_metas, temperature=temperature)
 
 
-def score_options(args: argparse.Namespace, method: str, k: int, k_meta: int | None) -> dict[str, Any]:
-    """score_benchmark options for one method@k; only those the user gave, so each benchmark keeps its defaults."""
-    opts: dict[str, Any] = {"ties": args.ties, "subset": args.subset}
+def score_options(args: argparse.Namespace, *, only_accepted: bool = False) -> dict[str, Any]:
+    """score_benchmark options for args.benchmark; only those the user gave, so each benchmark keeps its defaults.
+    only_accepted (--benchmark all): leave out what this benchmark's scorer does not take, instead of failing."""
+    opts: dict[str, Any] = {"ties": args.ties, "subset": args.subset, "threshold": args.threshold}
     opts = {key: v for key, v in opts.items() if v is not None}
     if args.ties == "random":
         opts["seed"] = args.seed
@@ -202,26 +228,14 @@ def score_options(args: argparse.Namespace, method: str, k: int, k_meta: int | N
         opts["prior_sets"] = True
     if args.details:
         opts["details"] = True
-    if args.threshold is not None:
-        if args.benchmark != "realmistake":
-            raise ValueError("--threshold applies to realmistake only")
-        opts["threshold"] = args.threshold  # per sample: the predictions are per-sample means (judged_prediction)
-    return opts
+    if only_accepted:
+        import inspect
 
-
-def judged_items(benchmark: str, items: Sequence[PreferenceItem]) -> list[PreferenceItem]:
-    """The items the GRM judges: PPE correctness questions as their conflict pairs (module docstring)."""
-    return ppe.pairwise_items(items) if benchmark == "ppe" else list(items)
-
-
-def judged_prediction(benchmark: str, vote: Mapping[str, Any]) -> list[float] | None:
-    """One judged item's prediction from its vote: the totals, or for ReaLMistake, whose metrics compare items with
-    each other, the mean over the samples summed (None when no sample was: the item has no score)."""
-    totals = [float(x) for x in vote["totals"]]
-    if benchmark != "realmistake":
-        return totals
-    summed = len(vote["kept"])
-    return [t / summed for t in totals] if summed else None
+        scorer = inspect.signature(BENCHMARKS[args.benchmark]).parameters
+        return {key: v for key, v in opts.items() if key in scorer}
+    if "threshold" in opts and args.benchmark != "realmistake":
+        raise ValueError("--threshold applies to realmistake only")
+    return opts  # per sample for realmistake: its predictions are per-sample means (judged.py)
 
 
 def votes_for(item: PreferenceItem, samples: Sequence[SampleRecord], plan: Plan, seed: int) -> list[dict[str, Any]]:
@@ -245,68 +259,21 @@ def item_dump(item: PreferenceItem, samples: Sequence[SampleRecord], votes: list
     """One items.jsonl row. A sample's `kept` is its mark in the headline vote (MetaRM, else Voting, at max k)."""
     headline = max(votes, key=lambda v: (v["k"], v["method"] == "metarm"))
     kept = set(headline["kept"])
-    return {"uid": item.uid, "source": item.source, "meta": item.meta, "context": [dict(t) for t in item.context],
-            "responses": list(item.responses), "rewards": item.rewards, "best": item.best,
-            "samples": [{"permutation": list(s.permutation), "text": s.text, "principles": s.principles,
-                         "critique": s.critique, "scores": None if s.scores is None else list(s.scores),
-                         "error": s.error, "meta_score": s.meta_score, "kept": j in kept}
-                        for j, s in enumerate(samples)],
-            "votes": votes}
+    row = {"uid": item.uid, "source": item.source, "meta": item.meta, "context": [dict(t) for t in item.context],
+           "responses": list(item.responses), "rewards": item.rewards, "best": item.best,
+           "samples": [{"permutation": list(s.permutation), "text": s.text, "principles": s.principles,
+                        "critique": s.critique, "scores": None if s.scores is None else list(s.scores),
+                        "error": s.error, "meta_score": s.meta_score, "kept": j in kept}
+                       for j, s in enumerate(samples)],
+           "votes": votes}
+    if order_of(item) is not None:
+        row["order"] = order_of(item)
+    return row
 
 
-def predictions_name(method: str, k: int, several: bool) -> str:
-    stem = "predictions" if method == "voting" else "predictions_metarm"
+def predictions_name(method: str, k: int, several: bool, *, orders: bool = False) -> str:
+    stem = ("predictions" if method == "voting" else "predictions_metarm") + ("_orders" if orders else "")
     return f"{stem}_k{k}.jsonl" if several else f"{stem}.jsonl"
-
-
-def results_markdown(results: Mapping[str, Any]) -> str:
-    runs = results["runs"]
-    keys: list[str] = []
-    for r in runs:
-        keys += [key for key in r["scores"] if key not in keys]
-    counted = f"{results['items']} items"
-    if results.get("benchmark_items", results["items"]) != results["items"]:
-        counted = f"{results['items']} judged items from {results['benchmark_items']} data items"
-    lines = [f"# {results['benchmark']}: {results['model']}", "",
-             f"{counted} · temperature {results['temperature']} · max_new_tokens "
-             f"{results['max_new_tokens']} · seed {results['seed']} · parse rate "
-             f"{100 * results['parse_rate']:.1f}% of {results['samples']} samples", "",
-             "| method | k | k_meta | " + " | ".join(keys) + " |",
-             "|---|---:|---:|" + "---:|" * len(keys)]
-    for r in runs:
-        cells = " | ".join(f"{100 * r['scores'][key]:.2f}" if key in r["scores"] else "-" for key in keys)
-        name = {"voting": "Voting", "metarm": "MetaRM"}[r["method"]]
-        lines.append(f"| {name} | {r['k']} | {r['k_meta'] if r['k_meta'] is not None else '-'} | {cells} |")
-    lines += ["", "Scores in %, computed with each benchmark's official rules (spct_jax.eval.benchmarks). Several k "
-              "vote over the first k of max(k) samples per item (nested subsets of one run)."]
-    return "\n".join(lines) + "\n"
-
-
-def _jsonl(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    # ensure_ascii: generations can hold lone surrogates, which only an escaped form survives UTF-8 with.
-    # default=str: a reader's meta may hold a value JSON lacks (a date); losing its type beats losing the run.
-    return "".join(json.dumps(r, default=str) + "\n" for r in rows).encode("ascii")
-
-
-def write_outputs(out: paths.PathLike, files: Mapping[str, bytes]) -> None:
-    """Write every artifact so that none is ever seen half-written. Locally: each under a temporary name first, then
-    all renamed (a crash leaves only hidden .tmp files, removed here on the way out). On an object store (gs://):
-    each uploaded straight to its name, which publishes it only when the upload completes."""
-    out = paths.makedirs(out)
-    if paths.is_remote(out):
-        for name, data in files.items():
-            (out / name).write_bytes(data)
-        return
-    tmps = {name: out / f".{name}.tmp-{os.getpid()}" for name in files}
-    try:
-        for name, data in files.items():
-            tmps[name].write_bytes(data)
-        for name in files:
-            os.replace(tmps[name], out / name)
-    finally:
-        for tmp in tmps.values():
-            if tmp.exists():
-                tmp.unlink()
 
 
 def load_items(args: argparse.Namespace) -> list[PreferenceItem]:
@@ -327,46 +294,105 @@ def load_judge(args: argparse.Namespace, runtime) -> GenerativeRewardModel:
     return load(args.model, args.meta_rm, mesh=runtime.mesh, dtype=runtime.dtype, template=args.template)
 
 
-def judge(grm: GenerativeRewardModel, items: Sequence[PreferenceItem], plan: Plan, args: argparse.Namespace,
-          store, *, show_progress: bool = True):
-    """items.jsonl rows of every item not yet in `store` (grm/judge_store.py), one GenerativeRewardModel.score call
-    per chunk of --batch-items items, each chunk kept as it is done. -> judge_store.Progress."""
+@dataclasses.dataclass
+class Prepared:
+    """One benchmark's run, checked before any model work: the options, the plan, the data's items and the units
+    the GRM judges (eval/judged.py), and how they are ordered (None, "both" or "AB")."""
+
+    args: argparse.Namespace
+    plan: Plan
+    items: list[PreferenceItem]
+    units: list[PreferenceItem]
+    orders: str | None
+    lenient: bool = False  # --benchmark all: options go to the benchmarks they apply to (eval/run_all.py)
+
+    @property
+    def benchmark(self) -> str:
+        return self.args.benchmark
+
+    def score_options(self) -> dict[str, Any]:
+        return score_options(self.args, only_accepted=self.lenient)
+
+
+def prepare(args: argparse.Namespace, plan: Plan, *, lenient: bool = False) -> Prepared:
+    """Read and check one benchmark's data and options; ValueError / OSError naming what is wrong. lenient
+    (--benchmark all): --both-orders is dropped for a benchmark without pairs instead of refused."""
+    items = load_items(args)
+    both = args.both_orders and not (lenient and not any(u.num_responses == 2
+                                                         for u in base_units(args.benchmark, items)))
+    mode = orders_mode(args.benchmark, both_orders=both, single_game=args.single_game)
+    prep = Prepared(args, plan, items, judged_units(args.benchmark, items, mode), mode, lenient)
+    # Score all-zero votes before loading the model: a data or option error the scorer would raise (an unknown
+    # subset, a ReaLMistake file with one class, a Ties prompt with one correct answer) then costs seconds, not a
+    # whole GRM run.
+    rows = [{"uid": u.uid, "meta": u.meta,
+             "votes": [{"totals": [0] * u.num_responses, "kept": [0], "num_valid": 1, "num_failed": 0}
+                       for _ in plan.runs]} for u in prep.units]
+    score_runs(prep, rows)
+    return prep
+
+
+def fingerprint(prep: Prepared, dtype: str) -> dict[str, Any]:
+    """The settings that decide a judgement (grm/judge_store.py adds the items' hash)."""
+    a, plan = prep.args, prep.plan
+    return {"command": "eval run", "model": str(a.model), "meta_rm": a.meta_rm, "dtype": dtype,
+            "benchmark": a.benchmark, "ks": plan.ks, "k_metas": plan.k_metas, "temperature": plan.temperature,
+            "max_new_tokens": a.max_new_tokens, "template": a.template, "seed": a.seed, "orders": prep.orders}
+
+
+def judge(grm: GenerativeRewardModel, prep: Prepared, store, *, show_progress: bool = True):
+    """items.jsonl rows of every unit not yet in `store` (grm/judge_store.py), one GenerativeRewardModel.score call
+    per chunk of --batch-items units (two when a chunk mixes copies shown in a fixed order with shuffled items),
+    each chunk kept as it is done. -> judge_store.Progress."""
     from tqdm.auto import tqdm
 
     from spct_jax.grm.judge_store import judge_in_chunks
 
+    args, plan, units = prep.args, prep.plan, prep.units
     k_max = plan.ks[-1]
 
     def one_chunk(indices: list[int]) -> list[dict[str, Any]]:
-        chunk = [items[i] for i in indices]
-        judgements = grm.score(chunk, k=k_max, k_meta=None if plan.k_metas is None else plan.k_metas[-1],
-                               temperature=plan.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                               template=args.template, progress=False)
-        return [item_dump(item, j.samples, votes_for(item, j.samples, plan, args.seed))
-                for item, j in zip(chunk, judgements)]
+        chunk = [units[i] for i in indices]
+        judgements: list[Any] = [None] * len(chunk)
+        for shuffle in (True, False):  # every process splits alike: the sampler call is a collective
+            part = [j for j, unit in enumerate(chunk) if shuffles(unit) == shuffle]
+            if not part:
+                continue
+            got = grm.score([chunk[j] for j in part], k=k_max,
+                            k_meta=None if plan.k_metas is None else plan.k_metas[-1], temperature=plan.temperature,
+                            max_new_tokens=args.max_new_tokens, seed=args.seed, template=args.template,
+                            shuffle=shuffle, progress=False)
+            for j, judgement in zip(part, got, strict=True):
+                judgements[j] = judgement
+        return [item_dump(unit, j.samples, votes_for(unit, j.samples, plan, args.seed))
+                for unit, j in zip(chunk, judgements)]
 
-    with tqdm(total=len(items), desc=f"{PROG} {args.benchmark}", unit="item", disable=not show_progress) as bar:
+    with tqdm(total=len(units), desc=f"{PROG} {args.benchmark}", unit="item", disable=not show_progress) as bar:
         return judge_in_chunks(store, one_chunk, chunk_items=args.batch_items, progress=bar.update)
 
 
-def score_runs(items: Sequence[PreferenceItem], rows: Sequence[Mapping[str, Any]], plan: Plan,
-               args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
-    """(results.json's runs, {predictions file name: bytes}) for every method@k of the plan. `items` are the data's
-    items, `rows` the judged items' dumps (judged_items); the scorer is given the data's items and the judged
-    predictions, as `spct eval score --data ... --predictions ...` is, so both give the same numbers."""
+def score_runs(prep: Prepared, rows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """(results.json's runs, {predictions file name: bytes}) for every method@k of the plan, from the judged rows.
+    The scorer gets the data's items and the predictions file's content, as `spct eval score --data ...
+    --predictions ...` does, so both give the same numbers."""
+    plan = prep.plan
     several = len(plan.ks) > 1
     runs, files = [], {}
     for r, (method, k, k_meta) in enumerate(plan.runs):
-        judged = {row["uid"]: judged_prediction(args.benchmark, row["votes"][r]) for row in rows}
-        preds = {uid: s for uid, s in judged.items() if s is not None}
+        got = run_predictions(prep.benchmark, rows, r)
         name = predictions_name(method, k, several)
-        files[name] = _jsonl([{"uid": uid, "scores": s} for uid, s in preds.items()])
+        files[name] = jsonl(got.lines)
         used = [row["votes"][r] for row in rows]
         n_valid = sum(v["num_valid"] for v in used)
-        runs.append({"method": method, "k": k, "k_meta": k_meta, "predictions": name,
-                     "parse_rate": n_valid / max(1, n_valid + sum(v["num_failed"] for v in used)),
-                     "scores": score_benchmark(args.benchmark, items, preds,
-                                               **score_options(args, method, k, k_meta))})
+        run = {"method": method, "k": k, "k_meta": k_meta, "predictions": name,
+               "parse_rate": n_valid / max(1, n_valid + sum(v["num_failed"] for v in used)),
+               "scores": score_benchmark(prep.benchmark, prep.items, got.preds, **prep.score_options())}
+        if got.order_lines is not None:
+            run["order_predictions"] = predictions_name(method, k, several, orders=True)
+            files[run["order_predictions"]] = jsonl(got.order_lines)
+        if got.consistency is not None:
+            run["consistency"] = got.consistency
+        runs.append(run)
     return runs, files
 
 
@@ -375,52 +401,48 @@ def run_main(argv: Sequence[str]) -> int:
         args = parse_args(argv)
     except SystemExit as e:  # argparse exits on --help (0) and on bad usage (2); return it as a status
         return int(e.code or 0)
+    if args.benchmark == ALL:
+        from spct_jax.eval.run_all import run_all
+
+        return run_all(args)
     try:
-        plan = make_plan(args)
-        items = load_items(args)
-        judged = judged_items(args.benchmark, items)
-        # Score all-zero predictions before loading the model: a data or option error the scorer would raise
-        # (an unknown subset, a ReaLMistake file with one class) then costs seconds, not a whole GRM run.
-        zeros = {it.uid: [0.0] * it.num_responses for it in judged}
-        for method, k, k_meta in plan.runs:
-            score_benchmark(args.benchmark, items, zeros, **score_options(args, method, k, k_meta))
+        prep = prepare(args, make_plan(args))
     except (ValueError, OSError) as e:  # DataError, PredictionError, ConfigError, TokenizerError are ValueErrors
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    from spct_jax.grm.judge import JudgeError
+    from spct_jax.grm.judge import JudgeError, setup_runtime
 
     try:
-        return _judge_and_write(args, plan, items, judged)
+        runtime = setup_runtime(args.mesh, args.dtype, prog=PROG)
+        _, results_md = judge_and_write(prep, runtime, lambda: load_judge(args, runtime))
     except JudgeError as e:  # a --model / --meta-rm / --mesh that cannot be used, a resume that does not match
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.exit_code
+    if results_md is not None and runtime.is_main:
+        print(results_md.decode("utf-8"), end="")
+    return 0
 
 
-def _judge_and_write(args: argparse.Namespace, plan: Plan, items: list[PreferenceItem],
-                     judged: list[PreferenceItem]) -> int:
-    """Every process judges (the sampler is a collective over the mesh); process 0 keeps the chunks, then writes
-    the artifacts while the others wait for it."""
-    from spct_jax.grm.judge import setup_runtime
+def judge_and_write(prep: Prepared, runtime: Runtime,
+                    grm: Callable[[], GenerativeRewardModel]) -> tuple[bool, bytes | None]:
+    """Judge every unit not yet judged and write the artifacts to --out. -> (stopped by a SIGTERM: the same command
+    resumes, results.md's bytes on process 0 once written, else None). Every process
+    judges (the sampler is a collective over the mesh); process 0 keeps the chunks, then writes the artifacts while
+    the others wait for it. `grm` loads the judge (called once, here)."""
+    from spct_jax.grm.judge import JudgeError
     from spct_jax.grm.judge_store import JudgeStore, on_main
 
-    runtime = setup_runtime(args.mesh, args.dtype, prog=PROG)
-    grm = load_judge(args, runtime)
-    out = paths.as_path(args.out)
-    fingerprint = {"command": "eval run", "model": str(args.model), "meta_rm": args.meta_rm, "dtype": runtime.dtype,
-                   "benchmark": args.benchmark, "ks": plan.ks, "k_metas": plan.k_metas,
-                   "temperature": plan.temperature, "max_new_tokens": args.max_new_tokens,
-                   "template": args.template, "seed": args.seed}
-    store = JudgeStore(out / ".judging", fingerprint=fingerprint, items=judged).open()
+    out = paths.as_path(prep.args.out)
+    store = JudgeStore(out / ".judging", fingerprint=fingerprint(prep, runtime.dtype), items=prep.units).open()
     started = time.time()
-    done = judge(grm, judged, plan, args, store, show_progress=runtime.is_main)
+    done = judge(grm(), prep, store, show_progress=runtime.is_main)
     if done.preempted:
         print(f"{PROG}: stopped by SIGTERM with {done.judged + done.reused} of {done.total} items judged (kept in "
               f"{store.directory}); the same command resumes", file=sys.stderr)
-        return 0
+        return True, None
 
     def finish() -> bytes:
-        rows = store.lines()
-        files = artifacts(args, plan, items, judged, rows, elapsed_s=time.time() - started)
+        files = artifacts(prep, store.lines(), fingerprint=store.fingerprint, elapsed_s=time.time() - started)
         try:
             write_outputs(out, files)
         except OSError as e:
@@ -429,35 +451,34 @@ def _judge_and_write(args: argparse.Namespace, plan: Plan, items: list[Preferenc
         print(f"{PROG}: wrote {len(files)} files to {out}", file=sys.stderr)
         return files["results.md"]
 
-    results_md = on_main(finish, f"writing {out}")
-    if runtime.is_main:
-        print(results_md.decode("utf-8"), end="")
-    return 0
+    return False, on_main(finish, f"writing {out}")
 
 
-def artifacts(args: argparse.Namespace, plan: Plan, items: Sequence[PreferenceItem], judged: Sequence[PreferenceItem],
-              rows: list[dict[str, Any]], *, elapsed_s: float) -> dict[str, bytes]:
-    """{file name: bytes} of every artifact in --out (module docstring), from the judged items' rows."""
-    runs, files = score_runs(items, rows, plan, args)
+def artifacts(prep: Prepared, rows: list[dict[str, Any]], *, fingerprint: Mapping[str, Any],
+              elapsed_s: float) -> dict[str, bytes]:
+    """{file name: bytes} of every artifact in --out (module docstring), from the judged units' rows."""
+    args, plan = prep.args, prep.plan
+    runs, files = score_runs(prep, rows)
     samples = sum(len(row["samples"]) for row in rows)
     valid = sum(s["scores"] is not None for row in rows for s in row["samples"])
-    files["items.jsonl"] = _jsonl(rows)
+    files["items.jsonl"] = jsonl(rows)
     model_name = paths.as_path(str(args.model)).name
     if len(plan.ks) > 1:
         from spct_jax.eval.plots import scaling_png
 
-        headlines = HEADLINES.get(args.benchmark) or tuple(runs[0]["scores"])  # a newer benchmark: every key
-        files["scaling.png"] = scaling_png(runs, headlines, title=f"{args.benchmark}: {model_name}")
+        # The headline keys only: a result's other keys are sections or, for JudgeBench, shares of pairs.
+        files["scaling.png"] = scaling_png(runs, HEADLINE_KEYS[args.benchmark], title=f"{args.benchmark}: {model_name}")
     from spct_jax.eval.report import render_report
 
-    viewer_rows = rows[: args.viewer_limit]
-    files["viewer.html"] = render_report(viewer_rows, title=f"{PROG}: {args.benchmark}", subtitle=str(args.model),
-                                         runs=runs, total_items=len(rows)).encode("utf-8", errors="replace")
+    files["viewer.html"] = render_report(rows[: args.viewer_limit], title=f"{PROG}: {args.benchmark}",
+                                         subtitle=str(args.model), runs=runs,
+                                         total_items=len(rows)).encode("utf-8", errors="replace")
     results = {"benchmark": args.benchmark, "model": str(args.model), "meta_rm": args.meta_rm, "data": args.data,
-               "items": len(judged), "benchmark_items": len(items), "k": plan.ks, "k_meta": plan.k_metas,
-               "temperature": plan.temperature,
+               "items": len(prep.units), "benchmark_items": len(prep.items), "orders": prep.orders,
+               "k": plan.ks, "k_meta": plan.k_metas, "temperature": plan.temperature,
                "max_new_tokens": args.max_new_tokens, "seed": args.seed, "template": args.template,
                "samples": samples, "parse_rate": valid / max(1, samples), "elapsed_s": round(elapsed_s, 1),
+               "score_options": prep.score_options(), "fingerprint": dict(fingerprint),
                "runs": runs, "files": sorted([*files, "results.json", "results.md"])}
     files["results.md"] = results_markdown(results).encode("utf-8")
     files["results.json"] = (json.dumps(results, indent=2) + "\n").encode("utf-8")
