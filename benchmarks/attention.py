@@ -4,7 +4,8 @@
 
 Memory: XLA's compiled temporary bytes (`jit(...).lower(...).compile().memory_analysis().temp_size_in_bytes`) of
 one attention forward + backward (gradients w.r.t. q, k, v of <out, cotangent>), and of the forward alone, at
-T = S = --mem-t. Nothing is run for these rows: they are the compiler's own accounting.
+T = S = --mem-t; and of a 2-layer Gemma-2-shaped decoder's parameter gradient on one --mem-t-token row with every
+attention forced full or blockwise. Nothing is run for these rows: they are the compiler's own accounting.
 
 Speed: wall and process CPU seconds of one jitted forward + backward at each T, best of --repeats rounds after a
 compile call; the two paths run interleaved round by round so that load from other processes hits both alike.
@@ -67,6 +68,35 @@ def memory_rows(args) -> list[str]:
     return rows
 
 
+def decoder_rows(args) -> list[str]:
+    """The same comparison inside a model: compiled temporaries of the parameter gradient of a 2-layer Gemma-2-shaped
+    decoder (sliding window T/4, soft-cap 50; d=128, the attention widths above, vocabulary 256) on one T-token row,
+    with every attention forced full or blockwise ($SPCT_ATTENTION_IMPL, read when the decoder is traced)."""
+    from flax import nnx
+
+    from spct_jax.models import ModelConfig, init_model
+
+    t = args.mem_t
+    cfg = ModelConfig(family="gemma2", vocab_size=256, hidden_size=128, intermediate_size=256, num_layers=2,
+                      num_heads=args.heads, num_kv_heads=args.kv_heads, head_dim=args.head_dim,
+                      query_pre_attn_scalar=args.head_dim, attn_logit_softcap=50.0, final_logit_softcap=30.0,
+                      sliding_window=t // 4, layer_types=("sliding", "full"))
+    ids = jax.ShapeDtypeStruct((args.batch, t), jnp.int32)
+    mask = jax.ShapeDtypeStruct((args.batch, t), jnp.bool_)
+    rows = []
+    for remat in ("full", "none"):
+        temp = {}
+        for impl in ("full", "blockwise"):
+            os.environ[A.ENV_IMPL], os.environ[A.ENV_BLOCK] = impl, str(args.block)
+            graphdef, state = nnx.split(init_model(cfg, remat=remat))
+            grad = lambda st, i, m: jax.grad(lambda s: jnp.mean(nnx.merge(graphdef, s)(i, m)))(st)  # noqa: E731
+            temp[impl] = jax.jit(grad).lower(state, ids, mask).compile().memory_analysis().temp_size_in_bytes
+        os.environ.pop(A.ENV_IMPL)
+        rows.append(f"| 2-layer decoder, remat {remat} | gradient | {temp['full'] / MiB:.1f} | "
+                    f"{temp['blockwise'] / MiB:.1f} | {temp['blockwise'] / temp['full']:.3f} |")
+    return rows
+
+
 def speed_rows(args) -> list[str]:
     rng = np.random.default_rng(0)
     rows = []
@@ -103,8 +133,8 @@ def main():
           f"Dh={args.head_dim} block={args.block}; load average {os.getloadavg()[0]:.2f}")
     print(f"\nCompiled temporary memory at T = S = {args.mem_t} (MiB):\n")
     print("| attention | pass | full | blockwise | blockwise / full |\n|---|---|---|---|---|")
-    for row in memory_rows(args):
-        print(row)
+    for row in memory_rows(args) + decoder_rows(args):
+        print(row, flush=True)
     if args.speed_ts:
         print("\nForward + backward, causal with soft-cap 50, best of "
               f"{args.repeats} (ms):\n")

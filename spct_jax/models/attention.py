@@ -61,8 +61,6 @@ ENV_BLOCK = "SPCT_ATTENTION_BLOCK"  # default block size of the blockwise path (
 DEFAULT_BLOCK = 512
 FULL_BELOW_T = 128  # "auto" keeps the full path for fewer queries than this
 
-Prefix = tuple  # (k [U, K, P, Dh], v [U, K, P, Dh], valid [U, P]) of a SharedPrefix layer
-
 
 # -- the reference (full) path --------------------------------------------------------------------------------
 def reference_attention(q, k, v, *, q_slots, kv_valid, scale, softcap=None, window=None, prefix=None):
