@@ -282,7 +282,8 @@ def test_batcher_without_http():
     assert [j.rewards[0] for j in big.result(10)] == [3.0 * (i % 13 + 1) for i in range(10, 17)]
     contexts = [[it["context"] for it in call] for call in fake.calls]
     assert contexts[:4] == [["question 0", "boom", "question 2"], ["question 0"], ["boom"], ["question 2"]]
-    assert [len(c) for c in contexts[4:]] == [1, 3, 3, 1]  # job 1 alone (big does not fit beside it), then big
+    # Job 1 shares its call with big's first 2 items (calls are filled in queue order); big's other 5 follow.
+    assert contexts[4] == ["question 1", "question 10", "question 11"] and [len(c) for c in contexts[5:]] == [3, 2]
     b.close(drain=True)
     with pytest.raises(BatcherClosed):
         b.submit([item(0)], p2)

@@ -27,7 +27,7 @@ import pytest
 from test_serve import FakeScorer, free_port, item
 
 from spct_jax.serve.app import LOOPBACK_NAMES, ServeOptions, create_app
-from spct_jax.serve.batcher import Batcher
+from spct_jax.serve.batcher import Batcher, ScoreParams
 from spct_jax.serve.schema import Limits
 from spct_jax.serve.server import allowed_hosts, check_args, parse_args, serve_in_thread
 
@@ -147,6 +147,25 @@ def test_a_client_that_disconnects_mid_body_is_an_abort_not_an_error(caplog):
     assert len(logged) == 1 and logged[0].levelname == "INFO", [r.getMessage() for r in logged]
     assert "went away while sending its body" in logged[0].getMessage()
     assert not any(r.exc_info for r in caplog.records) and "Traceback" not in caplog.text
+
+
+def test_a_small_request_behind_a_big_one_waits_for_one_call_not_all_of_it():
+    fake = FakeScorer(delay=0.3)
+    b = Batcher(fake, max_batch=4, max_queue=64, batch_wait_s=0)
+    params = ScoreParams(2, None, 0.5)
+    big = b.submit([item(i) for i in range(20)], params)  # 5 calls of 4
+    b.start()
+    try:
+        wait_for(lambda: len(fake.calls) == 1)
+        small = b.submit([item(99)], params)
+        assert [j.rewards for j in small.result(5)] == [(2.0 * (99 % 13 + 1), 2.0 * (99 // 13 + 1))]
+        assert [j.rewards[0] for j in big.result(10)] == [2.0 * (i % 13 + 1) for i in range(20)]
+    finally:
+        b.close(drain=False, timeout=5)
+    contexts = [[it["context"] for it in call] for call in fake.calls]
+    # The call in flight when it arrived, then its turn (filled up with big's next 3), then the rest of big.
+    assert contexts[1] == ["question 99", "question 4", "question 5", "question 6"], contexts
+    assert [len(c) for c in contexts] == [4, 4, 4, 4, 4, 1] and b.queue_depth == 0
 
 
 # -- bounded queue and requests ------------------------------------------------------------------------------------
@@ -327,7 +346,8 @@ def test_the_bearer_scheme_is_case_insensitive():
 
 # -- the README's command --------------------------------------------------------------------------------------------
 def readme_serve_line() -> list[str]:
-    [line] = [x for x in (REPO / "README.md").read_text().splitlines() if x.startswith("spct serve --model tiny-random")]
+    lines = (REPO / "README.md").read_text().splitlines()
+    [line] = [x for x in lines if x.startswith("spct serve --model tiny-random")]
     return shlex.split(line.split("#", 1)[0])
 
 

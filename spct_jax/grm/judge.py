@@ -444,6 +444,5 @@ def load_judge(model: Any, meta_rm: Any = None, *, mesh=None, dtype: str = "floa
 
 __all__ = ["ACCEPTED_MODEL", "CONFIG_FIELDS", "DTYPES", "FieldError", "JudgeError", "Runtime", "add_runtime_args",
            "check_context", "check_heads", "check_strings", "check_template_fits", "describe", "load_decoder",
-           "load_judge", "load_meta_rm", "make_inference_mesh", "parse_args", "parse_mesh", "prompt_budget", "prompt_check",
-           "prompt_too_long",
-           "setup_runtime", "split_overrides", "template_tokens"]
+           "load_judge", "load_meta_rm", "make_inference_mesh", "parse_args", "parse_mesh", "prompt_budget",
+           "prompt_check", "prompt_too_long", "setup_runtime", "split_overrides", "template_tokens"]

@@ -1,7 +1,7 @@
 """The HTTP layer: a Starlette app over a `Batcher`. Endpoints and status codes:
 
-    POST /v1/score    one item, the GRM's judgement (schema.py)     200 | 400 | 401 | 403 | 408 | 413 | 415 | 503 | 504 | 500
-    POST /get_reward  OpenRLHF remote-RM protocol (schema.py)       same
+    POST /v1/score    one item, the GRM's judgement (schema.py)   200 | 400 401 403 408 413 415 | 503 504 | 500
+    POST /get_reward  OpenRLHF remote-RM protocol (schema.py)     same
     GET  /healthz     {"status": "ok"}; never needs the token (liveness probes carry none, and it
                       reveals nothing but that the process is up)
     GET  /metrics     JSON counters (metrics.py); needs the token when one is set

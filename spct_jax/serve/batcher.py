@@ -8,9 +8,10 @@ Rules:
   * A job is one HTTP request's items (1 for /v1/score, one per distinct prompt for /get_reward) plus the sampling
     parameters (k, k_meta, temperature). Only jobs with equal parameters share a call, because `score` takes one k.
   * When the worker is idle it takes the oldest job and waits up to `batch_wait_s` for more to arrive; while it is
-    busy, new jobs queue up and the next call takes them at once. A call holds at most `max_batch` items; a job
-    larger than that is scored in chunks of `max_batch`, one call after another, and stays at the head of the queue
-    until its last chunk is taken.
+    busy, new jobs queue up and the next call takes them at once. A call holds at most `max_batch` items, filled
+    in queue order; a job larger than the room left is split, and what remains of it goes back in the queue once
+    that call is done, behind the jobs that arrived meanwhile: jobs take turns a call at a time, so a small
+    request behind a big one waits for the call in flight, not for all of the big one.
   * `max_queue` bounds the ITEMS waiting for the scorer (those of queued jobs, and the chunks of a big job not yet
     taken), not the requests: a request of 120 prompts costs 120 times one of 1, so counting requests would let
     one request walk around the bound. `submit` raises `QueueFull` when the job does not fit now, `JobTooLarge`
@@ -118,6 +119,7 @@ class Batcher:
         self.seed = seed
         self.metrics = metrics or Metrics()
         self._queue: collections.deque[Job] = collections.deque()
+        self._resting: list[Job] = []  # split jobs whose rest rejoins the queue when the call in flight is done
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -139,11 +141,11 @@ class Batcher:
     @property
     def queued_requests(self) -> int:
         with self._cond:
-            return sum(not j.future.abandoned.is_set() for j in self._queue)
+            return sum(not j.future.abandoned.is_set() for j in (*self._queue, *self._resting))
 
     def _waiting_items(self) -> int:
         # Abandoned jobs still sit in the deque until the worker reaches them; they should not cost a slot.
-        return sum(j.waiting for j in self._queue if not j.future.abandoned.is_set())
+        return sum(j.waiting for j in (*self._queue, *self._resting) if not j.future.abandoned.is_set())
 
     def submit(self, items: list[dict[str, Any]], params: ScoreParams, *,
                deadline: float | None = None) -> JobFuture:
@@ -169,6 +171,8 @@ class Batcher:
         with self._cond:
             self._closed = True
             if not drain:
+                self._queue.extend(self._resting)
+                self._resting.clear()
                 while self._queue:
                     job = self._queue.popleft()
                     if job.taken == 0 and not job.future.set_running_or_notify_cancel():
@@ -199,10 +203,22 @@ class Batcher:
         self.metrics.record_dropped(job.waiting)
         return False
 
+    def _take(self, job: Job, room: int) -> Part:
+        """Hand up to `room` of the job's waiting items to the batch being built; it leaves the queue, and rests
+        until the next batch when items remain (caller holds the lock)."""
+        self._queue.remove(job)
+        start = job.taken
+        job.taken = stop = min(len(job.items), start + room)
+        if job.waiting:
+            self._resting.append(job)
+        return job, start, stop
+
     def _next_batch(self) -> list[Part] | None:
-        """Block for the oldest live job, take its next chunk, then gather whole compatible jobs for up to
-        batch_wait_s; None once closed and drained."""
+        """Block for the oldest live job, take what of it fits, then fill the call with compatible jobs, in queue
+        order, for up to batch_wait_s; None once closed and drained."""
         with self._cond:
+            self._queue.extend(self._resting)  # behind the jobs that arrived during the last call
+            self._resting.clear()
             while True:
                 while not self._queue and not self._closed:
                     self._cond.wait()
@@ -212,23 +228,17 @@ class Batcher:
                 if self._live(head):
                     break
                 self._queue.popleft()
-            start = head.taken
-            head.taken = stop = min(len(head.items), start + self.max_batch)
-            if head.waiting == 0:
-                self._queue.popleft()
-            batch: list[Part] = [(head, start, stop)]
-            size = stop - start
+            batch: list[Part] = [self._take(head, self.max_batch)]
+            size = batch[0][2] - batch[0][1]
             until = time.monotonic() + self.batch_wait_s
             while size < self.max_batch:
-                # Only whole jobs join (they were never at the head, so nothing of them is taken yet).
-                picked = next((j for j in self._queue if j.params == head.params and j.taken == 0
-                               and size + len(j.items) <= self.max_batch), None)
+                picked = next((j for j in self._queue if j.params == head.params), None)
                 if picked is not None:
-                    self._queue.remove(picked)
                     if self._live(picked):
-                        picked.taken = len(picked.items)
-                        batch.append((picked, 0, len(picked.items)))
-                        size += len(picked.items)
+                        batch.append(self._take(picked, self.max_batch - size))
+                        size += batch[-1][2] - batch[-1][1]
+                    else:
+                        self._queue.remove(picked)
                     continue
                 left = until - time.monotonic()
                 if left <= 0 or self._closed:  # when closing, do not linger: the queue is all there is
@@ -275,8 +285,10 @@ class Batcher:
                 job.future.set_result(job.results)
 
     def _fail(self, job: Job, error: BaseException) -> None:
-        with self._cond:
-            if job in self._queue:  # a big job whose chunk failed: its other chunks are not scored
+        with self._cond:  # a split job whose part failed: its other parts are not scored
+            if job in self._queue:
                 self._queue.remove(job)
+            if job in self._resting:
+                self._resting.remove(job)
         if not job.future.done():
             job.future.set_exception(error)

@@ -11,11 +11,15 @@ guard's status code: spct_jax/serve/app.py; request/response bodies and the /get
 rules: spct_jax/serve/schema.py.
 
 Bounded work: --max-queue counts ITEMS (GRM prompts) waiting for the scorer, --max-request-items caps one request,
-and a request that times out (--timeout) or whose client goes away stops being scored at the next chunk of
---max-batch items. Bounded connections: at most --max-connections open, each must send its request headers
-within --header-timeout seconds (of opening, or of its previous answer) and its body within --body-timeout.
-A GRM prompt may use the model's positions less --max-new-tokens; settings under which even the template alone
-does not fit are refused at start (exit 2), not answered 400 request after request.
+and a request that times out (--timeout) or whose client goes away stops being scored at the next call of
+--max-batch items; jobs take turns a call at a time. One call is thus the longest anyone waits behind abandoned
+or bigger work: on a loaded 2-core CPU, 8 items of ~6.4K tokens (k=2) took 20-35 s a call, one item 2-4 s, so
+serve with --max-batch 1 there (batching buys nothing on CPU either: benchmarks/serve.py).
+
+Bounded connections: at most --max-connections open, each must send its request headers within --header-timeout
+seconds (of opening, or of its previous answer) and its body within --body-timeout. A GRM prompt may use the
+model's positions less --max-new-tokens; settings under which even the template alone does not fit are refused
+at start (exit 2), not answered 400 request after request.
 
 SIGTERM (or Ctrl-C) stops accepting connections, answers the requests in flight, scores what is still queued,
 then exits 0. Needs the `serve` extra (starlette, uvicorn).
@@ -68,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-meta", type=int, default=None, help="samples kept by the meta RM (default k/2)")
     p.add_argument("--max-k", type=int, default=32, help="largest k a request may ask for (at least --k)")
     p.add_argument("--max-batch", type=int, default=8,
-                   help="items (prompts) per sampler call; 1 = no batching (faster on CPU: benchmarks/serve.py)")
+                   help="items (prompts) per sampler call, the unit in which abandoned work stops; 1 = no batching "
+                        "(faster on CPU: benchmarks/serve.py)")
     p.add_argument("--max-queue", type=int, default=256,
                    help="items (GRM prompts) waiting for the scorer before 503; a request never holds more")
     p.add_argument("--max-request-items", type=int, default=128,
