@@ -17,6 +17,10 @@ LOSES (about 10 vs 19.5 req/s at concurrency 8-32): on CPU the sampler's cost gr
 batch pads its unique prompts to a power of two and decodes every row for the longest, so there is no per-call
 overhead left to share. With the accelerator-like cost model it wins about 4.5x at concurrency 32 (122 vs 27
 req/s, p99 0.34 s vs 1.4 s). So: --max-batch 1 for CPU serving, the default (8) on an accelerator.
+
+Every guard `spct serve` has runs here too (serve_in_thread: header timeout and connection cap; the app: Host
+allow-list, Content-Type, body timeout, the watch for clients that go away; with the real GRM, the per-request
+prompt-length check), so its figures include what they cost.
 """
 from __future__ import annotations
 
@@ -96,17 +100,25 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0, help="timed closed loop per setting")
     args = ap.parse_args()
 
+    guards = {}  # what `spct serve` adds in front of the scorer (app.py's defaults add the rest: Host, 415, ...)
     if args.fake:
         scorer = CostModelScorer()
         label = "fake scorer (30 ms/call + 2 ms/prompt)"
     else:
         from spct_jax.grm.scorer import GenerativeRewardModel
-        from spct_jax.models.registry import load_model
+        from spct_jax.models.registry import describe_model, load_model
 
         model, tok = load_model(args.model)
         scorer = GenerativeRewardModel(model, tok, template=args.template)
         label = f"{args.model}, template {args.template}, k={args.k}, max_new_tokens={args.max_new_tokens}"
         warm_up(scorer, args)
+        from spct_jax.grm.judge import prompt_budget, prompt_check
+
+        config, _ = describe_model(args.model)
+        budget = prompt_budget(config, args.max_new_tokens, args.model)
+        guards["prompt_check"] = prompt_check(tok, template=args.template, budget=budget,
+                                              positions=config.max_position_embeddings,
+                                              max_new_tokens=args.max_new_tokens)
 
     rows = []
     for batching, max_batch in (("on", args.max_batch), ("off", 1)):
@@ -114,7 +126,7 @@ def main() -> None:
             batcher = Batcher(scorer, max_batch=max_batch, max_queue=1024, batch_wait_s=args.batch_wait_ms / 1e3,
                               max_new_tokens=args.max_new_tokens)
             options = ServeOptions(limits=Limits(default_k=args.k, max_k=args.k, has_meta_rm=False,
-                                                 default_k_meta=None), timeout_s=600)
+                                                 default_k_meta=None), timeout_s=600, **guards)
             with serve_in_thread(create_app(batcher, options)) as (base, _):
                 errors, lat, wall = asyncio.run(closed_loop(base, conc, args.seconds))
                 snap = httpx.get(f"{base}/metrics").json()

@@ -51,7 +51,7 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.hardware.accelerator_type = accelerator_type  # ours: gcloud's name, e.g. v5p-64 = 32 chips
     c.hardware.hbm_usable_fraction = 0.9  # ours: headroom for XLA's own buffers and fragmentation
 
-    c.runtime = ml_collections.ConfigDict()  # the stage commands' JAX runtime (spct_jax/parallel/compilation.py)
+    c.runtime = ml_collections.ConfigDict()  # ours: the stage commands' JAX runtime (spct_jax/parallel/compilation.py)
     c.runtime.compilation_cache = ""  # ours: persistent XLA compilation cache dir; "" = $SPCT_COMPILATION_CACHE, else
     #                                   run_dir/compilation_cache (survives pod restarts); "off" disables it
     c.runtime.compilation_cache_min_secs = 1.0  # ours: only programs compiling at least this long are cached (JAX's
@@ -115,6 +115,7 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.grpo.filter_too_easy = True  # [P] App. C.1
     c.grpo.filter_samples = 3  # [P] App. C.1: "all generated rewards are correct for three times"
     c.grpo.filter_checkpoint = ""  # ours: the filtering GRM; "" = model.init_checkpoint (the paper used a smaller one)
+    c.grpo.filter_rows = sample_rows  # ours: rows per sampler call of the filter (bounds its KV cache, as sample_rows)
 
     c.metarm = ml_collections.ConfigDict()
     c.metarm.learning_rate = 1e-5  # [P] App. C.1
@@ -186,6 +187,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.rft.temperature > 0, "rft.temperature", "rejective sampling must sample (> 0)")
     need(c.rft.max_new_tokens > 0, "rft.max_new_tokens", "must be > 0")
     need(c.grpo.filter_samples >= 1, "grpo.filter_samples", "must be >= 1")
+    need(c.grpo.filter_rows >= 1, "grpo.filter_rows", "must be >= 1")
     need(0 <= c.metarm.holdout_fraction < 1, "metarm.holdout_fraction", "must be in [0, 1)")
 
     g = c.grpo

@@ -25,8 +25,8 @@ def get_config():
         name="gemma2-27b-v5p-64",  # ours: names the logs and the default run_dir
         model="gemma2-27b",  # [P] §2: DeepSeek-GRM-27B is Gemma-2-27B (pretrained)
         accelerator_type="v5p-64",  # ours: 32 chips; `spct plan` shows the smallest slice that fits
-        data=1, fsdp=-1, tensor=2,  # ours: fsdp 16 x tensor 2: with tensor=1 every sampling phase holds the whole bf16
-        #                            model (54 GB, XLA's gathered layout) and does not fit (`spct plan`)
+        data=1, fsdp=-1, tensor=2,  # ours: fsdp 16 x tensor 2 (heads and MLP width over tensor): peak 55.0 GB per
+        #                            chip; tensor=1 (fsdp 32) fits too, at 56.2 GB (`spct plan`)
         rft_microbatches=16,  # ours: 1024 rows / 16 row shards / 16 = 4 rows of 4096 tokens per shard per micro-batch
         grpo_microbatches=8,  # ours: 512 rollouts / 16 row shards / 8 = 4 rows per shard per micro-batch
         metarm_microbatches=8,  # ours: 512 / 16 / 8 = 4 rows per shard per micro-batch

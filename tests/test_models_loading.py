@@ -322,7 +322,7 @@ def test_a_truncated_file_is_named(tmp_path):
     write_random_checkpoint(tmp_path / "m", ModelConfig(**TINY))
     path = tmp_path / "m" / "model.safetensors"
     os.truncate(path, os.path.getsize(path) - 100)
-    with pytest.raises(SafetensorsError, match=r"model\.safetensors: tensor 'lm_head\.weight' ends at byte"):
+    with pytest.raises(SafetensorsError, match=r"model\.safetensors: truncated: tensor 'lm_head\.weight' ends at byte"):
         from_pretrained(tmp_path / "m")
 
 

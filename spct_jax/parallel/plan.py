@@ -4,7 +4,7 @@ A stage runs in phases, each one program (or a loop of one program) with some ar
 
     rft        rft_sampling     fp32 masters + compute-dtype sampling copy + sampler call (rft.sample_rows rows)
                sft              masters + the train state's copy of them + Adam + TrainStep (rft.* batch)
-    grpo       grpo_filter      masters + sampling copy + the too-easy filter's sampler call (256 rows)
+    grpo       grpo_filter      masters + sampling copy + the too-easy filter's sampler call (grpo.filter_rows)
                grpo_rollout     masters + Adam + reference copy + sampling copy + sampler call (prompts x G rows)
                grpo_reference   masters + Adam + reference copy + LogprobFn (grpo.logprob_rows rows at a time)
                grpo_update      masters + Adam + reference copy + TrainStep (GRPO loss)
@@ -20,11 +20,11 @@ program adds on top of its arguments (KV cache, activations, gathered weights) c
 formulas follow the layouts XLA compiles these programs to; tests/test_parallel_plan.py checks each phase
 against `compiled.memory_analysis()` of the real program (plan_xla.py builds them from abstract inputs).
 
-XLA picks one of two layouts per program (plan_phases.py): "gathered" (weights all-gathered, rows on their own
-device; in the sampler the gathers leave the decode loop, so the whole model sits on every chip) or
-"partial_sums" (weights stay sharded, every device computes the dense layers for all rows of its fsdp group).
-Which one depends on shapes in ways the code does not pin, so each program is planned at the larger of the two:
-the plan is an upper bound of what either layout needs.
+The decoder pins its activations (rows on their own device, heads and MLP width over "tensor") and scans its
+blocks, so every program compiles to one layout: weights stay sharded and stream through the scan, and only the
+embedding is gathered whole (the LM head). How many activation-sized buffers a program holds at its peak is the
+compiler's scheduling, measured per backend (plan_phases.Backend: the TPU compiler on the 27B config, XLA:CPU on
+8 fake devices).
 """
 from __future__ import annotations
 
@@ -55,7 +55,6 @@ PHASES = {"rft": ("rft_sampling", "sft"),
           "metarm": ("metarm_sampling", "bce"),
           "inference": ("inference",)}
 CATEGORIES = ("weights", "optimizer", "grads", "kv_cache", "activations", "batch")
-FILTER_ROWS = 256  # grm.trajectories' default max_batch_rows, which GRPO's too-easy filter keeps
 
 
 # -- abstract models (cached: eval_shape of a 27B decoder takes ~2 s) ------------------------------------------
@@ -109,6 +108,9 @@ class PhasePlan:
     layouts: dict[str, int]  # the phase's total under each XLA layout (plan_phases.py); the plan takes the max
     peak_bytes: int
     fits: bool
+    # The program's own share of the peak (its weight / optimizer arguments and what it adds: plan_phases.py), the
+    # rest being arrays the stage holds around it; what XLA's memory_analysis of the program is compared with.
+    program_bytes: int = 0
 
 
 @dataclasses.dataclass
@@ -145,7 +147,7 @@ class Plan:
                             "hbm_bytes_per_chip": self.accelerator.hbm_bytes},
             "usable_bytes_per_device": self.usable_bytes, "mesh": self.mesh, "dtypes": self.dtypes,
             "remat": self.remat, "method": "exact weights/optimizer/grads/KV; program transients from "
-                                       "spct_jax/parallel/plan_phases.py, the larger of XLA's two layouts",
+                                       "spct_jax/parallel/plan_phases.py (the TPU compiler's counts)",
             "stage": stage, "peak_phase": s.peak_phase, "bytes_per_device": s.phases[s.peak_phase].bytes_per_device,
             "peak_bytes": s.peak_bytes, "fits": s.fits,
             "stages": {k: dataclasses.asdict(v) for k, v in self.stages.items()},
@@ -176,8 +178,8 @@ class Plan:
                          f"{s.smallest_slice or '-'}")
         lines += ["", "weights: every copy a phase holds (fp32 masters, train-state copy, bf16 sampling/reference",
                   "copies, the meta RM) plus weights XLA gathers whole. Weights, optimizer, grads and KV cache are",
-                  "exact on this mesh; activations follow XLA's layouts (spct_jax/parallel/plan_phases.py), each",
-                  "program at the larger of its two layouts. smallest slice: data=1, fsdp=rest, the same tensor size",
+                  "exact on this mesh; activations follow the compiled programs (spct_jax/parallel/plan_phases.py,",
+                  "the TPU compiler's counts). smallest slice: data=1, fsdp=rest, the same tensor size",
                   "and rows per chip (micro-batches and rows per sampler call rescaled)."]
         return "\n".join(lines)
 
@@ -209,7 +211,7 @@ def _phase(resident: dict[str, dict[str, int]], program: dict[str, dict[str, int
     layouts = {k: int(resident_total + v) for k, v in totals.items()}
     peak = sum(by_cat.values())
     return PhasePlan({k: int(v) for k, v in by_cat.items()}, {k: int(v) for k, v in parts.items()}, layouts,
-                     int(peak), peak <= usable)
+                     int(peak), peak <= usable, int(peak - resident_total))
 
 
 def _plan_stages(c: Any, mesh_shape: tuple[int, int, int], backend: Backend = TPU) -> dict[str, StagePlan]:
@@ -238,15 +240,15 @@ def _plan_stages(c: Any, mesh_shape: tuple[int, int, int], backend: Backend = TP
 
     def sampler(m: ModelConfig, args: int, rows: int, prompt_len: int, new_tokens: int, itemsize: int):
         return {lay: {"weight_args": args, **sampler_program(m, shape, rows=rows, prompt_len=prompt_len,
-                                                             new_tokens=new_tokens, b=itemsize, layout=lay)}
+                                                             new_tokens=new_tokens, b=itemsize, backend=backend)}
                 for lay in LAYOUTS}
 
-    def train(m: ModelConfig, stage: str, seq: int, grad_bytes: int, opt: int, args: int, *, lm: bool,
+    def train(m: ModelConfig, stage: str, seq: int, grad_bytes: int, opt: int, args: int, cast: int, *, lm: bool,
               fields: int):
         s = c[stage]
         return {lay: {"weight_args": args, "optimizer": opt,
                       **train_program(m, shape, rows=s.batch_size, seq=seq, microbatches=s.num_microbatches, b=b,
-                                      grad_bytes=grad_bytes, layout=lay, lm_logits=lm, remat=remat,
+                                      grad_bytes=grad_bytes, cast_bytes=cast, lm_logits=lm, remat=remat,
                                       batch_fields=fields, backend=backend)}
                 for lay in LAYOUTS}
 
@@ -259,25 +261,25 @@ def _plan_stages(c: Any, mesh_shape: tuple[int, int, int], backend: Backend = TP
     out["rft"]["rft_sampling"] = ph({"weights": {"masters": masters}},
                                     sampler(model, copy, r.sample_rows, prompt, r.max_new_tokens, b))
     out["rft"]["sft"] = ph({"weights": {"masters": masters}},
-                           train(model, "rft", r.max_seq_len, grads, policy_adam, masters, lm=True, fields=3))
+                           train(model, "rft", r.max_seq_len, grads, policy_adam, masters, copy, lm=True, fields=3))
     # GRPO: the policy trains on the loaded arrays; the reference is a ref_dtype copy (or, when ref_dtype is the
     # param dtype, the loaded arrays with the policy on a copy: the same bytes).
     ref = weights(policy, policy_specs, g.ref_dtype)
     seq = g.max_prompt_len + g.max_new_tokens
     rows = min(g.rollout_batch_prompts, g.batch_size // g.group_size) * g.group_size
     out["grpo"]["grpo_filter"] = ph({"weights": {"masters": masters}},
-                                    sampler(model, copy, FILTER_ROWS, g.max_prompt_len, g.max_new_tokens, b))
+                                    sampler(model, copy, g.filter_rows, g.max_prompt_len, g.max_new_tokens, b))
     out["grpo"]["grpo_rollout"] = ph({"weights": {"masters": masters, "reference": ref},
                                       "optimizer": {"adam": policy_adam}},
                                      sampler(model, copy, rows, g.max_prompt_len, g.max_new_tokens, b))
     lp = {lay: {"weight_args": ref, **logprob_program(model, shape, rows=g.batch_size, block_rows=g.logprob_rows,
-                                                       seq=seq, b=jnp.dtype(g.ref_dtype).itemsize, layout=lay)}
+                                                       seq=seq, b=jnp.dtype(g.ref_dtype).itemsize, backend=backend)}
           for lay in LAYOUTS}
     update_batch = 2 * 4 * g.batch_size * seq * 4 // shape.row_shards  # ids, masks, loss mask, ref log-probs
     out["grpo"]["grpo_reference"] = ph({"weights": {"masters": masters}, "optimizer": {"adam": policy_adam},
                                         "batch": {"update_batch": update_batch}}, lp)
     out["grpo"]["grpo_update"] = ph({"weights": {"reference": ref}},
-                                    train(model, "grpo", seq, grads, policy_adam, masters, lm=True, fields=4))
+                                    train(model, "grpo", seq, grads, policy_adam, masters, copy, lm=True, fields=4))
     # Meta RM: the guided GRM samples from a copy, then the RM (sharing the GRM's arrays) trains on its own copy.
     rm_masters = weights(rm, rm_specs)
     out["metarm"]["metarm_sampling"] = ph({"weights": {"masters": masters}},
@@ -285,7 +287,8 @@ def _plan_stages(c: Any, mesh_shape: tuple[int, int, int], backend: Backend = TP
                                                   inf.max_new_tokens, b))
     out["metarm"]["bce"] = ph({"weights": {"masters": masters}},
                               train(meta, "metarm", mr.max_seq_len, weights(rm, rm_specs, jnp.float32),
-                                    adam(meta, True, rm, rm_specs), rm_masters, lm=False, fields=2))
+                                    adam(meta, True, rm, rm_specs), rm_masters,
+                                    weights(rm, rm_specs, c.model.compute_dtype), lm=False, fields=2))
     # Inference: the GRM samples in inference.dtype with the meta RM resident beside it.
     ib = jnp.dtype(inf.dtype).itemsize
     out["inference"]["inference"] = ph({"weights": {"meta_rm": weights(rm, rm_specs, inf.dtype)}},

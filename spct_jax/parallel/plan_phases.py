@@ -3,30 +3,30 @@
 Arguments that are model-sized (weights, Adam state) are counted exactly by plan.py from the partition rules;
 this module counts what a program adds on top of its arguments: KV cache, activations, gradients, batches.
 
-What XLA does with these programs (read from the compiled HLO and its buffer assignment, on 8 fake CPU devices
-for scaled-down Gemma-2 models and with the TPU compiler for Gemma-2-27B on a v5p-64 topology, 2 layers):
+The layout every program compiles to (the decoder pins its activations, models/transformer.py `constrain`, and
+scans its blocks): every row stays on its own device (rows / (data x fsdp)), heads and MLP width split over
+"tensor", weights stay sharded and are streamed through the scan a unit of layers at a time. What a program holds
+at its peak, read from the buffer assignments of the compiled programs (plan_xla.py builds them):
 
-  * Weights stay FSDP-sharded inside every program: there is no per-layer all-gather of the blocks' matrices,
-    and so nothing to hoist out of the decode loop. The one weight XLA gathers whole is the embedding, for the
-    LM head (the sampler's logits): V x D / tensor in the compute dtype (27B: 2.36 GB).
-  * Instead, a matmul against a weight split over "fsdp" on its contracting dim D runs as partial sums: the
-    input is resharded to D, every device multiplies ALL rows of its fsdp group by its slice of the weight and
-    the [rows, T, F] products are all-reduced. So the dense layers' activations (MLP above all) hold the rows of
-    the whole fsdp group on every device: rows / data, not rows / (data x fsdp). Attention (scores, softmax) is
-    per row and stays on each device's own rows. For 27B on v5p-64 one prefill chunk of the sampler's 128 rows
-    holds bf16 [128, 512, 36864] MLP products (4.8 GB each) on every chip; an SFT micro-batch of 32 rows
-    [32, 4096, 36864] (9.7 GB each).
-  * The log-prob pass and the loss build fp32 logits `chunk` (512) positions at a time.
+  train step   f32 gradients (an accumulator and one micro-batch's), every block's input (remat "full"; plus
+               the weight matmuls' outputs with "save_dots"), the embedding gathered whole over fsdp (the lookup,
+               the LM head and its gradient), compute-dtype copies of the weight shards (the cast hoisted out of
+               the scan), the loss's f32 logits of one chunk, and the block being recomputed: MLP-sized products
+               [rows, T, F / tensor] and, on the full attention path (short T), the scores.
+  log-probs    one row block's forward: the embedding, a logits chunk, MLP products, scores when full.
+  sampler      the KV cache (the prefill cache and the prefix taken from it, then the prefix and the rows' own
+               slots), the embedding gathered for the LM head, one prefill chunk's or one decode step's
+               activations.
 
-No sharding constraint inside the blocks pins these layouts (the model code has none), so XLA may pick another
-one for another shape: the sampler of 27B with 4 layers compiled to 4.1 GB of temporaries where 2 layers took
-12.9 GB. The formulas below are those of the layout above, the one every compiled program at the configs'
-proportions showed; tests/test_parallel_plan.py checks them against the compiled programs.
+How many of each a program holds depends on the compiler's scheduling, so the counts are a `Backend`'s, measured
+from compiled programs: TPU from the TPU compiler (libtpu) on Gemma-2-27B at the v5p-64 config's shapes, CPU on 8
+fake devices (tests/test_parallel_plan.py checks the CPU counts; docs/training-on-tpu.md has the 27B table).
 """
 from __future__ import annotations
 
 import dataclasses
 
+from spct_jax.models.attention import FULL_BELOW_T, default_block
 from spct_jax.models.config import ModelConfig
 from spct_jax.sampling import PREFILL_CHUNK, bucket
 
@@ -45,9 +45,60 @@ class MeshShape:
         return self.data * self.fsdp
 
 
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """What one compiler's programs hold at their peak, in units of the arrays named (module docstring).
+
+    train_mlp / logprob_mlp   MLP-sized products [rows, T, F / tensor] in the compute dtype: the block in flight
+                              forward and backward (and whatever else of activation size the schedule keeps).
+    embed_lm / embed_rm       whole-over-fsdp copies of the embedding [V / tensor, D] in the train step of an
+                              LM (lookup, LM head, their gradient) / of the scalar RM (no LM head).
+    logprob_embed             the same in the log-prob pass.
+    logits                    f32 [rows, chunk, V / tensor] logit buffers of the loss / log-prob chunk.
+    weight_casts              compute-dtype copies of the train step's weight shards.
+    sampler_gathers_model     the sampler holds every block's weights gathered over fsdp (the decode loop's
+                              gathers hoisted out of it), not just the embedding.
+    kv_sum                    the sampler's prefill cache, the prefix taken from it AND the own slots live at once
+                              (else the prefill cache is freed before the own slots are made).
+    """
+
+    name: str
+    train_mlp: float
+    embed_lm: float
+    embed_rm: float
+    logits: float
+    weight_casts: float
+    logprob_mlp: float
+    logprob_embed: float
+    sampler_gathers_model: bool
+    kv_sum: bool
+
+
+# TPU: the TPU compiler (libtpu, v5p:4x4x2) on Gemma-2-27B with the v5p-64 config (data 1, fsdp 16, tensor 2).
+TPU = Backend("tpu", train_mlp=28.4, embed_lm=4, embed_rm=4, logits=2, weight_casts=2, logprob_mlp=1.6,
+              logprob_embed=1, sampler_gathers_model=False, kv_sum=False)
+# CPU: XLA:CPU on 8 fake devices, a scaled-down Gemma-2 (tests/test_parallel_plan.py), float32.
+CPU = Backend("cpu", train_mlp=21.7, embed_lm=4, embed_rm=4, logits=0, weight_casts=2, logprob_mlp=1.6,
+              logprob_embed=1, sampler_gathers_model=False, kv_sum=True)
+LAYOUTS = ("pinned",)  # plan.py keeps a per-layout total; with activations pinned XLA has one
+
+
 def _split(n: int, t: int) -> float:
     """A dim over "tensor": split when it divides (rules.activation_spec), else whole."""
     return n / t if n % t == 0 else float(n)
+
+
+def _full_attention(t: int, keys: int) -> bool:
+    """Whether models/attention.py's "auto" takes the full path (scores materialised) for t queries."""
+    return t < FULL_BELOW_T or t * keys <= default_block() ** 2
+
+
+def _scores(m: ModelConfig, mesh: MeshShape, rows: int, t: int, keys: int, buffers: int) -> float:
+    """f32 attention scores [rows, H / tensor, t, keys] on the full path; the blockwise path holds blocks only."""
+    if not _full_attention(t, keys):
+        keys = t = min(default_block(), t)
+        keys = min(default_block(), keys)
+    return buffers * rows * _split(m.num_heads, mesh.tensor) * t * keys * F32
 
 
 def sampler_layout(rows: int, shards: int) -> tuple[int, int]:
@@ -66,132 +117,89 @@ def block_weight_bytes(m: ModelConfig, b: int, t: int) -> float:
     return (d * (m.num_heads + 2 * m.num_kv_heads) * dh + m.num_heads * dh * d) * b / t + 3 * d * f * b / t
 
 
-def sampler_program(m: ModelConfig, mesh: MeshShape, *, rows: int, prompt_len: int, new_tokens: int,
-                    b: int, layout: str) -> dict[str, int]:
-    """Per-device bytes one sampler call adds to its weight arguments (b = compute/KV itemsize), in `layout`
-    (module docstring: "gathered" or "partial_sums").
+def _embed(m: ModelConfig, mesh: MeshShape, b: int) -> float:
+    return m.vocab_size * m.hidden_size * b / (mesh.tensor if m.vocab_size % mesh.tensor == 0 else 1)
 
-    kv_cache     the distinct prompts' prefill cache [U, K, P, Dh] and the prefix taken from it for the prompt
-                 slots (both live: KVCache.take then shared_by), plus the rows' own slots [R, K, N, Dh]; k and v,
-                 every layer.
-    gathered     weights gathered over fsdp: "gathered" holds the whole model (the decode loop's all-gathers are
-                 loop-invariant and XLA hoists them), "partial_sums" only the embedding (the LM head).
+
+def sampler_program(m: ModelConfig, mesh: MeshShape, *, rows: int, prompt_len: int, new_tokens: int,
+                    b: int, backend: Backend = TPU) -> dict[str, int]:
+    """Per-device bytes one sampler call adds to its weight arguments (b = compute/KV itemsize).
+
+    kv_cache     k and v of every layer: the distinct prompts' prefill cache [U, K, P, Dh] and the prefix taken
+                 from it for the prompt slots, then that prefix and the rows' own slots [R, K, N, Dh].
+    gathered     the embedding for the LM head (and every block's weights where `backend` hoists their gathers).
     activations  the larger of one prefill chunk (C = 512 columns) and one decode step: MLP gate/up products,
-                 fp32 attention scores and softmax of the device's rows, fp32 logits.
+                 attention scores (full path) of the device's rows, f32 logits.
     io           prompts, masks, row keys in; tokens and log-probs out.
     """
     u, r = sampler_layout(rows, mesh.row_shards)
     p, n = bucket(prompt_len), bucket(new_tokens)
     c = min(PREFILL_CHUNK, p)
     t = mesh.tensor
-    kv_heads, heads = _split(m.num_kv_heads, t), _split(m.num_heads, t)
     ffn, vocab = _split(m.intermediate_size, t), _split(m.vocab_size, t)
-    embed = m.vocab_size * m.hidden_size * b / (t if m.vocab_size % t == 0 else 1)
-    group = mesh.fsdp if layout == "partial_sums" else 1  # rows of the fsdp group the dense layers hold
-    kv = 2 * m.num_layers * kv_heads * m.head_dim * b * (2 * u * p + r * n)
-    gathered = embed + (m.num_layers * block_weight_bytes(m, b, t) if layout == "gathered" else 0)
-    prefill = 2 * u * group * c * ffn * b + 2 * u * heads * c * p * F32
-    decode = 2 * r * group * ffn * b + 2 * r * heads * (p + n) * F32 + 3 * r * vocab * F32
+    kv_row = 2 * m.num_layers * _split(m.num_kv_heads, t) * m.head_dim * b  # one slot of one row, k and v
+    kv = kv_row * ((2 * u * p + r * n) if backend.kv_sum else max(2 * u * p, u * p + r * n))
+    gathered = _embed(m, mesh, b) + (m.num_layers * block_weight_bytes(m, b, t) if backend.sampler_gathers_model else 0)
+    prefill = 2 * u * c * ffn * b + _scores(m, mesh, u, c, p, 2)
+    decode = 2 * r * ffn * b + _scores(m, mesh, r, 1, p + n, 2) + 3 * r * vocab * F32
     io = u * p * (4 + 1) + r * n * (4 + 4) + r * 8
-    return {"kv_cache": int(kv), "gathered": int(gathered), "activations": int(max(prefill, decode)),
-            "io": int(io)}
+    return {"kv_cache": int(kv), "gathered": int(gathered), "activations": int(max(prefill, decode)), "io": int(io)}
 
 
-def _block_forward(m: ModelConfig, mesh: MeshShape, rows_dev: int, seq: int, b: int, *, group: int,
-                   mlp_buffers: int) -> float:
-    """Transient bytes of one decoder block over `rows_dev` rows per device: MLP products for `group` x those
-    rows (the fsdp group's in "partial_sums") and fp32 attention scores [rows, H, T, T] with their softmax."""
-    t = mesh.tensor
-    return (mlp_buffers * rows_dev * group * seq * _split(m.intermediate_size, t) * b
-            + 2 * rows_dev * _split(m.num_heads, t) * seq * seq * F32)
-
-
-def _logits(m: ModelConfig, mesh: MeshShape, rows_dev: int, seq: int, *, group: int, buffers: int) -> float:
-    """fp32 logits of one `LOSS_CHUNK` of positions (the LM head is a partial-sum matmul too)."""
-    return buffers * rows_dev * group * min(LOSS_CHUNK, seq) * _split(m.vocab_size, mesh.tensor) * F32
-
-
-def _gathered(m: ModelConfig, mesh: MeshShape, b: int, layout: str, blocks: float) -> int:
-    embed = m.vocab_size * m.hidden_size * b / (mesh.tensor if m.vocab_size % mesh.tensor == 0 else 1)
-    return int(embed + (blocks * block_weight_bytes(m, b, mesh.tensor) if layout == "gathered" else 0))
+def _logits(m: ModelConfig, mesh: MeshShape, rows_dev: int, seq: int, buffers: float) -> float:
+    """f32 logits of one `LOSS_CHUNK` of positions, the device's rows, vocabulary over tensor."""
+    return buffers * rows_dev * min(LOSS_CHUNK, seq) * _split(m.vocab_size, mesh.tensor) * F32
 
 
 def logprob_program(m: ModelConfig, mesh: MeshShape, *, rows: int, block_rows: int | None, seq: int,
-                    b: int, layout: str) -> dict[str, int]:
+                    b: int, backend: Backend = TPU) -> dict[str, int]:
     """Per-device bytes of LogprobFn (train/steps.py) on [rows, seq] beyond its weight arguments: one block of
     `block_rows` rows at a time (lax.map), forward only."""
     block = rows if block_rows is None or block_rows >= rows else block_rows
     rows_dev = -(-block // mesh.row_shards)
-    group = mesh.fsdp if layout == "partial_sums" else 1
-    act = (_block_forward(m, mesh, rows_dev, seq, b, group=group, mlp_buffers=2)
-           + _logits(m, mesh, rows_dev, seq, group=group, buffers=1))
+    mlp = rows_dev * seq * _split(m.intermediate_size, mesh.tensor) * b
+    act = backend.logprob_mlp * mlp + _scores(m, mesh, rows_dev, seq, seq, 2) + _logits(m, mesh, rows_dev, seq, 1)
     io = rows * seq * (4 + 4 + 4) // mesh.row_shards  # ids, mask in; log-probs out
-    return {"gathered": _gathered(m, mesh, b, layout, 2), "activations": int(act), "io": int(io)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Backend:
-    """How many MLP-sized products [fsdp group's rows, T, F] XLA keeps in a train step's backward, measured from
-    the compiled programs of one backend (the per-layer count from two depths, L and 2L, of the same program).
-
-    per_layer   products each block keeps until its backward, although the block is rematerialised: on CPU the
-                step's temporaries grow by ~3 of them per layer with the LM loss and ~7 with the scalar RM's BCE.
-    block       products of the block being recomputed, on top.
-    """
-
-    name: str
-    per_layer_lm: float
-    per_layer_rm: float
-    block_lm: float
-    block_rm: float
-
-
-# CPU: tests/test_parallel_plan.py (8 fake devices, scaled-down Gemma-2, L = 2 and 4).
-CPU = Backend("cpu", per_layer_lm=3, per_layer_rm=7, block_lm=0, block_rm=1)
-# TPU: the TPU compiler (libtpu, v5p 4x4x2 topology) on Gemma-2-27B's SFT step, L = 2 and 4 (docs/training-on-tpu.md).
-TPU = Backend("tpu", per_layer_lm=0, per_layer_rm=0, block_lm=2, block_rm=2)
+    return {"gathered": int(backend.logprob_embed * _embed(m, mesh, b)), "activations": int(act), "io": int(io)}
 
 
 def train_program(m: ModelConfig, mesh: MeshShape, *, rows: int, seq: int, microbatches: int, b: int,
-                  grad_bytes: int, layout: str, lm_logits: bool = True, remat: str | bool = "full",
+                  grad_bytes: int, cast_bytes: int, lm_logits: bool = True, remat: str | bool = "full",
                   batch_fields: int = 3, backend: Backend = TPU) -> dict[str, int]:
     """Per-device bytes of TrainStep (train/steps.py) beyond its state arguments.
 
     grads        float32 gradients (exact size from the rules, `grad_bytes`); with micro-batches the scan's
                  accumulator and one micro-batch's gradients are both live.
-    activations  every block's input [rows, T, D] (what remat "full" keeps), the MLP products XLA keeps per
-                 layer and for the block in flight (`backend`), fp32 attention scores of one block, and the
-                 loss's fp32 logits of one chunk (the scalar RM has none). "save_dots" also keeps every layer's
-                 weight-matmul outputs (q/k/v, o, gate/up, down). Without remat every block keeps its forward
-                 buffers.
+    gathered     the embedding gathered whole over fsdp (`backend` copies) and compute-dtype copies of the weight
+                 shards (`cast_bytes` each: the params in the compute dtype on this mesh).
+    activations  every block's input [rows, T, D] (what remat "full" keeps; "save_dots" adds the weight matmuls'
+                 outputs), the block in flight (`backend.train_mlp` MLP-sized products, scores on the full
+                 attention path) and the loss's f32 logits of one chunk (the scalar RM has none). Without remat
+                 every block keeps its forward buffers.
     batch        the [rows, T] fields and their micro-batch split.
     """
     rows_dev = -(-(rows // microbatches) // mesh.row_shards)
-    group = mesh.fsdp if layout == "partial_sums" else 1
     t = mesh.tensor
-    mlp = rows_dev * group * seq * _split(m.intermediate_size, t) * b  # one MLP product
-    attn = 2 * rows_dev * _split(m.num_heads, t) * seq * seq * F32
+    mlp = rows_dev * seq * _split(m.intermediate_size, t) * b  # one MLP product
+    attn = _scores(m, mesh, rows_dev, seq, seq, 3)  # scores, probabilities and their gradient
     saved = m.num_layers * rows_dev * seq * m.hidden_size * b
-    per_layer = backend.per_layer_lm if lm_logits else backend.per_layer_rm
-    block = backend.block_lm if lm_logits else backend.block_rm
     remat = {True: "full", False: "none"}.get(remat, remat)
+    act = backend.train_mlp * mlp + attn
     if remat == "none":
-        act = m.num_layers * (3 * mlp + attn)
+        act += m.num_layers * (3 * mlp + attn)
     else:
-        act = saved + m.num_layers * per_layer * mlp + block * mlp + attn
+        act += saved
     if remat == "save_dots":  # q/k/v (heads over tensor), o and down ([T, D]), gate and up (the MLP products)
         qkv = (m.num_heads + 2 * m.num_kv_heads) * m.head_dim
-        dots = rows_dev * seq * (_split(qkv, t) + 2 * m.hidden_size) * b + 2 * mlp
-        act += m.num_layers * dots
+        act += m.num_layers * (rows_dev * seq * (_split(qkv, t) + 2 * m.hidden_size) * b + 2 * mlp)
     if lm_logits:
-        act += _logits(m, mesh, rows_dev, seq, group=group, buffers=1)
+        act += _logits(m, mesh, rows_dev, seq, backend.logits)
+    gathered = (backend.embed_lm if lm_logits else backend.embed_rm) * _embed(m, mesh, b)
+    gathered += backend.weight_casts * cast_bytes
     grads = grad_bytes * (2 if microbatches > 1 else 1)
     batch = 2 * batch_fields * rows * seq * 4 // mesh.row_shards
-    return {"grads": int(grads), "gathered": _gathered(m, mesh, b, layout, 2), "activations": int(act),
-            "batch": int(batch)}
+    return {"grads": int(grads), "gathered": int(gathered), "activations": int(act), "batch": int(batch)}
 
 
-LAYOUTS = ("gathered", "partial_sums")
-
-
-__all__ = ["Backend", "CPU", "TPU", "LAYOUTS", "block_weight_bytes", "MeshShape", "sampler_layout", "sampler_program", "logprob_program", "train_program", "LOSS_CHUNK"]
+__all__ = ["Backend", "CPU", "TPU", "LAYOUTS", "block_weight_bytes", "MeshShape", "sampler_layout",
+           "sampler_program", "logprob_program", "train_program", "LOSS_CHUNK"]

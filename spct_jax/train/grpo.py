@@ -227,13 +227,15 @@ def too_easy(trajs: Sequence[Sequence[Trajectory]]) -> list[bool]:
 
 
 def filter_too_easy(grm: GenerativeRewardModel, items: Sequence[PreferenceItem], *, samples: int = 3, seed: int,
-                    cfg: RolloutConfig, progress: bool | None = None) -> tuple[list[int], TooEasyReport]:
+                    cfg: RolloutConfig, max_batch_rows: int = 256,
+                    progress: bool | None = None) -> tuple[list[int], TooEasyReport]:
     """(indices of the items to keep, report): an item is removed when its `samples` trajectories from `grm` are
     all correct ([P] App. C.1: three samples of DeepSeek-V2-Lite-Chat, a smaller model than the policy).
-    Deterministic: seeded by (seed, item, sample)."""
+    Deterministic: seeded by (seed, item, sample), whatever `max_batch_rows` (rows per sampler call)."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    trajs = grm.trajectories(items, samples, seed=seed, cfg=cfg, salt=FILTER_SALT, progress=progress)
+    trajs = grm.trajectories(items, samples, seed=seed, cfg=cfg, salt=FILTER_SALT, max_batch_rows=max_batch_rows,
+                             progress=progress)
     kept = [i for i, easy in enumerate(too_easy(trajs)) if not easy]
     flat = [t for ts in trajs for t in ts]
     report = TooEasyReport(items=len(items), too_easy=len(items) - len(kept), kept=len(kept), samples=samples,

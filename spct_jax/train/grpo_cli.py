@@ -68,7 +68,8 @@ def too_easy_filtered(config: ml_collections.ConfigDict, items: list, policy, cf
         spec, "grpo.filter_checkpoint", config.model, mesh)
     log.info("too-easy filter: %d samples of %d items by %s", g.filter_samples, len(items), spec)
     kept, report = filter_too_easy(GenerativeRewardModel(sampling_copy(model), tokenizer, mesh=mesh), items,
-                                   samples=g.filter_samples, seed=config.seed, cfg=cfg.rollout)
+                                   samples=g.filter_samples, seed=config.seed, cfg=cfg.rollout,
+                                   max_batch_rows=g.filter_rows)
     info = {"enabled": True, "checkpoint": spec, **report.as_dict()}
     log.info("too-easy filter: removed %d of %d items (sample accuracy %.3f)", report.too_easy, report.items,
              report.sample_accuracy)
