@@ -118,3 +118,26 @@ def test_shuffled_sampling_end_to_end():
     v = vote(samples)
     assert v.totals == (18, 30, 54) and v.best == 2 and v.uncertainty == (0.0, 0.0, 0.0)
     assert len(responses) == len(v.totals)
+
+
+def test_nested_votes_revote_prefixes_with_one_tie_seed():
+    from spct_jax.grm.voting import nested_votes
+
+    # 4 samples over 2 responses: the first two favour response 0, the last two response 1 by more.
+    scores = [(9, 1), (8, 2), (1, 10), (2, 10)]
+    meta = [0.1, 0.9, 0.8, 0.2]
+    runs = [("voting", 1, None), ("voting", 2, None), ("voting", 4, None), ("metarm", 4, None), ("metarm", 4, 1)]
+    got = nested_votes(scores, runs, meta_scores=meta, seed=(3, 7))
+    assert [v.best for v in got] == [0, 0, 1, 1, 0]
+    assert got[2].totals == (20, 23)
+    assert got[3].kept == (1, 2) and got[3].totals == (9, 12)  # k_meta = k/2 keeps the two best meta scores
+    assert got[4].kept == (1,)  # k_meta = 1 keeps the top meta score only
+    # Each run equals vote() over the prefix with the same tie seed: a tie (5, 5) breaks the same way in both.
+    tie = [(5, 5), (5, 5)]
+    assert nested_votes(tie, [("voting", 2, None)], seed=(1, 2))[0] == vote(tie, seed=(1, 2))
+    with pytest.raises(ValueError):
+        nested_votes(scores, [("metarm", 2, None)])  # no meta scores
+    with pytest.raises(ValueError):
+        nested_votes(scores, [("voting", 2, 1)], meta_scores=meta)
+    with pytest.raises(ValueError):
+        nested_votes(scores, [("best_of", 2, None)])

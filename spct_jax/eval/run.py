@@ -241,18 +241,17 @@ def score_options(args: argparse.Namespace, *, only_accepted: bool = False) -> d
 def votes_for(item: PreferenceItem, samples: Sequence[SampleRecord], plan: Plan, seed: int) -> list[dict[str, Any]]:
     """Voting@k and MetaRM@k over the first k samples, for every k of the plan (the nested-subset estimate)."""
     from spct_jax.grm.scorer import item_seed
-    from spct_jax.grm.voting import vote
+    from spct_jax.grm.voting import nested_votes
 
+    runs = plan.runs
+    metarm = any(method == "metarm" for method, _, _ in runs)
     # The same tie-break seed GenerativeRewardModel.score uses, so the largest-k vote equals its Judgement.
-    tie_seed = (seed, item_seed(item))
-    out = []
-    for method, k, k_meta in plan.runs:
-        head = samples[:k]
-        v = vote([s.scores for s in head], seed=tie_seed, num_responses=item.num_responses,
-                 meta_scores=None if method == "voting" else [s.meta_score for s in head], k_meta=k_meta)
-        out.append({"method": method, "k": k, "k_meta": k_meta, "totals": list(v.totals), "best": v.best,
-                    "kept": list(v.kept), "num_valid": v.num_valid, "num_failed": v.num_failed})
-    return out
+    votes = nested_votes([s.scores for s in samples], runs, seed=(seed, item_seed(item)),
+                         meta_scores=[s.meta_score for s in samples] if metarm else None,
+                         num_responses=item.num_responses)
+    return [{"method": method, "k": k, "k_meta": k_meta, "totals": list(v.totals), "best": v.best,
+             "kept": list(v.kept), "num_valid": v.num_valid, "num_failed": v.num_failed}
+            for (method, k, k_meta), v in zip(runs, votes)]
 
 
 def item_dump(item: PreferenceItem, samples: Sequence[SampleRecord], votes: list[dict[str, Any]]) -> dict[str, Any]:

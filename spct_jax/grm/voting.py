@@ -176,3 +176,35 @@ def vote(sample_scores: Sequence[Sequence[int] | None], *, meta_scores: Sequence
     totals = tuple(t.item() for t in votes.sum(axis=0))
     return Vote(totals=totals, best=seeded_argmax(totals, seed), num_valid=len(valid),
                 num_failed=k - len(valid), kept=tuple(kept), uncertainty=tuple(float(v) for v in votes.var(axis=0)))
+
+
+def nested_votes(sample_scores: Sequence[Sequence[int] | None], runs: Sequence[tuple[str, int, int | None]], *,
+                 meta_scores: Sequence[float] | None = None, seed: Seed = 0,
+                 num_responses: int | None = None) -> list[Vote]:
+    """One vote per run over the FIRST k of one item's samples (all of them when fewer): the nested-subset estimate
+    of Voting@k / MetaRM@k.
+
+    runs: (method, k, k_meta) with method "voting" or "metarm"; k_meta None means `default_k_meta(k)` for "metarm"
+        and must be None for "voting". Drawing max(k) samples once and voting over prefixes makes the k's
+        comparable on the same samples (a larger k only adds samples), at the cost of the k's not being independent.
+    meta_scores: one per sample (all samples, not per run); needed by "metarm" runs.
+    seed: the tie-break seed of every run, the same for every k (pass the seed the samples were scored with,
+        mixed with the item, e.g. (seed, item_seed(item)), so the largest-k vote equals the scorer's Judgement).
+    """
+    out = []
+    for method, k, k_meta in runs:
+        if method not in ("voting", "metarm"):
+            raise ValueError(f"method must be 'voting' or 'metarm', got {method!r}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if method == "voting":
+            if k_meta is not None:
+                raise ValueError(f"a voting run has no k_meta, got {k_meta}")
+            out.append(vote(sample_scores[:k], seed=seed, num_responses=num_responses))
+            continue
+        if meta_scores is None:
+            raise ValueError("a metarm run needs meta_scores")
+        out.append(vote(sample_scores[:k], meta_scores=meta_scores[:k],
+                        k_meta=default_k_meta(k) if k_meta is None else k_meta, seed=seed,
+                        num_responses=num_responses))
+    return out
