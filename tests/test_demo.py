@@ -33,6 +33,21 @@ def test_quick_demo_runs_every_stage_and_writes_every_output(tmp_path):
     assert set(saved["metarm"]["eval_samples"]) == {"auc", "within_item_auc", "mixed_items"}
     assert "control, MetaRM@" in (out / "report.md").read_text()
     assert saved["metarm"]["head"] == "likelihood" and "scale" in saved["metarm"]
+    # Per-item correctness backs every headline number, and each phenomenon is tested on it.
+    per_item, n_eval = saved["per_item"], dict(cfg.sizes)["eval"]
+    assert len(per_item["uids"]) == n_eval
+    for k in cfg.ks:
+        assert sum(per_item[f"voting@{k}"]) / n_eval == pytest.approx(saved["scaling"]["voting"][str(k)])
+    for stage in ("cold_start", "rft", "rl"):
+        assert sum(per_item[f"greedy/{stage}"]) / n_eval == pytest.approx(saved["stages"][stage]["greedy"])
+    assert [r["phenomenon"] for r in saved["signal"]] == [
+        "RFT > cold start", "RL > RFT", "Voting@4 > Voting@1", "MetaRM@2 > Voting@2", "MetaRM@4 > Voting@4",
+        "principles help (Voting@2)"]
+    for r in saved["signal"]:
+        diff = (sum(per_item[r["a"]]) - sum(per_item[r["b"]])) / n_eval
+        assert r["diff"] == pytest.approx(diff) and r["low"] <= r["diff"] <= r["high"]
+        assert r["verdict"] in ("holds", "within noise", "reversed") and r["n"] == n_eval
+    assert "## What is signal" in (out / "report.md").read_text()
     # The saved meta RM, loaded from its folder (it points at models/cold_start), re-scores the samples of the
     # report's judgements exactly as the run did.
     from spct_jax.data.toy import toy_splits

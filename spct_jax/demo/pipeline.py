@@ -27,12 +27,13 @@ from spct_jax.data.toy import (TEMPLATE, TEMPLATE_NO_PRINCIPLES, comparison_dril
                                 toy_splits, train_toy_tokenizer)
 from spct_jax.demo.config import DemoConfig
 from spct_jax.demo.report import write_outputs
+from spct_jax.demo import significance as sig
 from spct_jax.eval.metrics import roc_auc
 from spct_jax.grm.likelihood_meta_rm import LikelihoodMetaRM, MetaInput, fit_likelihood_meta_rm
 from spct_jax.grm.scorer import GenerativeRewardModel, item_seed
 from spct_jax.grm.trajectories import RolloutConfig
 from spct_jax.grm.rules import is_correct
-from spct_jax.grm.voting import vote
+from spct_jax.grm.voting import nested_votes
 from spct_jax.models.config import ModelConfig
 from spct_jax.models.scalar_head import ScalarRM, save_scalar_rm
 from spct_jax.models.transformer import init_model
@@ -70,22 +71,30 @@ def stopped_if_preempted(stage: str, result):
     return result
 
 
+def correct(judgements, items) -> list[int]:
+    """1 where a judgement's best response is the item's ground-truth best, per item."""
+    return [int(j.best == it.best) for j, it in zip(judgements, items)]
+
+
 def accuracy(judgements, items) -> float:
-    return float(np.mean([j.best == it.best for j, it in zip(judgements, items)]))
+    return float(np.mean(correct(judgements, items)))
+
+
+def voted_correct(judgements, items, k: int, *, seed: int,
+                  meta_scores: Sequence[Sequence[float]] | None = None) -> list[int]:
+    """Per item, 1 where Voting@k over the first k of the samples already drawn is right; with `meta_scores` (per
+    item, one per sample) MetaRM@k with the voting module's k_meta. `seed` is the seed the samples were scored with:
+    the tie-break seed is then the scorer's, so the vote over all samples is the judgement's own."""
+    run = ("voting", k, None) if meta_scores is None else ("metarm", k, None)
+    return [int(nested_votes([s.scores for s in j.samples], [run], seed=(seed, item_seed(it)),
+                             meta_scores=None if meta_scores is None else meta_scores[i],
+                             num_responses=it.num_responses)[0].best == it.best)
+            for i, (j, it) in enumerate(zip(judgements, items))]
 
 
 def voted_accuracy(judgements, items, k: int, *, seed: int,
                    meta_scores: Sequence[Sequence[float]] | None = None) -> float:
-    """Voting@k over the first k of the samples already drawn per item; with `meta_scores` (per item, one per
-    sample) MetaRM@k with k_meta = k/2."""
-    hits = []
-    for i, (j, it) in enumerate(zip(judgements, items)):
-        samples = j.samples[:k]
-        v = vote([s.scores for s in samples], meta_scores=None if meta_scores is None else meta_scores[i][:k],
-                 k_meta=None if meta_scores is None else max(1, k // 2), seed=(seed, k, item_seed(it)),
-                 num_responses=it.num_responses)
-        hits.append(v.best == it.best)
-    return float(np.mean(hits))
+    return float(np.mean(voted_correct(judgements, items, k, seed=seed, meta_scores=meta_scores)))
 
 
 def meta_scores_of(judgements) -> list[list[float]]:
@@ -182,9 +191,13 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
                         length_segments=cfg.length_segments)
 
     rollout = RolloutConfig(temperature=cfg.rollout_temperature, max_new_tokens=cfg.max_new_tokens, template=TEMPLATE)
+    # per_item: one 0/1 correctness vector over the held-out items per method (demo/significance.py's keys), so
+    # every difference can be re-tested and several runs pooled (`spct demo --summarize`).
     results: dict = {"stages": {}, "scaling": {"voting": {}, "metarm": {}}, "ablation": {},
                      "controls": {"metarm_random": {}}, "seed": cfg.seed,
-                     "config": dataclasses.asdict(cfg), "stats": {}}
+                     "config": dataclasses.asdict(cfg), "stats": {},
+                     "per_item": {"uids": [it.uid for it in splits["eval"]]}}
+    per_item = results["per_item"]
 
     def export(model, name):
         """An HF folder with the tokenizer, so `spct score --model runs/demo/models/<stage>` works."""
@@ -197,7 +210,8 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
         grm = GenerativeRewardModel(model, tok, template=TEMPLATE)
         js = grm.score(splits["eval"], k=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                        progress=False)
-        acc = accuracy(js, splits["eval"])
+        per_item[sig.greedy_key(name)] = correct(js, splits["eval"])
+        acc = float(np.mean(per_item[sig.greedy_key(name)]))
         kinds = sorted({it.meta["kind"] for it in splits["eval"]})
         results["stages"][name] = {
             "greedy": acc, "parse_rate": float(np.mean([j.num_valid for j in js])),
@@ -274,20 +288,27 @@ def run(cfg: DemoConfig, *, progress: bool = True) -> dict:
     log.info("stage 4: Voting@k / MetaRM@k on %d held-out items", len(splits["eval"]))
     kmax = max(cfg.ks)
     grm = GenerativeRewardModel(rl_model, tok, meta_rm=rm, template=TEMPLATE)
+    eval_seed = cfg.seed + 100
     js = grm.score(splits["eval"], k=kmax, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
-                   seed=cfg.seed + 100, progress=progress)
+                   seed=eval_seed, progress=progress)
     for k in cfg.ks:
-        results["scaling"]["voting"][str(k)] = voted_accuracy(js, splits["eval"], k, seed=cfg.seed)
+        per_item[sig.voting_key(k)] = voted_correct(js, splits["eval"], k, seed=eval_seed)
+        results["scaling"]["voting"][str(k)] = float(np.mean(per_item[sig.voting_key(k)]))
     for k in cfg.metarm_ks:
-        results["scaling"]["metarm"][str(k)] = voted_accuracy(js, splits["eval"], k, seed=cfg.seed, meta_scores=meta_scores_of(js))
-        results["controls"]["metarm_random"][str(k)] = random_filter_control(js, splits["eval"], k, seed=cfg.seed)
+        per_item[sig.metarm_key(k)] = voted_correct(js, splits["eval"], k, seed=eval_seed,
+                                                    meta_scores=meta_scores_of(js))
+        results["scaling"]["metarm"][str(k)] = float(np.mean(per_item[sig.metarm_key(k)]))
+        results["controls"]["metarm_random"][str(k)] = random_filter_control(js, splits["eval"], k, seed=eval_seed)
     results["metarm"]["eval_samples"] = meta_score_auc(js, splits["eval"])
     results["parse_rate_sampled"] = float(np.mean([s.scores is not None for j in js for s in j.samples]))
     ablation = GenerativeRewardModel(rl_model, tok, template=TEMPLATE_NO_PRINCIPLES).score(
         splits["eval"], k=cfg.ablation_k, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
-        seed=cfg.seed + 100, progress=progress)
-    results["ablation"][f"no_principles_voting_{cfg.ablation_k}"] = voted_accuracy(
-        ablation, splits["eval"], cfg.ablation_k, seed=cfg.seed)
+        seed=eval_seed, progress=progress)
+    per_item[sig.no_principles_key(cfg.ablation_k)] = voted_correct(ablation, splits["eval"], cfg.ablation_k,
+                                                                     seed=eval_seed)
+    results["ablation"][f"no_principles_voting_{cfg.ablation_k}"] = float(
+        np.mean(per_item[sig.no_principles_key(cfg.ablation_k)]))
+    results["signal"] = sig.signal(per_item, sig.phenomena(cfg.ks, cfg.metarm_ks, cfg.ablation_k), seed=cfg.seed)
     results["wall_seconds"] = time.perf_counter() - t_start
     write_outputs(work, results, js[:20], splits["eval"][:20])
     return results

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from spct_jax.demo.significance import LEVEL, RESAMPLES, signal_markdown  # noqa: E402
 from spct_jax.train.metrics import read_jsonl_metrics  # noqa: E402
 
 STAGES = (("cold_start", "Cold start (\"pretrained GRM\")"), ("rft", "RFT"), ("rl", "RFT + GRPO"))
@@ -42,6 +43,13 @@ def report_markdown(results: dict) -> str:
         k = name.rsplit("_", 1)[-1]
         lines.append(f"| Voting w/o principle generation | {k} | {_pct(acc)} | "
                      f"{'' if base is None else f'{100 * (acc - base):+.1f}'} |")
+    if results.get("signal"):
+        n = results["signal"][0]["n"]
+        lines += ["", "## What is signal", "",
+                  f"Each phenomenon as a paired difference A - B over the {n} held-out items, with a {int(100 * LEVEL)}% "
+                  f"bootstrap interval ({RESAMPLES} resamples of the items, seeded). \"holds\": the interval is above 0; "
+                  "\"within noise\": it contains 0; \"reversed\": it is below 0. The interval covers the choice of "
+                  "items, not the training seed's own variance.", "", *signal_markdown(results["signal"])]
     m = results.get("metarm", {})
     st = results["stats"]
     head = {"likelihood": "the frozen cold-start LM's mean log-likelihood of the trajectory after the GRM prompt, "
