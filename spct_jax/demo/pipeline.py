@@ -320,7 +320,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a seconds-long reduced run (what CI tests)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--summarize", nargs="+", metavar="DIR",
+                    help="run nothing: print one markdown summary (accuracy per seed and mean, each phenomenon's "
+                         "interval and verdict per seed and pooled) of finished runs' DIR/results.json")
     args = ap.parse_args(argv)
+    if args.summarize:
+        from spct_jax.demo.summary import main as summarize
+
+        return summarize(args.summarize)
     cfg = DemoConfig.quick(args.workdir, args.seed) if args.quick else DemoConfig(seed=args.seed, workdir=args.workdir)
     # Our own handler: libraries (absl via orbax) may already own the root logger, so basicConfig can be a no-op.
     console = logging.StreamHandler()
