@@ -24,11 +24,10 @@ from spct_jax.tokenizers.chat import (
 from spct_jax.tokenizers.gguf_tokenizer import read_gguf_tokenizer_metadata, tokenizer_from_gguf
 from spct_jax.tokenizers.hf import HFTokenizer
 from spct_jax.tokenizers.load import load_tokenizer
-from spct_jax.tokenizers.sp import SentencePieceTokenizer, train_sentencepiece
+from spct_jax.tokenizers.sp import SentencePieceTokenizer
 
 __all__ = [
     "CHAT_FORMATS", "ByteTokenizer", "ChatFormat", "ChatFormatError", "ChatML", "GemmaChat", "HFTokenizer",
     "Message", "PlainChat", "SentencePieceTokenizer", "Tokenizer", "TokenizerError", "chat_format_from_template",
     "get_chat_format", "load_tokenizer", "read_gguf_tokenizer_metadata", "tokenizer_from_gguf",
-    "train_sentencepiece",
 ]

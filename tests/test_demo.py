@@ -50,7 +50,7 @@ def test_quick_demo_runs_every_stage_and_writes_every_output(tmp_path):
     assert "## What is signal" in (out / "report.md").read_text()
     # The saved meta RM, loaded from its folder (it points at models/cold_start), re-scores the samples of the
     # report's judgements exactly as the run did.
-    from spct_jax.data.toy import toy_splits
+    from spct_jax.demo.toy import toy_splits
     from spct_jax.grm.likelihood_meta_rm import MetaInput, load_meta_rm
     rm = load_meta_rm(out / "models" / "metarm")
     first = json.loads((out / "judgements_sample.jsonl").read_text().splitlines()[0])

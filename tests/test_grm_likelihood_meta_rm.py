@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spct_jax.data.schema import PreferenceItem
-from spct_jax.data.toy import TEMPLATE
+from spct_jax.demo.toy import TEMPLATE
 from spct_jax.grm.likelihood_meta_rm import (CONFIG_NAME, LikelihoodMetaRM, MetaInput, fit_likelihood_meta_rm,
                                              fit_scale_bias, load_meta_rm)
 from spct_jax.grm.scorer import GenerativeRewardModel

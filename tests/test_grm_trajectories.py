@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from spct_jax.data.toy import ToyConfig, toy_splits
+from spct_jax.demo.toy import ToyConfig, toy_splits
 from spct_jax.grm.scorer import GenerativeRewardModel
 from spct_jax.grm.trajectories import RolloutConfig, as_item, sample_trajectories, sampling_copy
 from spct_jax.models.registry import load_model
@@ -81,7 +81,7 @@ SHARDED = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax
     from flax import nnx
-    from spct_jax.data.toy import ToyConfig, toy_splits
+    from spct_jax.demo.toy import ToyConfig, toy_splits
     from spct_jax.grm.scorer import GenerativeRewardModel
     from spct_jax.grm.trajectories import RolloutConfig
     from spct_jax.models.registry import load_model

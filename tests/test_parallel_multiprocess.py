@@ -126,7 +126,7 @@ STAGES_WORKER = textwrap.dedent("""
     from flax import nnx
     from jax.experimental import multihost_utils
     from spct_jax.data.batching import SFTRecord
-    from spct_jax.data.toy import ToyConfig, toy_splits
+    from spct_jax.demo.toy import ToyConfig, toy_splits
     from spct_jax.models.registry import load_model
     from spct_jax.models.scalar_head import ScalarRM
     from spct_jax.parallel.mesh import AXES

@@ -22,8 +22,8 @@ from spct_jax.tokenizer import (
     TokenizerError,
     chat_format_from_template,
     load_tokenizer,
-    train_sentencepiece,
 )
+from spct_jax.demo.tokenizer import train_sentencepiece  # the demo trains its vocabularies; tests train small ones
 
 SHARED_DATA = Path(os.environ.get("SPCT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from spct_jax import sampling
-from spct_jax.data.toy import ToyConfig, toy_splits
+from spct_jax.demo.toy import ToyConfig, toy_splits
 from spct_jax.models import ModelConfig, init_model
 from spct_jax.models.registry import load_model
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig

@@ -19,7 +19,7 @@ from flax import nnx
 
 from spct_jax.config_files import load_config
 from spct_jax.data.batching import SFTRecord, round_up, tokenize_all
-from spct_jax.data.toy import ToyConfig, toy_splits
+from spct_jax.demo.toy import ToyConfig, toy_splits
 from spct_jax.models.registry import load_model
 from spct_jax.models.scalar_head import ScalarRM
 from spct_jax.parallel import MeshConfig, make_mesh

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from spct_jax.data.toy import ERROR_TYPES, ToyConfig
+from spct_jax.demo.toy import ERROR_TYPES, ToyConfig
 
 METARM_HEADS = ("likelihood", "last_token")
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from spct_jax.data.batching import SFTRecord
-from spct_jax.data.toy import (TEMPLATE, TEMPLATE_NO_PRINCIPLES, comparison_drills, teacher_trajectory, toy_prompt,
-                                toy_splits, train_toy_tokenizer)
 from spct_jax.demo.config import DemoConfig
+from spct_jax.demo.tokenizer import train_toy_tokenizer
+from spct_jax.demo.toy import (TEMPLATE, TEMPLATE_NO_PRINCIPLES, comparison_drills, teacher_trajectory, toy_prompt,
+                               toy_splits)
 from spct_jax.demo.report import write_outputs
 from spct_jax.demo import significance as sig
 from spct_jax.eval.metrics import roc_auc

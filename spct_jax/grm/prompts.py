@@ -13,8 +13,9 @@ Template names accepted by `build_prompt`:
   "single"         App. G (b): exactly 1 response, score 0 or 1 (single-response RM training data, App. C.1).
   "judge"          App. G (d): LLM-as-a-Judge baseline, n >= 2, outputs the 1-based index of the best response.
   "no_principles"  ours: the default template without principle generation (the 'w/o Principle Generation' ablation).
-  "toy"            ours: "default" with its instruction block cut to one line, for the CPU demo's synthetic task
-                   (spct_jax/data/toy.py), where the ~600-token block would dominate a tiny model's compute.
+  "toy"            ours: "default" with its instruction block cut to one line and one line per response. Written
+                   for the CPU demo's synthetic task (spct_jax/demo/toy.py), where the ~600-token block would
+                   dominate a tiny model's compute; generic text, so tests and smoke runs use it for short prompts.
   "toy_no_principles"  ours: "toy" without principle generation (the demo's ablation).
 
 The meta-RM template (App. G (c)) has two turns and its own builder, `build_metarm_prompt`.

@@ -1,13 +1,12 @@
-"""`SentencePieceTokenizer` over a `tokenizer.model` (Gemma style), and `train_sentencepiece` for demo vocabularies."""
+"""`SentencePieceTokenizer` over a `tokenizer.model` (Gemma style).
+
+Training one (for the demo's toy vocabulary) is `spct_jax.demo.tokenizer.train_sentencepiece`."""
 from __future__ import annotations
 
 import functools
-import io
-import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import sentencepiece as spm
 
@@ -95,60 +94,3 @@ class SentencePieceTokenizer(Tokenizer):
                 run.append(token_id)
         pieces.append(self._sp.decode(run))
         return "".join(pieces)
-
-
-def train_sentencepiece(
-    texts: Iterable[str],
-    vocab_size: int,
-    model_prefix_or_dir: str | os.PathLike[str],
-    *,
-    chat_format: str = "gemma",
-    model_type: str = "bpe",
-    **trainer_options: Any,
-) -> SentencePieceTokenizer:
-    """Train a sentencepiece model in-process on `texts` and return it loaded.
-
-    The settings make encode/decode an exact round trip of any text, newlines and runs of spaces included:
-    identity normalisation, no whitespace collapsing, whitespace-only pieces allowed, "\\n" and "\\t" as their own
-    pieces, and byte fallback for characters never seen (which needs vocab_size >= ~400). Special ids follow
-    Gemma's layout: pad 0, eos 1, bos 2, unk 3, then the chat markers of every format.
-
-    Where it writes: an existing directory gets `tokenizer.model` plus a `tokenizer_config.json` naming the chat
-    format (so `load_tokenizer(dir)` restores it); any other path is a sentencepiece prefix, `<prefix>.model`.
-    `trainer_options` pass through to `SentencePieceTrainer.train` and override the defaults here.
-    """
-    target = Path(model_prefix_or_dir)
-    as_dir = target.is_dir()
-    model_path = target / "tokenizer.model" if as_dir else target.with_name(target.name + ".model")
-    options: dict[str, Any] = dict(
-        vocab_size=vocab_size,
-        model_type=model_type,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True,
-        # Like Gemma: no leading-space marker, so encode(a) + encode(b) == encode(a + b) at line starts.
-        add_dummy_prefix=False,
-        split_digits=True,
-        byte_fallback=True,
-        character_coverage=1.0,
-        user_defined_symbols=["\n", "\t", *CHAT_MARKERS],
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-        # Long documents are one "sentence" each; the default 4192-byte limit would silently drop them.
-        max_sentence_length=1 << 20,
-        num_threads=os.cpu_count() or 1,
-        minloglevel=2,
-    )
-    options.update(trainer_options)
-    proto = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=proto, **options)
-    except RuntimeError as err:
-        raise TokenizerError(f"sentencepiece training failed: {err}") from err
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    model_path.write_bytes(proto.getvalue())
-    tokenizer = SentencePieceTokenizer(model_path, chat_format=chat_format)
-    if as_dir:
-        config = {"chat_format": chat_format, "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}
-        (target / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return tokenizer

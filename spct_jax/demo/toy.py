@@ -1,6 +1,6 @@
-"""The synthetic GRM task of the embedded CPU demo (`spct demo`, issue 9): rule-decidable queries whose critique
-has to work something out, a deliberately imperfect teacher that writes GRM trajectories, seeded disjoint splits,
-and the demo's in-process tokenizer.
+"""The synthetic GRM task of the embedded CPU demo (`spct demo`): rule-decidable queries whose critique
+has to work something out, a deliberately imperfect teacher that writes GRM trajectories, seeded disjoint splits
+(the demo's tokenizer is trained on its texts in `spct_jax.demo.tokenizer`).
 
 Why this task. The demo must show SPCT's phenomena (RFT > cold start, RL > RFT, Voting@k and MetaRM@k gains, and
 principles helping) with a ~0.2M-parameter model trained for minutes on CPU. So:
@@ -13,7 +13,7 @@ principles helping) with a ~0.2M-parameter model trained for minutes on CPU. So:
     with no written key fact, so the ablation loses the scratchpad, the mechanism by which principles help here.
 
 A fixed layout, because of what a tiny model learns in minutes. Measured while designing this task (2-3 layers,
-d_model 64, batch 16, a few hundred to a few thousand steps; issue 9's note has the figures): reading a token at a
+d_model 64, batch 16, a few hundred to a few thousand steps): reading a token at a
 fixed distance back is learned in a few hundred steps; finding a response *by content* among look-alike numbers
 (an induction-style lookup) was not learned in 1200 steps, and neither was "close" (|a - b| <= 2, with borrows),
 while plain equality of two adjacent two-digit numbers is learned in ~1000. So:
@@ -64,16 +64,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from spct_jax.data.schema import PreferenceItem, Turn
-from spct_jax.grm.prompts import build_metarm_prompt, build_prompt
+from spct_jax.grm.prompts import build_prompt
 from spct_jax.grm.voting import permute, presented_position
-from spct_jax.tokenizers.chat import CHAT_FORMATS
-from spct_jax.tokenizers.sp import SentencePieceTokenizer, train_sentencepiece
 
 SPLITS = ("sft", "rft", "rl", "metarm", "eval")
 KINDS = ("arith", "order")
@@ -83,11 +80,6 @@ DEFAULT_ERROR_TYPES = ("fact", "check", "swap")
 TEMPLATE = "toy"
 TEMPLATE_NO_PRINCIPLES = "toy_no_principles"
 SOURCE = "toy"
-# Enough pieces for nearly every word of the toy texts to be one token (the texts support ~950 at most; the
-# limit is soft, so a narrower ToyConfig just gets fewer). Digits are always single pieces (train_sentencepiece
-# sets split_digits), so a number is spelled digit by digit, as arithmetic needs.
-TOY_VOCAB_SIZE = 768
-
 # Rule scores (1..10). Only "correct" earns 10, so the correct response is the unique maximum.
 _CORRECT, _WRONG = 10, 2
 # Every number in the task (operands, results, answers) has two digits: a fixed-width layout.
@@ -389,7 +381,7 @@ def comparison_drills(seed: int, count: int) -> list[tuple[str, str]]:
 
     Why: in the GRM trajectories the check is learned slowly, because the last note can be inferred from the
     others and most notes are "wrong"; mixed into the cold start, these lines teach the tiny model the equality
-    check itself (measured in issue 9's note). The numbers are random two-digit numbers, not split items, so no
+    check itself (measured while designing the task). The numbers are random two-digit numbers, not split items, so no
     held-out query is seen.
     """
     if count < 0:
@@ -400,48 +392,9 @@ def comparison_drills(seed: int, count: int) -> list[tuple[str, str]]:
         key = int(rng.integers(_LO, _HI + 1))
         # Near misses are the task's own wrong answers (`_near_misses`): a ones digit off (+-1, +-2), a tens digit
         # off (+-10), or the digits swapped. With only ones-digit misses, a model learned to compare ones digits
-        # and called "97 vs 87" correct (issue 9's note).
+        # and called "97 vs 87" correct (measured while designing the task).
         misses = _near_misses(key)
         answers = [_pick(rng, (key, _pick(rng, misses), int(rng.integers(_LO, _HI + 1))))
                    for _ in range(int(rng.integers(2, 4)))]
         out.append((DRILL_PROMPT, " ".join(f"{a} vs {key} {_check(key, a)[0]}." for a in answers)))
     return out
-
-
-def toy_tokenizer_texts(seed: int = 0, *, num_items: int = 300, config: ToyConfig = ToyConfig(),
-                        chat_format: str = "gemma") -> list[str]:
-    """Texts for the demo tokenizer: chat-rendered GRM conversations (both toy templates, some hinted; teacher
-    trajectories with and without principles, some with mistakes) and meta-RM prompts.
-
-    Items come from the "sft" split only, so the vocabulary is fitted without looking at held-out queries.
-    """
-    chat = CHAT_FORMATS[chat_format]()
-    items = toy_splits(seed, {"sft": num_items}, config)["sft"]
-    rng = np.random.default_rng([seed, len(SPLITS)])  # a stream that no split draws from
-    texts = []
-    for item in items:
-        perm = [int(i) for i in rng.permutation(item.num_responses)]
-        for principles in (True, False):
-            prompt = toy_prompt(item, perm, principles=principles, hint=bool(rng.random() < 0.2))
-            trajectory = teacher_trajectory(item, perm, rng, error_rate=0.3, principles=principles)
-            turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": trajectory}]
-            texts.append(chat.render(turns, add_generation_prompt=False))
-        texts.append(build_metarm_prompt(item.context, permute(item.responses, perm), trajectory)[0])
-    return texts
-
-
-def train_toy_tokenizer(directory: str | Path, seed: int = 0, *, vocab_size: int = TOY_VOCAB_SIZE,
-                        config: ToyConfig = ToyConfig(), chat_format: str = "gemma") -> SentencePieceTokenizer:
-    """Train the demo's sentencepiece tokenizer in-process (about a second) into `directory` and return it.
-
-    Digits are single pieces (train_sentencepiece's split_digits), so the model reads and writes numbers digit by
-    digit. vocab_size is an upper bound: the result has at most that many pieces (read `.vocab_size`).
-    `load_tokenizer(directory)` restores it later.
-    """
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    texts = toy_tokenizer_texts(seed, config=config, chat_format=chat_format)
-    # split_by_unicode_script=False lets punctuation join letters ("[The", "Scores:"): ~12% fewer tokens on
-    # trajectories and ~20 fewer per prompt, which is CPU time on every training and sampling step.
-    return train_sentencepiece(texts, vocab_size, path, chat_format=chat_format, split_by_unicode_script=False,
-                               hard_vocab_limit=False)

@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from spct_jax.data import toy
+from spct_jax.demo import toy
+from spct_jax.demo.tokenizer import TOY_VOCAB_SIZE, train_toy_tokenizer
 from spct_jax.data.schema import PreferenceItem, best_from_rewards
 from spct_jax.grm.parse import parse_scores, split_sections
 from spct_jax.grm.prompts import build_prompt, score_range
@@ -22,7 +23,7 @@ def splits():
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    return toy.train_toy_tokenizer(tmp_path_factory.mktemp("toy_tok"), seed=0)
+    return train_toy_tokenizer(tmp_path_factory.mktemp("toy_tok"), seed=0)
 
 
 def _perms(item, limit=6):
@@ -169,7 +170,7 @@ def test_toy_templates_are_registered():
 
 
 def test_tokenizer_splits_digits_and_round_trips(tokenizer, splits):
-    assert tokenizer.vocab_size <= toy.TOY_VOCAB_SIZE
+    assert tokenizer.vocab_size <= TOY_VOCAB_SIZE
     ids = tokenizer.encode("12 + 345 = 357")
     pieces = [tokenizer.processor.id_to_piece(i) for i in ids]
     assert [p for p in pieces if any(c.isdigit() for c in p)] == list("12345357")
