@@ -128,6 +128,10 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     c.metarm.holdout_fraction = 0.1  # ours: [P] reports no held-out split; a seeded fraction of the items
     c.metarm.sample_rows = sample_rows  # ours: rows per sampler call when sampling the guided GRM's trajectories
     c.metarm.chunk_items = 512  # ours: items per chunk of the guided GRM's sampling written as it goes (as rft's)
+    # [P] §5 / App. C.1: "last_token", a scalar head on the last token fine-tuned by BCE. "likelihood" (ours): the
+    # frozen LM's mean log-likelihood of a trajectory after the GRM's prompt, scale and bias fit by BCE
+    # (grm/likelihood_meta_rm.py); what the CPU demo uses, where the paper's head ranks an item's samples at chance.
+    c.metarm.head = "last_token"
 
     c.inference = ml_collections.ConfigDict()
     c.inference.temperature = 0.5  # [P] App. D.1: "the temperature is set to 0.5" for inference-time scaling
@@ -189,6 +193,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.grpo.filter_samples >= 1, "grpo.filter_samples", "must be >= 1")
     need(c.grpo.filter_rows >= 1, "grpo.filter_rows", "must be >= 1")
     need(0 <= c.metarm.holdout_fraction < 1, "metarm.holdout_fraction", "must be in [0, 1)")
+    need(c.metarm.head in ("last_token", "likelihood"), "metarm.head", "must be 'last_token' or 'likelihood'")
 
     g = c.grpo
     need(g.group_size >= 2, "grpo.group_size", "GRPO needs >= 2 rollouts per prompt for a group baseline")

@@ -194,3 +194,27 @@ def test_spct_dispatches_and_fails_on_a_bad_override(tmp_path):
 def test_split_overrides_accepts_both_spellings():
     assert split_overrides(["--config", "c.py", "--config.a.b=1", "--config.c", "x"]) == (
         ["--config.a.b=1", "--config.c=x"], ["--config", "c.py"])
+
+
+def test_metarm_likelihood_head_is_saved_and_loaded_by_what_the_folder_says(run_dir, grpo_run, tmp_path):
+    """`--config.metarm.head=likelihood`: scale and bias fit on the same stored samples (the sampling is resumed,
+    not redone), a likelihood_meta_rm.json naming the LM, and the judge loader picks that head from the folder."""
+    from spct_jax.grm.judge import load_judge
+    from spct_jax.grm.likelihood_meta_rm import LikelihoodMetaRM
+
+    grpo_model = run_dir / "grpo" / "model"
+    code, out, err = call(metarm_cli.main, f"--config.run_dir={run_dir}", f"--config.model.init_checkpoint={grpo_model}",
+                          "--config.metarm.head=likelihood")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["head"] == "likelihood" and summary["fit"]["examples"] == 2 * 2
+    assert summary["balance"]["held_out"]["positives"] + summary["balance"]["held_out"]["negatives"] == 2
+    folder = run_dir / "metarm" / "model"
+    saved = json.loads((folder / "likelihood_meta_rm.json").read_text())
+    assert saved["lm"] == str(grpo_model.resolve()) and saved["template"] == "default"
+    assert not (folder / "config.json").exists()  # the last-token head's folder was replaced, not mixed in
+    grm = load_judge(str(grpo_model), str(folder), template="toy")
+    assert isinstance(grm.meta_rm, LikelihoodMetaRM) and grm.meta_rm.lm is grm.model  # same checkpoint: shared
+    assert (grm.meta_rm.scale, grm.meta_rm.bias) == (saved["scale"], saved["bias"])
+    code, _, err = call(metarm_cli.main, f"--config.run_dir={tmp_path}", "--config.metarm.head=mean_pool")
+    assert code == 2 and "metarm.head" in err

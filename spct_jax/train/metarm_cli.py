@@ -1,4 +1,4 @@
-"""`spct metarm --config C [--config.key=value ...]`: train the meta RM (SPEC §5).
+"""`spct metarm --config C [--config.key=value ...]`: train the meta RM ([P] §5, App. C.1).
 
 1. The GRM to be guided (model.init_checkpoint, normally the GRPO model) samples metarm.n_rft trajectories per
    item of metarm.data at inference.temperature (<= inference.max_new_tokens new tokens; items whose prompt
@@ -16,6 +16,13 @@
 4. Reports the class balance of both splits and the held-out ROC-AUC and accuracy (at logit 0; AUC is NaN when
    the held-out labels are all one class), and saves run_dir/metarm/model with save_model (HF
    XForSequenceClassification, num_labels=1) plus the meta RM's tokenizer files (`spct score --meta-rm`).
+
+Steps 3-4 are the paper's head, `metarm.head = "last_token"`. With `--config.metarm.head=likelihood` (ours) the
+meta RM is the frozen LM of step 3 (meta_rm.init_checkpoint, else the GRM) read as a likelihood: a trajectory's
+score is scale * its mean token log-probability after the GRM's prompt + bias, and only scale and bias are fit, by
+BCE on the training items' trajectories (grm/likelihood_meta_rm.py). Nothing is trained by gradient steps;
+run_dir/metarm/model then holds likelihood_meta_rm.json naming that LM. `spct score|eval run|serve --meta-rm`
+load either head by what the folder holds.
 
 Only the GRM's fresh samples are used; RFT keeps its non-hinted trajectories ([P] §5) in run_dir/rft/samples/,
 but adding them here is not done yet.
@@ -88,6 +95,13 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
         # from_decoder shares the GRM's arrays; training copies params before its first (donating) step.
         backbone, meta_tok = grm_model, tokenizer
     train_idx, held_idx = holdout_split(len(items), fraction, config.seed)
+    if r.head == "likelihood":
+        return likelihood_head(config, out, items, trajs, train_idx, held_idx, backbone, meta_tok, source,
+                               rollout.template, {"stage": "metarm", "head": "likelihood",
+                                                  "init_checkpoint": m.init_checkpoint, "meta_rm_init": source,
+                                                  "items": len(items), "dropped_items": dropped,
+                                                  "sampling": chunks.as_dict(), "items_train": len(train_idx),
+                                                  "items_held_out": len(held_idx)})
 
     def examples(idx: list[int]):
         return metarm_examples([items[i] for i in idx], [trajs[i] for i in idx], meta_tok, origin="guided",
@@ -96,7 +110,7 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     train_ex, train_bal = examples(train_idx)
     held_ex, held_bal = examples(held_idx)
     summary: dict[str, Any] = {
-        "stage": "metarm", "init_checkpoint": m.init_checkpoint, "meta_rm_init": source, "items": len(items),
+        "stage": "metarm", "head": "last_token", "init_checkpoint": m.init_checkpoint, "meta_rm_init": source, "items": len(items),
         "dropped_items": dropped, "sampling": chunks.as_dict(), "items_train": len(train_idx),
         "items_held_out": len(held_idx),
         "balance": {"train": {**dataclasses.asdict(train_bal), "positive_fraction": train_bal.positive_fraction},
@@ -120,8 +134,67 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     summary["held_out"] = evaluate_metarm(rm, held_ex, pad_id=meta_tok.pad_id) if held_ex else {"n": 0.0}
     log.info("held-out %s", summary["held_out"])
     dest = out / "model"
+    _drop_other_head(dest)
     # Collective: every process calls it; the meta RM is written without gathering it on any host.
     summary["model"] = save_model(rm, meta_tok, source, dest, m.param_dtype)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _drop_other_head(dest) -> None:
+    """A rerun with the other head must not leave the first head's file behind: the loaders pick the head by the
+    files a folder holds, and likelihood_meta_rm.json would shadow a fresh sequence-classification checkpoint."""
+    from spct_jax import paths
+    from spct_jax.grm.likelihood_meta_rm import CONFIG_NAME
+    from spct_jax.train.stage_common import is_main_process
+
+    stale = paths.as_path(dest) / CONFIG_NAME
+    if is_main_process() and stale.exists():
+        stale.unlink()
+
+
+def likelihood_head(config, out, items, trajs, train_idx, held_idx, lm, tokenizer, source: str, template: str,
+                    summary: dict[str, Any]) -> dict[str, Any]:
+    """Fit the likelihood meta RM's scale and bias on the training items' trajectories (labels: Eq. 10), report its
+    held-out ROC-AUC and accuracy, and save run_dir/metarm/model/likelihood_meta_rm.json pointing at `source`."""
+    import shutil
+    from pathlib import Path
+
+    from spct_jax import paths
+    from spct_jax.grm.likelihood_meta_rm import MetaInput, fit_likelihood_meta_rm
+    from spct_jax.train.metarm import held_out_metrics
+    from spct_jax.train.stage_common import is_main_process
+
+    def labelled(idx: list[int]):
+        pairs = [(items[i], t) for i in idx for t in trajs[i]]
+        return ([MetaInput(item=item, perm=tuple(t.perm), text=t.text) for item, t in pairs],
+                [bool(t.correct) for _, t in pairs])
+
+    (x, y), (hx, hy) = labelled(train_idx), labelled(held_idx)
+    summary["balance"] = {name: {"positives": sum(lab), "negatives": len(lab) - sum(lab),
+                                 "positive_fraction": sum(lab) / len(lab) if lab else float("nan")}
+                          for name, lab in (("train", y), ("held_out", hy))}
+    log.info("class balance %s", summary["balance"])
+    if not x:
+        raise StageError(f"no meta-RM training trajectory (balance {summary['balance']}); check metarm.data",
+                         exit_code=1)
+    dest = out / "model"
+    if paths.is_remote(str(dest)):
+        raise StageError("metarm.head=likelihood writes its model folder locally only; give a local run_dir",
+                         exit_code=2)
+    rm, fit = fit_likelihood_meta_rm(lm, tokenizer, x, y, template=template, batch_size=config.metarm.sample_rows)
+    summary["fit"] = dataclasses.asdict(fit)
+    summary["scale"], summary["bias"] = rm.scale, rm.bias
+    summary["held_out"] = held_out_metrics(hy, rm.scores(hx)) if hx else {"n": 0.0}
+    log.info("held-out %s", summary["held_out"])
+    # The LM is referenced, not copied: an absolute path for a local folder, so the model folder can be read from
+    # any working directory; a preset name or gs:// path as given.
+    lm_path = str(Path(source).resolve()) if not paths.is_remote(source) and Path(source).exists() else source
+    if is_main_process():
+        if Path(dest).is_dir():
+            shutil.rmtree(dest)  # a folder of the other head would otherwise be loaded as that head
+        rm.save(dest, lm_path=lm_path, fit=fit)
+    summary["model"] = {"path": str(dest), "lm": lm_path}
     write_json(out / "summary.json", summary)
     return summary
 
