@@ -1,6 +1,6 @@
 """Read any supported preference file into PreferenceItems, with every skipped or dropped row accounted for.
 
-Formats (name: what a row looks like; see SPEC section 10 and the modules in spct_jax/data/readers/):
+Formats (name: what a row looks like; see docs/evaluation.md and the modules in spct_jax/data/readers/):
   rewardbench              {prompt (str | turns), chosen, rejected, subset, id}   -> [chosen, rejected], best 0
   rmb_pairwise             {pair_uid, conversation_input, chosen{answer}, reject{answer}, category_path}
   rmb_bon                  {bon_uid, conversation_input, bon_best{answer}, loser_list[{answer}]} -> best 0

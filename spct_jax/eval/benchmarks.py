@@ -63,7 +63,7 @@ BENCHMARK_INFO: dict[str, tuple[str, str]] = {
     "rmb": ("pairwise accuracy and best-of-N (best must be the unique argmax), a tie wrong; mean of 4 sections",
             "Zhou-Zoey/RMB-Reward-Model-Benchmark eval/scripts/my_run_rm.py"),
     "ppe": ("pair accuracy on human votes (Preference) and on conflict pairs, mean of 5 sets (Correctness); a tie 0.5",
-            "lmarena/PPE (no metric code available, SPEC section 10.2)"),
+            "lmarena/PPE (no metric code available)"),
     "realmistake": ("ROC-AUC of the score as a no-error detector; thresholded precision/recall/F1",
                     "psunlpgroup/ReaLMistake src/error_detection_analysis/calculate_performance.py"),
     "judgebench": ("each pair judged in both orders: +1/-1 per verdict, correct if the sum > 0; per category",

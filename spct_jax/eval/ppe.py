@@ -1,6 +1,6 @@
-"""PPE (Preference Proxy Evaluations, lmarena/PPE, arXiv 2410.14872; SPEC §10.2) scoring.
+"""PPE (Preference Proxy Evaluations, lmarena/PPE, arXiv 2410.14872) scoring.
 
-The official metric code was not available here (SPEC §10.2 says so), so these follow the PPE paper's headline
+The official metric code was not available here, so these follow the PPE paper's headline
 metrics and DeepSeek-GRM's single numbers per set:
 - "PPE Preference": accuracy on the human-preference pairs with a non-tie vote. A pair item's `best` is the
   winner's index; an item with best=None is a tie vote and is left out (consumers drop ties:

@@ -1,4 +1,4 @@
-"""ReaLMistake scoring (psunlpgroup/ReaLMistake, COLM 2024; SPEC §10.4).
+"""ReaLMistake scoring (psunlpgroup/ReaLMistake, COLM 2024).
 
 Items are single responses; `rewards` is [1.0] for `error_label == "no_error"` and [0.0] for "error" (the schema's
 "1 for correct responses and 0 for incorrect ones"). The prediction is one score per item on the 1-10 scale of one

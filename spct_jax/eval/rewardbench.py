@@ -1,4 +1,4 @@
-"""RewardBench (v1) scoring, as allenai/reward-bench computes it (SPEC §10.1).
+"""RewardBench (v1) scoring, as allenai/reward-bench computes it.
 
 Items are pairs with `meta["subset"]` (the row's `subset`) and `best` = the chosen response's index (0 for a
 reader that keeps [chosen, rejected]). Score = plain mean of the sections present, as papers report it and as

@@ -1,4 +1,4 @@
-"""RMB scoring (Zhou-Zoey/RMB-Reward-Model-Benchmark, ICLR 2025; SPEC §10.3).
+"""RMB scoring (Zhou-Zoey/RMB-Reward-Model-Benchmark, ICLR 2025).
 
 An item's RMB `category_path`, e.g. "Pairwise_set/Helpfulness/Chat/Discussion" or "BoN_set/Harmlessness/S1", is
 read from `meta["category_path"]`, or from `meta["subset"]` where spct_jax.data's reader keeps it; its first part

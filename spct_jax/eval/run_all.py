@@ -13,8 +13,8 @@ Layout of DIR (a benchmark without its folder, or with no data file in it, is no
                                  GPT-4o pairs alone there to compare with JudgeBench's leaderboard
   DIR/rewardbench2/**, DIR/rmbench/**   RewardBench 2 rows, RM-Bench files (their names give the domain)
   DIR/items/**                   your own {"context", "responses", "best"|"rewards"} lines (eval/items.py)
-(** = every data file below, recursively.) The shared sample (../shared/data: judgebench/, rewardbench/, rmb/)
-has this layout.
+(** = every data file below, recursively.) The test data's sample (judgebench/, rewardbench/, rmb/) has this
+layout.
 
 Each benchmark runs as `spct eval run --benchmark NAME --data <its files> --out OUT/NAME` would, with the same
 model, k, seed and flags: OUT/NAME/ gets its predictions, items.jsonl, results, plot and viewer. Flags that belong

@@ -1,6 +1,6 @@
 """`GenerativeRewardModel`: the GRM as a scorer, with inference-time scaling (Voting@k, MetaRM@k).
 
-For each item, k samples each see their own seeded shuffle of the responses (SPEC §4: "responses are shuffled
+For each item, k samples each see their own seeded shuffle of the responses ([P] §4: "responses are shuffled
 before sampling"); all k x items prompts go through the trajectory core (trajectories.py: one batched sampler
 call, identical shuffles share a prefill, rows split over the mesh when there is one); each sample's scores are
 parsed, mapped back to the original order and voted (Eq. 14). With a meta RM, every sample is scored by it and only
@@ -40,7 +40,7 @@ __all__ = ["GenerativeRewardModel", "Judgement", "MetaRM", "SampleRecord", "Scal
 
 @runtime_checkable
 class MetaRM(Protocol):
-    """A meta RM: the meta reward of every sampled trajectory (SPEC §5; higher = more likely correct by Eq. 10).
+    """A meta RM: the meta reward of every sampled trajectory ([P] §5; higher = more likely correct by Eq. 10).
 
     scores(items, trajectories) -> float32 [N]: trajectories[i] are item i's samples (anything with `.perm`, the
     order the sample saw the responses in, and `.text`, what it wrote); N = their total count, item by item. A

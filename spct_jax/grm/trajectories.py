@@ -42,7 +42,7 @@ class RolloutConfig:
     """How trajectories are sampled. The defaults are the training stages' ([P] gives no rollout temperature);
     scoring uses T = 0.5 ([P] App. D.1) and one template for every item."""
 
-    temperature: float = 1.0  # ours: the paper gives no rollout temperature; 1.0 is GRPO practice (SPEC §9)
+    temperature: float = 1.0  # ours: the paper gives no rollout temperature; 1.0 is GRPO practice
     top_p: float | None = None
     max_new_tokens: int = 512  # ours: the paper's outputs are ~220-380 Gemma tokens (App. E.4)
     template: str = "default"  # App. G (a) for n >= 2

@@ -202,7 +202,7 @@ def _gemma2(vocab: int, hidden: int, inter: int, layers: int, heads: int, kv: in
 PRESETS: dict[str, ModelConfig] = {
     "gemma2-2b": _gemma2(256_000, 2304, 9216, 26, 8, 4, 256, 256),
     "gemma2-9b": _gemma2(256_000, 3584, 14336, 42, 16, 8, 256, 256),
-    # The paper's base model for DeepSeek-GRM-27B and its meta RM (SPEC §2.2, §5).
+    # The paper's base model for DeepSeek-GRM-27B and its meta RM ([P] App. C.1, §5).
     "gemma2-27b": _gemma2(256_000, 4608, 36864, 46, 32, 16, 128, 144),
     "llama3-8b": ModelConfig(
         family="llama", vocab_size=128_256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,

@@ -9,7 +9,7 @@ same Python process; `jax.distributed` connects them and GSPMD partitions every 
     tensor   heads / MLP width / vocab (Megatron style)     1-8, within a host's fast links
 
 Axes are `AxisType.Auto`: jax 0.10's `jax.make_mesh` defaults to Explicit axes, under which plain GSPMD code fails
-to trace ("Contracting dimensions are sharded ... specify out_sharding"); see ../shared/MACHINE-NOTES.md.
+to trace ("Contracting dimensions are sharded ... specify out_sharding").
 """
 from __future__ import annotations
 

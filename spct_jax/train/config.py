@@ -6,7 +6,7 @@ Sources. [P] = "Inference-Time Scaling for Generalist Reward Modeling" (arXiv 25
   "The learning rate is 1×10^-5 and the batch size is 512 for the meta RM training."
   GRPO: G = 4, beta = 0.08 (27B; 0.002 for 16B) (§3.2 / App. C.1).
 Everything the paper does not give (optimizer, betas, warmup, schedule, weight decay, clipping, epsilon) is marked
-"ours" (SPEC §9 suggests AdamW, cosine/constant, clip 1.0; epsilon 0.2 is GRPO's default from DeepSeekMath/PPO).
+"ours" (common practice: AdamW, cosine/constant, clip 1.0; epsilon 0.2 is GRPO's default from DeepSeekMath/PPO).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_sum"]
 RFT_LEARNING_RATE = 5e-6
 RFT_BATCH_SIZE = 1024
 RL_LEARNING_RATE = 4e-7
-RL_BATCH_SIZE = 512  # [P] does not say whether 512 counts prompts or rollouts (SPEC §3).
+RL_BATCH_SIZE = 512  # [P] does not say whether 512 counts prompts or rollouts ([P] §3.2, App. C.1 Eq. 15).
 META_RM_LEARNING_RATE = 1e-5
 META_RM_BATCH_SIZE = 512
 PAPER_STEPS = 900  # RFT and RL; the meta RM's step count is not given.
@@ -46,7 +46,7 @@ class OptimizerConfig:
     b1: float = 0.9  # ours
     b2: float = 0.95  # ours (the common LLM fine-tuning value)
     eps: float = 1e-8  # ours
-    clip_norm: float | None = 1.0  # ours (SPEC §9 suggestion); None disables clipping.
+    clip_norm: float | None = 1.0  # ours (common practice); None disables clipping.
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine"):

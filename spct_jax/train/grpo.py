@@ -1,4 +1,4 @@
-"""Stage 2 of SPCT: rule-based online RL with the original GRPO (SPEC §3, Eq. 11 and 15).
+"""Stage 2 of SPCT: rule-based online RL with the original GRPO ([P] §3.2, Eq. 11; App. C.1, Eq. 15).
 
 One update = sample G rollouts per prompt with the current policy (responses shuffled per rollout), reward each
 +1/-1 by Eq. 10 (no format reward), normalise rewards within each group, compute the frozen RFT reference's
@@ -45,7 +45,7 @@ from spct_jax.train.steps import TrainStep, make_logprob_fn
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    prompts_per_step: int = 128  # ours; [P] batch 512 without saying prompts or rollouts (SPEC §3): 128 x G=4 = 512
+    prompts_per_step: int = 128  # ours; [P] batch 512 without saying prompts or rollouts (App. C.1): 128 x G=4 = 512
     loss: GRPOLossConfig = dataclasses.field(default_factory=GRPOLossConfig)  # G=4, beta=0.08, eps=0.2
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)  # T=1.0 (ours, GRPO practice)
     inner_epochs: int = 1  # "original GRPO" (DeepSeekMath): one update per rollout batch

@@ -1,4 +1,4 @@
-"""`spct grpo --config C [--config.key=value ...]`: SPCT stage 2, rule-based online RL with GRPO (SPEC §3).
+"""`spct grpo --config C [--config.key=value ...]`: SPCT stage 2, rule-based online RL with GRPO ([P] §3.2, App. C.1 Eq. 15).
 
 The policy starts from model.init_checkpoint (the RFT model, e.g. run_dir/rft/model) and the KL reference is
 that same checkpoint, frozen (the stage driver keeps the initial params). Each update samples grpo.group_size

@@ -1,4 +1,4 @@
-"""The meta RM's data and training (SPEC §5): a scalar head that predicts whether a GRM trajectory is correct.
+"""The meta RM's data and training ([P] §5, App. C.1): a scalar head that predicts whether a GRM trajectory is correct.
 
 Data: trajectories from non-hinted RFT sampling plus fresh samples from the GRM being guided (N = 3 per item, to
 "alleviate the gap between training and inference policy"), each labelled by Eq. 10 and rendered with the meta-RM

@@ -1,11 +1,11 @@
-"""Stage 1 of SPCT: rejective fine-tuning (RFT), SPEC §2.
+"""Stage 1 of SPCT: rejective fine-tuning (RFT), [P] §3.2.
 
 For every RM item, sample N_RFT trajectories (responses shuffled per sample) and judge each by Eq. 10:
   * reject incorrect trajectories;
   * drop the item when all N_RFT are correct ("too easy");
   * hinted sampling (`RFTConfig.hinted`): the prompt gets "The best response is: Response j", ONE trajectory per
-    item is sampled, and it is kept if correct. It is trained WITHOUT the hint in the prompt (SPEC §2.1 recommends
-    this so the model does not learn to rely on a hint it will never see). Which items get a hint:
+    item is sampled, and it is kept if correct. It is trained WITHOUT the hint in the prompt (our reading of [P] §3.2,
+    so the model does not learn to rely on a hint it will never see). Which items get a hint:
 
         "all"       every item that is not too easy ([P] §3.2 "besides non-hinted sampling ... each query and
                     the corresponding responses are sampled once"; Table 4 ablates hinted and non-hinted sampling
@@ -18,7 +18,7 @@ For every RM item, sample N_RFT trajectories (responses shuffled per sample) and
     (App. G (b) has no hint), so they are neither hinted-sampled nor labelled hinted.
 The kept trajectories become SFT examples (prompt = the un-hinted GRM prompt in the presented order, target = the
 trajectory), optionally mixed with general instruction data (the paper's 1070K in-house set). The non-hinted
-trajectories, right or wrong, are also the meta RM's training data (SPEC §5).
+trajectories, right or wrong, are also the meta RM's training data ([P] §5).
 
 `spct rft` samples in chunks of items that survive preemption (`chunked_rejective_sampling`, train/sample_store.py):
 each chunk's shard keeps every trajectory and the rows it gives, and `assemble_rft_dataset` writes rft_data.jsonl in

@@ -1,4 +1,4 @@
-"""`spct rft --config C [--config.key=value ...]`: SPCT stage 1, rejective fine-tuning (SPEC §2).
+"""`spct rft --config C [--config.key=value ...]`: SPCT stage 1, rejective fine-tuning ([P] §3.2, App. C.1).
 
 1. The GRM is model.init_checkpoint (HF folder, .gguf, tiny-random, smollm2-135m); the items are rft.data (a
    preference file or folder, any format `spct data check` reads). Items Eq. 10 cannot judge (no ground truth, no

@@ -1,4 +1,4 @@
-"""Row converters for the evaluation formats (SPEC section 10) and for the schema's own JSONL.
+"""Row converters for the evaluation formats (docs/evaluation.md) and for the schema's own JSONL.
 
 Each converter takes one `Row` and the location-derived uid (unused where the format has an id) and returns a
 PreferenceItem or a `Drop`. Pairwise benchmarks keep the benchmark's own response order with `best` pointing at
