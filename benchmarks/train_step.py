@@ -12,7 +12,7 @@ Rows:
   grpo step      the GRPO update (policy forward/backward, old log-probs = the policy's own, one update per
                  rollout batch) plus the frozen reference's forward log-probs; ratio = time / SFT step time.
   grpo + old fwd the same with old-policy log-probs recomputed by a separate forward (several inner epochs).
-Targets (issue 6 / 7): SFT >= 50% of the matmul; GRPO <= 1.6x SFT.
+Targets: SFT >= 50% of the matmul; GRPO <= 1.6x SFT.
 """
 from __future__ import annotations
 
