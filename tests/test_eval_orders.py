@@ -12,7 +12,7 @@ import pytest
 
 from spct_jax.cli import main as spct
 from spct_jax.data.schema import PreferenceItem
-from spct_jax.eval import judged, orders, run
+from spct_jax.eval import cli, judged, orders, run
 from spct_jax.grm.scorer import Judgement, SampleRecord
 
 FORMATS = Path(__file__).parent / "fixtures" / "data" / "formats"
@@ -63,7 +63,7 @@ def fake(monkeypatch):
 
 
 def eval_run(benchmark, data, out, *extra):
-    return run.run_main(["--model", "tiny-random", "--benchmark", benchmark, "--data", str(data), "--k", "2",
+    return cli.run_main(["--model", "tiny-random", "--benchmark", benchmark, "--data", str(data), "--k", "2",
                          "--max-new-tokens", "8", "--out", str(out), *extra])
 
 
@@ -229,7 +229,7 @@ def test_rewardbench2_best_of_4_and_ties_ratings(tmp_path, fake, capsys):
     assert lines(tmp_path / "o" / "predictions.jsonl")[1] == {"uid": "ref:3", "scores": [9.0, 3.0, 3.0]}
     assert rescored("rewardbench2", data, tmp_path / "o" / "predictions.jsonl", capsys) == r["scores"]
     with pytest.raises(ValueError, match="rewardbench2: no item is a pair"):
-        run.prepare(run.parse_args(["--model", "m", "--benchmark", "rewardbench2", "--data", str(data), "--out",
+        run.prepare(cli.parse_run_args(["--model", "m", "--benchmark", "rewardbench2", "--data", str(data), "--out",
                                     str(tmp_path / "x"), "--both-orders"]), run.Plan([1], None, 0.0))
 
 
@@ -254,7 +254,7 @@ def test_items_lines_with_ground_truth_are_a_benchmark(tmp_path, fake, capsys):
 def test_order_flags_that_do_not_apply_fail_before_any_model_work(tmp_path, capsys, extra, message):
     data = {"judgebench": JB, "rewardbench": FORMATS / "rewardbench.jsonl",
             "realmistake": FORMATS / "realmistake.jsonl"}[extra[1]]
-    assert run.run_main(["--model", "tiny-random", "--data", str(data), "--out", str(tmp_path / "o"), *extra]) == 1
+    assert cli.run_main(["--model", "tiny-random", "--data", str(data), "--out", str(tmp_path / "o"), *extra]) == 1
     assert message in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 

@@ -187,7 +187,7 @@ def test_ppe_correctness_run_prompts_hold_two_responses(tmp_path, capsys):
     """The fixture's questions have 32 responses each; every GRM prompt must hold one conflict pair (2 responses),
     under PPE's pairwise uid question_id+j, and `spct eval score` must reproduce results.json from the pairs.
     (The first question only: its 2 pairs exercise the whole path at a third of the sampling time.)"""
-    from spct_jax.eval.run import run_main
+    from spct_jax.eval.cli import run_main
 
     data = tmp_path / "ppe.jsonl"
     data.write_text(PPE_FIXTURE.read_text().splitlines()[0] + "\n")
@@ -231,7 +231,7 @@ def _single_samples(score: int, parsed: int, k: int = 8) -> list[SampleRecord]:
 def _realmistake_runs(cases, tmp_path, k_metas=None):
     """score_runs (what `spct eval run` scores) on hand-made samples; also writes the data file and the
     predictions so that `spct eval score` can be checked against the same numbers."""
-    from spct_jax.eval.run import Prepared, build_parser, score_runs
+    from spct_jax.eval.run import EvalOptions, Prepared, score_runs
 
     items = [_realmistake(uid, ok) for uid, ok, _, _ in cases]
     plan = Plan(ks=[8], k_metas=k_metas, temperature=0.5)
@@ -239,8 +239,7 @@ def _realmistake_runs(cases, tmp_path, k_metas=None):
     for item, (_, _, score, parsed) in zip(items, cases):
         samples = _single_samples(score, parsed)
         rows.append(item_dump(item, samples, votes_for(item, samples, plan, seed=0)))
-    args = build_parser().parse_args(["--model", "m", "--benchmark", "realmistake", "--data", "d", "--out", "o",
-                                      "--k", "8"])
+    args = EvalOptions(model="m", benchmark="realmistake", data=["d"], out="o", k=[8])
     runs, files = score_runs(Prepared(args, plan, items, items, None), rows)
     data = tmp_path / "realmistake.jsonl"
     data.write_text("".join(json.dumps({"input": it.context[0]["content"], "llm_response": it.responses[0],
@@ -285,3 +284,50 @@ def test_realmistake_item_with_no_parsed_sample_is_a_failure_not_an_error_verdic
     assert s["Accuracy"] == pytest.approx(2 / 3)  # c is wrong, whatever its label
     assert (s["Precision"], s["Recall"]) == (1.0, 0.5)  # c is not an "error" verdict
     assert _score_cli(data, tmp_path / run["predictions"], capsys) == s
+
+
+class _StandInGRM:
+    """GenerativeRewardModel.score's contract without a model: k samples per item, each giving the response that
+    `pick(item)` names 9 and the others 1 (scores in the item's own response order)."""
+
+    def __init__(self, pick):
+        self.pick = pick
+
+    def score(self, items, *, k, **_):
+        from spct_jax.grm.scorer import Judgement
+
+        out = []
+        for it in items:
+            scores = tuple(9 if i == self.pick(it) else 1 for i in range(it.num_responses))
+            samples = tuple(SampleRecord(permutation=tuple(range(it.num_responses)), text="stand-in", principles="",
+                                         critique="", scores=scores, error=None) for _ in range(k))
+            out.append(Judgement(uid=it.uid, rewards=(), best=None, num_valid=k, num_failed=0, uncertainty=None,
+                                 samples=samples))
+        return out
+
+
+def test_evaluate_is_a_library_call_with_typed_options(tmp_path):
+    """`evaluate(EvalOptions(...), grm=...)` judges, scores and writes without a command line, and returns
+    results.json's content: a judge that always names the best response scores 1.0, one that always names the
+    first scores the share of items whose best comes first; both agree with `spct eval score` on the files."""
+    from spct_jax.eval.benchmarks import score_predictions
+    from spct_jax.eval.run import EvalOptions, EvalResult, evaluate
+    from spct_jax.grm.judge import Runtime
+
+    data = tmp_path / "items.jsonl"
+    rows = [{"uid": f"q{i}", "context": f"question {i}", "responses": ["a", "b", "c"], "best": i % 3}
+            for i in range(5)]  # best at positions 0, 1, 2, 0, 1
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    one_device = Runtime(mesh=None, dtype="float32")
+    for name, pick, want in (("oracle", lambda it: it.best, 1.0), ("first", lambda it: 0, 2 / 5)):
+        options = EvalOptions(model=name, benchmark="items", data=[str(data)], out=str(tmp_path / name), k=(1, 2),
+                              batch_items=2)
+        got = evaluate(options, grm=_StandInGRM(pick), runtime=one_device, show_progress=False)
+        assert isinstance(got, EvalResult) and not got.preempted
+        runs = {(r["method"], r["k"]): r for r in got.results["runs"]}
+        assert set(runs) == {("voting", 1), ("voting", 2)}
+        for run in runs.values():
+            assert run["scores"]["Accuracy"] == pytest.approx(want)
+            again = score_predictions("items", [data], tmp_path / name / run["predictions"])
+            assert again.scores == run["scores"] and again.num_items == 5 and again.unmatched == []
+        assert got.results["items"] == 5 and got.markdown == (tmp_path / name / "results.md").read_text()

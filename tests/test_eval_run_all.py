@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from spct_jax.cli import main as spct
-from spct_jax.eval import run, run_all
+from spct_jax.eval import cli, run_all
 
 TREE = Path(__file__).parent / "fixtures" / "eval" / "data_dir"  # judgebench/ (+ outputs/), rewardbench/, items/
 BENCHMARK_FILES = ["items.jsonl", "predictions.jsonl", "results.json", "results.md", "viewer.html"]
@@ -143,7 +143,7 @@ def test_table_has_the_papers_overall_only_with_its_four_parts(tmp_path):
     _results(tmp_path, "ppe", {"PPE Preference": [0.5, 0.6], "PPE Correctness": [0.7, 0.6]})
     _results(tmp_path, "rmb", {"RMB": [0.4, 0.6]})
     _results(tmp_path, "realmistake", {"ReaLMistake": [0.9, 1.0]})
-    args = run.parse_args(["--model", "m", "--benchmark", "all", "--data-dir", "d", "--out", str(tmp_path / "out")])
+    args = cli.parse_run_args(["--model", "m", "--benchmark", "all", "--data-dir", "d", "--out", str(tmp_path / "out")])
     s = run_all.summary(args, ["rewardbench", "ppe", "rmb", "realmistake"])
     assert s["overall"] == {"Voting@1": pytest.approx(0.55), "Voting@8": pytest.approx(0.65)}
     assert s["mean"] == {"Voting@1": pytest.approx(3.1 / 5), "Voting@8": pytest.approx(3.6 / 5)}
@@ -160,7 +160,7 @@ def test_table_has_the_papers_overall_only_with_its_four_parts(tmp_path):
     (["--benchmark", "rewardbench", "--data-dir", "d"], "--benchmark rewardbench takes --data PATH"),
 ])
 def test_all_and_data_flags_pair_up(tmp_path, capsys, argv, message):
-    assert run.run_main(["--model", "tiny-random", "--out", str(tmp_path / "o"), *argv]) == 2
+    assert cli.run_main(["--model", "tiny-random", "--out", str(tmp_path / "o"), *argv]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -20,7 +20,7 @@ if ROOT not in sys.path:
 
 
 def _write_byte_tokenizer(folder) -> None:
-    from spct_jax.train.stage_common import byte_tokenizer_json
+    from spct_jax.tokenizers.save import byte_tokenizer_json
 
     byte_tokenizer_json().save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>", "pad_token": "<pad>"}))

@@ -124,7 +124,7 @@ def test_scalar_meta_rm_reads_with_its_own_tokenizer_when_its_folder_has_one(tmp
     from spct_jax.models.registry import tiny_random_config
     from spct_jax.models.scalar_head import init_scalar_rm, save_scalar_rm
     from spct_jax.tokenizer import ByteTokenizer, HFTokenizer
-    from spct_jax.train.stage_common import save_tokenizer
+    from spct_jax.tokenizers.save import save_tokenizer
 
     bare, own = tmp_path / "bare", tmp_path / "own"
     for folder in (bare, own):

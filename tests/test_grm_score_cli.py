@@ -148,7 +148,7 @@ def test_an_empty_input_is_refused(tmp_path, capsys, no_model):
 def test_a_truncated_safetensors_names_the_file(tmp_path, capsys):
     from spct_jax.models.registry import load_model
     from spct_jax.models.weights import save_pretrained
-    from spct_jax.train.stage_common import save_tokenizer
+    from spct_jax.tokenizers.save import save_tokenizer
 
     model_dir = tmp_path / "model"
     model, tok = load_model("tiny-random")

@@ -36,7 +36,7 @@ def write_random_checkpoint(folder, cfg, *, seed=0, dtype=np.float32, max_shard_
     from spct_jax.models.scalar_head import ScalarRM, scalar_rm_mapping
     from spct_jax.models.transformer import Decoder
     from spct_jax.models.weights import lm_mapping, tensor_shape, write_checkpoint
-    from spct_jax.train.stage_common import byte_tokenizer_json
+    from spct_jax.tokenizers.save import byte_tokenizer_json
 
     build = (lambda: ScalarRM(cfg, rngs=nnx.Rngs(0))) if scalar_rm else (lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
     abstract = nnx.eval_shape(build)

@@ -1,4 +1,4 @@
-"""Losses against hand computations written independently in numpy (spct_jax/train/losses.py)."""
+"""Losses against hand computations written independently in numpy (spct_jax/train/losses.py, spct_jax/models/logprobs.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,8 +6,9 @@ import pytest
 from flax import nnx
 
 from spct_jax.models import ModelConfig, init_model
+from spct_jax.models.logprobs import sequence_logprobs, token_logprobs_from_logits
 from spct_jax.train.losses import (GRPO_AGGREGATIONS, bce_loss, group_advantages, grpo_diagnostics, grpo_loss,
-                                   k3_kl, nll_loss, sequence_logprobs, token_logprobs_from_logits)
+                                   k3_kl, nll_loss)
 
 TINY = ModelConfig(family="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
                    num_heads=4, num_kv_heads=2, head_dim=16)

@@ -55,7 +55,8 @@ SHARDED_LOAD = textwrap.dedent("""
     from spct_jax.parallel import MeshConfig, make_mesh, param_shardings
     from spct_jax.parallel.rules import named_leaves
     from spct_jax.tokenizer import ByteTokenizer
-    from spct_jax.train.stage_common import load_checkpoint, save_tokenizer
+    from spct_jax.tokenizers.save import save_tokenizer
+    from spct_jax.train.stage_common import load_checkpoint
 
     assert jax.device_count() == 8
     folder = Path(sys.argv[1])

@@ -35,13 +35,16 @@ predictions through `load_benchmark_predictions`, which picks the benchmark's re
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from spct_jax.data.schema import PreferenceItem
 from spct_jax.eval import items as generic
 from spct_jax.eval import judgebench, ppe, realmistake, rewardbench, rewardbench2, rmb, rmbench
-from spct_jax.eval.predictions import load_predictions
+from spct_jax.eval.predictions import PredictionError, load_predictions
 
 Scorer = Callable[..., dict[str, float]]
 
@@ -128,3 +131,49 @@ def overall(scores: Mapping[str, float]) -> float:
     if missing:
         raise ValueError(f"Overall needs {', '.join(OVERALL_PARTS)}; missing {', '.join(missing)}")
     return sum(scores[k] for k in OVERALL_PARTS) / len(OVERALL_PARTS)
+
+
+def read_benchmark_items(data: Sequence[str | os.PathLike], benchmark: str, *,
+                         format: str | None = None) -> list[PreferenceItem]:
+    """Every item in the data files or folders `data` (folders read recursively), as benchmark `benchmark` reads
+    them: a PPE correctness item without its set (MMLU-Pro, MATH, ...) gets the one its file's path names."""
+    from spct_jax.data.formats import data_files, read_preferences  # the readers pull in more than scoring needs
+
+    items: list[PreferenceItem] = []
+    for src in data:
+        for path in data_files(src):
+            got = read_preferences(path, format=format)
+            # PPE correctness rows do not name their set; the file's name usually does (PPE-MATH-Best-of-K...).
+            # Only the path from the named folder on is read, so that no unrelated parent folder name counts.
+            named = Path(src).name + "/" + path.relative_to(src).as_posix() if Path(src).is_dir() else path.name
+            found = ppe.parse_correctness_set(named) if benchmark == "ppe" else None
+            if found is not None:
+                got = [dataclasses.replace(it, meta={**it.meta, "benchmark": found})
+                       if ppe.is_correctness(it) and "benchmark" not in it.meta else it for it in got]
+            items += got
+    return items
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredFile:
+    """What `score_predictions` found: the scores (empty when there was nothing to score), how many data items
+    were read, and the uids of predictions that match no item (not used)."""
+
+    scores: dict[str, float]
+    num_items: int
+    unmatched: list[str]
+
+
+def score_predictions(benchmark: str, data: Sequence[str | os.PathLike], predictions: str | os.PathLike, *,
+                      format: str | None = None, strict: bool = False, **options) -> ScoredFile:
+    """Score a predictions file against benchmark data with the benchmark's official rules (`spct eval score`).
+    strict: predictions that match no item are an error instead of being left out. Raises ValueError (DataError,
+    PredictionError, an option the benchmark does not take) or OSError naming the file or uid."""
+    items = read_benchmark_items(data, benchmark, format=format)
+    preds = load_benchmark_predictions(benchmark, predictions)
+    expected = expected_uids(benchmark, items, preds)
+    extra = [u for u in preds if u not in expected]
+    if strict and extra:
+        shown = ", ".join(repr(u) for u in extra[:5]) + (", ..." if len(extra) > 5 else "")
+        raise PredictionError(f"{len(extra)} predictions match no item: uid {shown}")
+    return ScoredFile(score_benchmark(benchmark, items, preds, **options), len(items), extra)

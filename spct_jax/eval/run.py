@@ -1,4 +1,9 @@
-"""`spct eval run`: judge a benchmark with a GRM (Voting@k, MetaRM@k), then score it with the official rules.
+"""Judge a benchmark with a GRM (Voting@k, MetaRM@k), then score it with the official rules: `evaluate`, the
+library behind `spct eval run` (whose command line, eval/cli.py, only builds an `EvalOptions` and calls it).
+
+    from spct_jax.eval.run import EvalOptions, evaluate
+    result = evaluate(EvalOptions(model="DIR", benchmark="rewardbench", data=["rb.jsonl"], k=(1, 8), out="OUT"))
+    result.results["runs"]            # results.json's content (process 0)
 
     spct eval run --model DIR [--meta-rm DIR] --benchmark B --data PATH --k 1,8,32 [--k-meta 4] --out DIR
 
@@ -59,7 +64,6 @@ not fit the devices or the model.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -70,9 +74,8 @@ from typing import TYPE_CHECKING, Any
 from spct_jax import paths
 
 from spct_jax.data.schema import DataError, PreferenceItem
-from spct_jax.eval.benchmarks import BENCHMARKS, HEADLINE_KEYS, score_benchmark
+from spct_jax.eval.benchmarks import BENCHMARKS, HEADLINE_KEYS, read_benchmark_items, score_benchmark
 from spct_jax.eval.judged import base_units, judged_units, orders_mode, run_predictions, shuffles
-from spct_jax.eval.metrics import TIE_RULES
 from spct_jax.eval.orders import order_of
 from spct_jax.eval.run_outputs import jsonl, results_markdown, write_outputs
 
@@ -85,90 +88,46 @@ DEFAULTS = {"k": [8], "max_new_tokens": 512, "batch_items": 8, "seed": 0}  # whe
 ALL = "all"
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,8,32, got {text!r}") from None
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """One evaluation run: what `spct eval run`'s flags say (module docstring), typed. Scoring options left at None
+    keep the benchmark's own defaults."""
+
+    model: Any  # the GRM: checkpoint folder, .gguf file, tiny-random or smollm2-135m
+    benchmark: str  # a name of benchmarks.BENCHMARKS, or "all" (with data_dir; eval/run_all.py)
+    out: str  # output folder, local or gs://
+    data: Sequence[str] | None = None  # data files or folders (read recursively); not with "all"
+    data_dir: str | None = None  # "all": one subfolder per benchmark
+    meta_rm: Any = None  # meta RM folder (either kind: grm/judge.py)
+    format: str | None = None  # data format for the reader (None: detected)
+    k: Sequence[int] = (DEFAULTS["k"][0],)  # samples per item, ascending; several give a scaling curve
+    k_meta: Sequence[int] | None = None  # one per k (None with a meta RM: k/2 rounded up)
+    limit: int | None = None  # judge only the first N data items
+    max_new_tokens: int = DEFAULTS["max_new_tokens"]
+    temperature: float | None = None  # None: 0.5 (paper) if max k > 1, else 0
+    seed: int = DEFAULTS["seed"]
+    template: str = "default"  # GRM prompt template
+    batch_items: int = DEFAULTS["batch_items"]  # items per sampler call, and per chunk kept for a resume
+    both_orders: bool = False
+    single_game: bool = False
+    ties: str | None = None
+    prior_sets: bool = False
+    details: bool = False
+    subset: str | None = None
+    threshold: float | None = None
+    viewer_limit: int = 500
+    mesh: Any = None  # parallel.mesh.MeshConfig; None: one device (several processes: fsdp over all)
+    dtype: str | None = None  # None: bfloat16 with a mesh, float32 on one device
 
 
-def parse_ks(text: str) -> list[int]:
-    """--k '1,8,32' -> [1, 8, 32] (sorted, unique, each >= 1)."""
-    ks = sorted(set(_int_list(text)))
-    if not ks or ks[0] < 1:
-        raise argparse.ArgumentTypeError(f"every k must be >= 1, got {text!r}")
-    return ks
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """What `evaluate` did: stopped by a SIGTERM (`preempted`: the same call resumes), else results.json's content
+    and results.md's text (process 0; None on the others)."""
 
-
-def build_parser() -> argparse.ArgumentParser:
-    from spct_jax.eval.cli import benchmarks_epilog
-
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=benchmarks_epilog(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="GRM: checkpoint folder, .gguf file, tiny-random or smollm2-135m")
-    p.add_argument("--meta-rm", default=None, metavar="DIR",
-                   help="meta RM folder: an HF sequence-classification checkpoint (its own tokenizer files are used "
-                        "if it has them, else the GRM's tokenizer), or a likelihood meta RM (likelihood_meta_rm.json)")
-    p.add_argument("--benchmark", required=True, choices=[*sorted(BENCHMARKS), ALL],
-                   help="the benchmark's rules score the run ('items': your own {context, responses, best|rewards} "
-                        "lines); 'all': every benchmark found under --data-dir")
-    p.add_argument("--data", action="extend", nargs="+", metavar="PATH",
-                   help="benchmark data files or folders (read recursively); not with --benchmark all")
-    p.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="--benchmark all: a folder with one subfolder per benchmark (DIR/judgebench/*.jsonl, "
-                        "DIR/rewardbench/*.jsonl, DIR/rmb/{Pairwise_set,BoN_set}/, DIR/ppe/, ...; eval/run_all.py)")
-    p.add_argument("--format", default=None, help="data format for the reader (default: detected)")
-    p.add_argument("--k", type=parse_ks, default=None, metavar="K[,K...]",
-                   help="samples per item (per order, when judged in two); several (1,8,32) give a scaling curve "
-                        "from one max(k) run (default 8)")
-    p.add_argument("--k-meta", type=_int_list, default=None, metavar="KM[,KM...]",
-                   help="samples the meta RM keeps, one per k in ascending k order (default: k/2 rounded up)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder, local or gs:// (created if missing)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="judge only the first N data items (per benchmark with 'all'); an item judged in parts "
-                        "(PPE conflict pairs, RM-Bench pairs, Ties ratings, two orders) counts once")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default 512")
-    p.add_argument("--temperature", type=float, default=None, help="default: 0.5 (paper) if max k > 1, else 0")
-    p.add_argument("--seed", type=int, default=None, help="sampling, shuffle and tie-break seed (default 0)")
-    p.add_argument("--template", default="default", help="GRM prompt template")
-    p.add_argument("--batch-items", type=int, default=None,
-                   help="items per sampler call, and per chunk kept for a resume (default 8)")
-    p.add_argument("--both-orders", action="store_true",
-                   help="judge every pair in both orders (shuffle off), score Voting over both, and report the "
-                        "position consistency (judgebench: the default)")
-    p.add_argument("--single-game", action="store_true",
-                   help="judgebench: judge each pair in the original order only (JudgeBench's --single_game)")
-    p.add_argument("--ties", choices=TIE_RULES, default=None, help="scoring tie rule (default: the benchmark's)")
-    p.add_argument("--prior-sets", action="store_true", help="rewardbench: [2,2,2,2,1] average with prior sets")
-    p.add_argument("--details", action="store_true",
-                   help="add per-subset scores (rewardbench, rmb, judgebench, rewardbench2, rmbench)")
-    p.add_argument("--subset", default=None, help="ppe: the correctness set of all the data")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="realmistake: predict 'error' iff the per-sample mean score < threshold (default 5.5, "
-                        "the midpoint of the 1-10 scale; the same for every k, as predictions are means)")
-    p.add_argument("--viewer-limit", type=int, default=500, help="items shown in viewer.html (default 500)")
-    from spct_jax.grm.judge import add_runtime_args
-
-    add_runtime_args(p)
-    return p
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """The command line, with --config's fields for the flags not given (grm/judge.py); SystemExit(2) if bad."""
-    from spct_jax.grm.judge import parse_args as parse
-
-    parser = build_parser()
-    args = parse(parser, list(argv), DEFAULTS)
-    if isinstance(args.k, int):  # a config's inference.k / k_meta are single values
-        args.k = [args.k]
-    if isinstance(args.k_meta, int):
-        args.k_meta = [args.k_meta]
-    if args.benchmark == ALL:
-        if args.data_dir is None or args.data is not None:
-            parser.error("--benchmark all takes --data-dir DIR (one subfolder per benchmark), not --data")
-    elif args.data is None or args.data_dir is not None:
-        parser.error(f"--benchmark {args.benchmark} takes --data PATH (--data-dir is for --benchmark all)")
-    return args
+    preempted: bool
+    results: dict[str, Any] | None = None
+    markdown: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,11 +146,13 @@ class Plan:
         return out
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
+def make_plan(args: EvalOptions) -> Plan:
     from spct_jax.grm.scorer import PAPER_TEMPERATURE
     from spct_jax.grm.voting import default_k_meta
 
-    ks = args.k
+    ks = sorted(set(args.k))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"every k must be >= 1, got {list(args.k)}")
     for flag, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens),
                         ("--batch-items", args.batch_items)):
         if value is not None and value < 1:
@@ -205,7 +166,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.k_meta is not None:
         if args.meta_rm is None:
             raise ValueError("--k-meta needs --meta-rm")
-        k_metas = args.k_meta
+        k_metas = list(args.k_meta)
         if len(k_metas) != len(ks):
             raise ValueError(f"--k-meta gives {len(k_metas)} values for {len(ks)} k values ({ks}); give one per k")
         for k, km in zip(ks, k_metas):
@@ -217,7 +178,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(ks=ks, k_metas=k_metas, temperature=temperature)
 
 
-def score_options(args: argparse.Namespace, *, only_accepted: bool = False) -> dict[str, Any]:
+def score_options(args: EvalOptions, *, only_accepted: bool = False) -> dict[str, Any]:
     """score_benchmark options for args.benchmark; only those the user gave, so each benchmark keeps its defaults.
     only_accepted (--benchmark all): leave out what this benchmark's scorer does not take, instead of failing."""
     opts: dict[str, Any] = {"ties": args.ties, "subset": args.subset, "threshold": args.threshold}
@@ -275,10 +236,10 @@ def predictions_name(method: str, k: int, several: bool, *, orders: bool = False
     return f"{stem}_k{k}.jsonl" if several else f"{stem}.jsonl"
 
 
-def load_items(args: argparse.Namespace) -> list[PreferenceItem]:
-    from spct_jax.eval.cli import _read
-
-    items = _read(args.data, args.format, args.benchmark)
+def load_items(args: EvalOptions) -> list[PreferenceItem]:
+    if not args.data:
+        raise ValueError(f"benchmark {args.benchmark}: give its data files or folders")
+    items = read_benchmark_items(args.data, args.benchmark, format=args.format)
     if args.limit is not None:
         items = items[: args.limit]
     if not items:
@@ -286,7 +247,7 @@ def load_items(args: argparse.Namespace) -> list[PreferenceItem]:
     return items
 
 
-def load_judge(args: argparse.Namespace, runtime) -> GenerativeRewardModel:
+def load_judge(args: EvalOptions, runtime) -> GenerativeRewardModel:
     """The GRM and meta RM of --model / --meta-rm on the runtime's mesh, in its dtype (grm/judge.py)."""
     from spct_jax.grm.judge import load_judge as load
 
@@ -298,7 +259,7 @@ class Prepared:
     """One benchmark's run, checked before any model work: the options, the plan, the data's items and the units
     the GRM judges (eval/judged.py), and how they are ordered (None, "both" or "AB")."""
 
-    args: argparse.Namespace
+    args: EvalOptions
     plan: Plan
     items: list[PreferenceItem]
     units: list[PreferenceItem]
@@ -313,7 +274,7 @@ class Prepared:
         return score_options(self.args, only_accepted=self.lenient)
 
 
-def prepare(args: argparse.Namespace, plan: Plan, *, lenient: bool = False) -> Prepared:
+def prepare(args: EvalOptions, plan: Plan, *, lenient: bool = False) -> Prepared:
     """Read and check one benchmark's data and options; ValueError / OSError naming what is wrong. lenient
     (--benchmark all): --both-orders is dropped for a benchmark without pairs instead of refused."""
     items = load_items(args)
@@ -395,37 +356,27 @@ def score_runs(prep: Prepared, rows: Sequence[Mapping[str, Any]]) -> tuple[list[
     return runs, files
 
 
-def run_main(argv: Sequence[str]) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:  # argparse exits on --help (0) and on bad usage (2); return it as a status
-        return int(e.code or 0)
-    if args.benchmark == ALL:
-        from spct_jax.eval.run_all import run_all
+def evaluate(options: EvalOptions, *, grm: GenerativeRewardModel | None = None, runtime: Runtime | None = None,
+             show_progress: bool = True) -> EvalResult:
+    """Judge and score one benchmark (module docstring) and write its artifacts to `options.out`. `grm`: a judge
+    already loaded (else `options.model` / `meta_rm` are loaded on the runtime); `runtime`: where it runs (else set
+    up from `options.mesh` / `dtype`). Raises ValueError / OSError for bad data or options (before any model
+    work) and JudgeError (a ValueError with an exit code) for a model, mesh or resume that cannot be used.
+    `options.benchmark == "all"`: see eval/run_all.py's `evaluate_all`."""
+    if options.benchmark == ALL:
+        raise ValueError("benchmark 'all' runs through spct_jax.eval.run_all.evaluate_all")
+    prep = prepare(options, make_plan(options))
+    if runtime is None:
+        from spct_jax.grm.judge import setup_runtime
 
-        return run_all(args)
-    try:
-        prep = prepare(args, make_plan(args))
-    except (ValueError, OSError) as e:  # DataError, PredictionError, ConfigError, TokenizerError are ValueErrors
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    from spct_jax.grm.judge import JudgeError, setup_runtime
-
-    try:
-        runtime = setup_runtime(args.mesh, args.dtype, prog=PROG)
-        _, results_md = judge_and_write(prep, runtime, lambda: load_judge(args, runtime))
-    except JudgeError as e:  # a --model / --meta-rm / --mesh that cannot be used, a resume that does not match
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    if results_md is not None and runtime.is_main:
-        print(results_md.decode("utf-8"), end="")
-    return 0
+        runtime = setup_runtime(options.mesh, options.dtype, prog=PROG)
+    return judge_and_write(prep, runtime, (lambda: grm) if grm is not None else (lambda: load_judge(options, runtime)),
+                           show_progress=show_progress and runtime.is_main)
 
 
-def judge_and_write(prep: Prepared, runtime: Runtime,
-                    grm: Callable[[], GenerativeRewardModel]) -> tuple[bool, bytes | None]:
-    """Judge every unit not yet judged and write the artifacts to --out. -> (stopped by a SIGTERM: the same command
-    resumes, results.md's bytes on process 0 once written, else None). Every process
+def judge_and_write(prep: Prepared, runtime: Runtime, grm: Callable[[], GenerativeRewardModel], *,
+                    show_progress: bool = True) -> EvalResult:
+    """Judge every unit not yet judged and write the artifacts to --out (EvalResult). Every process
     judges (the sampler is a collective over the mesh); process 0 keeps the chunks, then writes the artifacts while
     the others wait for it. `grm` loads the judge (called once, here)."""
     from spct_jax.grm.judge import JudgeError
@@ -434,13 +385,13 @@ def judge_and_write(prep: Prepared, runtime: Runtime,
     out = paths.as_path(prep.args.out)
     store = JudgeStore(out / ".judging", fingerprint=fingerprint(prep, runtime.dtype), items=prep.units).open()
     started = time.time()
-    done = judge(grm(), prep, store, show_progress=runtime.is_main)
+    done = judge(grm(), prep, store, show_progress=show_progress)
     if done.preempted:
         print(f"{PROG}: stopped by SIGTERM with {done.judged + done.reused} of {done.total} items judged (kept in "
               f"{store.directory}); the same command resumes", file=sys.stderr)
-        return True, None
+        return EvalResult(preempted=True)
 
-    def finish() -> bytes:
+    def finish() -> dict[str, bytes]:
         files = artifacts(prep, store.lines(), fingerprint=store.fingerprint, elapsed_s=time.time() - started)
         try:
             write_outputs(out, files)
@@ -448,9 +399,13 @@ def judge_and_write(prep: Prepared, runtime: Runtime,
             raise JudgeError(f"cannot write {out}: {e}", exit_code=1) from None
         store.remove()
         print(f"{PROG}: wrote {len(files)} files to {out}", file=sys.stderr)
-        return files["results.md"]
+        return files
 
-    return False, on_main(finish, f"writing {out}")
+    files = on_main(finish, f"writing {out}")
+    if files is None:  # not process 0
+        return EvalResult(preempted=False)
+    return EvalResult(preempted=False, results=json.loads(files["results.json"]),
+                      markdown=files["results.md"].decode("utf-8"))
 
 
 def artifacts(prep: Prepared, rows: list[dict[str, Any]], *, fingerprint: Mapping[str, Any],
@@ -482,7 +437,3 @@ def artifacts(prep: Prepared, rows: list[dict[str, Any]], *, fingerprint: Mappin
     files["results.md"] = results_markdown(results).encode("utf-8")
     files["results.json"] = (json.dumps(results, indent=2) + "\n").encode("utf-8")
     return files
-
-
-if __name__ == "__main__":
-    sys.exit(run_main(sys.argv[1:]))

@@ -32,8 +32,7 @@ stops after the chunk in flight (exit 0, no table); the same command goes on fro
 """
 from __future__ import annotations
 
-import argparse
-import copy
+import dataclasses
 import json
 import sys
 from collections.abc import Mapping
@@ -42,7 +41,8 @@ from typing import Any
 
 from spct_jax import paths
 from spct_jax.eval.benchmarks import HEADLINE_KEYS, OVERALL_PARTS
-from spct_jax.eval.run import PROG, Prepared, artifacts, fingerprint, judge_and_write, load_judge, make_plan, prepare
+from spct_jax.eval.run import (PROG, EvalOptions, EvalResult, Prepared, artifacts, fingerprint, judge_and_write,
+                               load_judge, make_plan, prepare)
 from spct_jax.eval.run_outputs import run_label, write_outputs
 
 # Benchmarks in table order (the paper's four, ReaLMistake, then the others), and where each one's data lies:
@@ -87,14 +87,11 @@ def discover(data_dir: str | Path) -> tuple[dict[str, list[str]], list[str]]:
     return found, notes
 
 
-def benchmark_args(args: argparse.Namespace, name: str, data: list[str]) -> argparse.Namespace:
-    """The per-benchmark command line: `--benchmark NAME --data <its files> --out OUT/NAME`, other flags shared
+def benchmark_args(args: EvalOptions, name: str, data: list[str]) -> EvalOptions:
+    """The per-benchmark run: `--benchmark NAME --data <its files> --out OUT/NAME`, other options shared
     (--single-game only for JudgeBench)."""
-    sub = copy.copy(args)
-    sub.benchmark, sub.data, sub.data_dir = name, data, None
-    sub.out = str(paths.as_path(args.out) / name)
-    sub.single_game = args.single_game and name == "judgebench"
-    return sub
+    return dataclasses.replace(args, benchmark=name, data=data, data_dir=None, out=str(paths.as_path(args.out) / name),
+                               single_game=args.single_game and name == "judgebench")
 
 
 def _differences(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> str:
@@ -130,7 +127,7 @@ def rescore(prep: Prepared, full_fingerprint: Mapping[str, Any]) -> None:
     write_outputs(out, artifacts(prep, rows, fingerprint=full_fingerprint, elapsed_s=old.get("elapsed_s", 0.0)))
 
 
-def summary(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+def summary(args: EvalOptions, names: list[str]) -> dict[str, Any]:
     """OUT/results.json's content, from each benchmark's OUT/NAME/results.json (process 0)."""
     labels: list[str] = []
     benchmarks: dict[str, Any] = {}
@@ -187,71 +184,64 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_all(args: argparse.Namespace) -> int:
-    """`spct eval run --benchmark all` (module docstring); the exit status."""
-    from spct_jax.grm.judge import JudgeError, setup_runtime
+def evaluate_all(args: EvalOptions, *, grm=None, runtime=None, show_progress: bool = True) -> EvalResult:
+    """`spct eval run --benchmark all` (module docstring): every benchmark under `args.data_dir`, then the table.
+    -> EvalResult (results: OUT/results.json's content, markdown: the table; on process 0). `grm` / `runtime`: as
+    `run.evaluate`. Raises ValueError / OSError for bad data or options (before any model work), JudgeError for a
+    model, mesh or finished benchmark that cannot be used."""
+    from spct_jax.grm.judge import setup_runtime
     from spct_jax.grm.judge_store import JudgeStore, any_process, on_main
 
-    try:
-        if args.format is not None:
-            raise ValueError("--format names one reader; with --benchmark all each benchmark's is detected")
-        plan = make_plan(args)
-        found, notes = discover(args.data_dir)
-        for note in notes:
-            print(f"{PROG}: note: {note}", file=sys.stderr)
-        if not found:
-            raise ValueError(f"--data-dir {args.data_dir}: no benchmark data in the layout "
-                             f"{', '.join(f'{n}/' for n in LAYOUT)} (eval/run_all.py)")
-        preps: dict[str, Prepared] = {}
-        for name, data in found.items():
-            try:
-                preps[name] = prepare(benchmark_args(args, name, data), plan, lenient=True)
-            except ValueError as e:  # say which benchmark; an OSError names its file already
-                raise ValueError(f"{name}: {e}") from None
-    except (ValueError, OSError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    try:
+    if args.format is not None:
+        raise ValueError("--format names one reader; with --benchmark all each benchmark's is detected")
+    if args.data_dir is None:
+        raise ValueError("--benchmark all takes --data-dir DIR (one subfolder per benchmark)")
+    plan = make_plan(args)
+    found, notes = discover(args.data_dir)
+    for note in notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    if not found:
+        raise ValueError(f"--data-dir {args.data_dir}: no benchmark data in the layout "
+                         f"{', '.join(f'{n}/' for n in LAYOUT)} (eval/run_all.py)")
+    preps: dict[str, Prepared] = {}
+    for name, data in found.items():
+        try:
+            preps[name] = prepare(benchmark_args(args, name, data), plan, lenient=True)
+        except ValueError as e:  # say which benchmark; an OSError names its file already
+            raise ValueError(f"{name}: {e}") from None
+    if runtime is None:
         runtime = setup_runtime(args.mesh, args.dtype, prog=PROG)
-        loaded: list[Any] = []
+    loaded: list[Any] = [] if grm is None else [grm]
 
-        def grm():  # loaded once, and only if some benchmark is to be judged
-            if not loaded:
-                loaded.append(load_judge(args, runtime))
-            return loaded[0]
+    def judge_model():  # loaded once, and only if some benchmark is to be judged
+        if not loaded:
+            loaded.append(load_judge(args, runtime))
+        return loaded[0]
 
-        for name, prep in preps.items():
-            out = paths.as_path(prep.args.out)
-            full = JudgeStore(out / ".judging", fingerprint=fingerprint(prep, runtime.dtype), items=prep.units).fingerprint
-            state = on_main(lambda: finished_state(prep, full), f"reading {out / RESULTS}")
-            # Process 0 alone reads --out; the others learn its answer (any_process is an all-gather).
-            done, again = any_process(state == "done"), any_process(state == "rescore")
-            if done:
-                print(f"{PROG}: {name}: finished earlier with these settings; skipped", file=sys.stderr)
-                continue
-            if again:
-                on_main(lambda: rescore(prep, full), f"writing {out}")
-                print(f"{PROG}: {name}: finished earlier; re-scored with the new scoring options", file=sys.stderr)
-                continue
-            preempted, _ = judge_and_write(prep, runtime, grm)
-            if preempted:
-                print(f"{PROG}: stopped during {name}; the same command resumes there (finished benchmarks are "
-                      "skipped)", file=sys.stderr)
-                return 0
+    for name, prep in preps.items():
+        out = paths.as_path(prep.args.out)
+        full = JudgeStore(out / ".judging", fingerprint=fingerprint(prep, runtime.dtype), items=prep.units).fingerprint
+        state = on_main(lambda: finished_state(prep, full), f"reading {out / RESULTS}")
+        # Process 0 alone reads --out; the others learn its answer (any_process is an all-gather).
+        done, again = any_process(state == "done"), any_process(state == "rescore")
+        if done:
+            print(f"{PROG}: {name}: finished earlier with these settings; skipped", file=sys.stderr)
+            continue
+        if again:
+            on_main(lambda: rescore(prep, full), f"writing {out}")
+            print(f"{PROG}: {name}: finished earlier; re-scored with the new scoring options", file=sys.stderr)
+            continue
+        if judge_and_write(prep, runtime, judge_model, show_progress=show_progress and runtime.is_main).preempted:
+            print(f"{PROG}: stopped during {name}; the same command resumes there (finished benchmarks are "
+                  "skipped)", file=sys.stderr)
+            return EvalResult(preempted=True)
 
-        def write_summary() -> bytes:
-            s = summary(args, list(preps))
-            md = summary_markdown(s).encode("utf-8")
-            write_outputs(args.out, {RESULTS: (json.dumps(s, indent=2) + "\n").encode("utf-8"), "results.md": md})
-            return md
+    def write_summary() -> tuple[dict[str, Any], str]:
+        s = summary(args, list(preps))
+        md = summary_markdown(s)
+        write_outputs(args.out, {RESULTS: (json.dumps(s, indent=2) + "\n").encode("utf-8"),
+                                 "results.md": md.encode("utf-8")})
+        return s, md
 
-        table = on_main(write_summary, f"writing {args.out}")
-    except JudgeError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # another process's failure on process 0, or a write that failed
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    if runtime.is_main:
-        print(table.decode("utf-8"), end="")
-    return 0
+    written = on_main(write_summary, f"writing {args.out}")
+    return EvalResult(preempted=False) if written is None else EvalResult(False, *written)

@@ -39,11 +39,11 @@ from flax import nnx
 from spct_jax.data.schema import PreferenceItem
 from spct_jax.grm.prompts import build_prompt
 from spct_jax.grm.voting import permute
+from spct_jax.models.logprobs import sequence_logprobs
 from spct_jax.models.transformer import Decoder
-from spct_jax.eval.metrics import roc_auc
+from spct_jax.roc import roc_auc
 from spct_jax.sampling import length_bucketed_batches
 from spct_jax.tokenizer import Tokenizer
-from spct_jax.train.losses import sequence_logprobs
 
 CONFIG_NAME = "likelihood_meta_rm.json"
 FORMAT = "spct-likelihood-meta-rm/1"

@@ -7,7 +7,7 @@ quantized format.
 
 Three conventions differ from transformers' checkpoints:
 - Tensor names are llama.cpp's (`blk.3.attn_q.weight`); `_GGUF_TO_HF` renames them so that the HF-name table of
-  `weights.lm_mapping` (the one place that knows our param paths) can be reused.
+  `param_map.lm_mapping` (the one place that knows our param paths) can be reused.
 - Shapes are listed in ggml order (fastest axis first). The data, read as a row-major numpy array, already has
   transformers' [out, in] layout, i.e. `reversed(tensor.shape)`.
 - For Llama, llama.cpp's converter permutes the rows of q and k within each head from transformers' rotate-half
@@ -30,7 +30,7 @@ from flax import nnx
 
 from spct_jax.models.config import ConfigError, ModelConfig
 from spct_jax.models.transformer import Decoder
-from spct_jax.models.weights import WeightsError, StackedParams, lm_mapping, tensor_shape
+from spct_jax.models.param_map import StackedParams, WeightsError, lm_mapping, tensor_shape
 
 if TYPE_CHECKING:
     from spct_jax.tokenizers.base import Tokenizer

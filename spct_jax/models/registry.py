@@ -20,11 +20,9 @@ from spct_jax import paths
 from spct_jax.models.config import ModelConfig
 from spct_jax.models.transformer import Decoder, init_model
 from spct_jax.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from spct_jax.tokenizers.save import TOKENIZER_FILES
 
 NAMED = ("tiny-random", "smollm2-135m")
-# What a checkpoint folder's tokenizer is made of (HF `tokenizers`, sentencepiece, chat template).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "chat_template.jinja", "generation_config.json")
 
 
 def tiny_random_config(vocab_size: int) -> ModelConfig:

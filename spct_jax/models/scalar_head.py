@@ -20,8 +20,9 @@ from flax import nnx
 
 from spct_jax.models.config import ConfigError, ModelConfig
 from spct_jax.models.transformer import Decoder, Dense
-from spct_jax.models.weights import (Mapping, Path_, TensorMap, decoder_mapping, export_tensors, load_into,
-                                     read_hf_config, rule_shardings, spans_processes, write_checkpoint)
+from spct_jax.models.param_map import Mapping, Path_, TensorMap, decoder_mapping
+from spct_jax.models.weights import (export_tensors, load_into, read_hf_config, rule_shardings, spans_processes,
+                                     write_checkpoint)
 
 _ARCHITECTURES = {"gemma2": "Gemma2ForSequenceClassification", "llama": "LlamaForSequenceClassification",
                   "qwen2": "Qwen2ForSequenceClassification"}

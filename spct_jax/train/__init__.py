@@ -2,8 +2,8 @@
 from spct_jax.train.checkpoint import Checkpointer, install_sigterm_handler
 from spct_jax.train.config import GRPOLossConfig, LoopConfig, OptimizerConfig
 from spct_jax.train.loop import LoopResult, epoch_batches, run_training
-from spct_jax.train.losses import (bce_loss, group_advantages, grpo_diagnostics, grpo_loss, k3_kl, nll_loss,
-                                   sequence_logprobs, token_logprobs_from_logits)
+from spct_jax.models.logprobs import sequence_logprobs, token_logprobs_from_logits  # re-exported for users
+from spct_jax.train.losses import bce_loss, group_advantages, grpo_diagnostics, grpo_loss, k3_kl, nll_loss
 from spct_jax.train.metrics import MetricsLogger, read_jsonl_metrics
 from spct_jax.train.state import TrainState, create_train_state, make_optimizer
 from spct_jax.train.steps import (LogprobFn, TrainStep, default_mesh, make_bce_step, make_grpo_step,

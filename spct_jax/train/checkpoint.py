@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from spct_jax import paths
-from spct_jax.train.stage_common import StageError
+from spct_jax.train.errors import StageError
 from spct_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)

@@ -21,32 +21,12 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from spct_jax import paths
 
 log = logging.getLogger("spct.export")
 DTYPE_NAMES = ("float32", "bfloat16")
-
-
-def tokenizer_writer(tokenizer, source: str):
-    """extra_files for weights.write_checkpoint: the tokenizer files `--model` needs next to the weights (copied
-    from a folder checkpoint, or exported; stage_common.save_tokenizer), written locally and copied to a remote
-    folder."""
-    from spct_jax.train.stage_common import save_tokenizer
-
-    def write(folder) -> None:
-        if not paths.is_remote(folder):
-            save_tokenizer(tokenizer, source, Path(folder))
-            return
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as local:
-            for name in save_tokenizer(tokenizer, source, Path(local)):
-                paths.copy_file(Path(local) / name, folder / name)
-
-    return write
 
 
 def _run_config(stage: paths.Path) -> dict[str, Any]:
@@ -79,6 +59,7 @@ def export_checkpoint(stage_dir: paths.PathLike, *, out: paths.PathLike | None =
     from spct_jax.models.scalar_head import scalar_rm_hf_config, scalar_rm_mapping
     from spct_jax.models.weights import (WeightsError, lm_hf_config, lm_mapping, rule_shardings, tensor_blocks,
                                          tensor_shape, write_checkpoint)
+    from spct_jax.tokenizers.save import tokenizer_writer
     from spct_jax.train.checkpoint import ParamsReader
 
     stage = paths.as_path(stage_dir)
@@ -177,4 +158,4 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["export_checkpoint", "main", "tokenizer_writer"]
+__all__ = ["export_checkpoint", "main"]

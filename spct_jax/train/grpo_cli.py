@@ -26,7 +26,8 @@ from typing import Any
 
 import ml_collections
 
-from spct_jax.train.stage_common import (StageError, last_metrics, load_checkpoint, read_items, run_cli, save_model,
+from spct_jax.train.errors import StageError
+from spct_jax.train.stage_common import (last_metrics, load_checkpoint, read_items, run_cli, save_model,
                                          stage_dir, stage_run, usable_items, write_json)
 
 log = logging.getLogger("spct.grpo")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from spct_jax.data.schema import PreferenceItem
-from spct_jax.eval.metrics import roc_auc
+from spct_jax.roc import roc_auc
 from spct_jax.grm.prompts import build_metarm_prompt
 from spct_jax.grm.scorer import score_sequences
 from spct_jax.grm.voting import permute

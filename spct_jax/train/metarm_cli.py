@@ -37,7 +37,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from spct_jax.train.stage_common import (StageError, last_metrics, load_checkpoint, read_items, run_cli, save_model,
+from spct_jax.train.errors import StageError
+from spct_jax.train.stage_common import (last_metrics, load_checkpoint, read_items, run_cli, save_model,
                                          stage_dir, stage_run, usable_items, write_json)
 
 log = logging.getLogger("spct.metarm")
@@ -110,7 +111,8 @@ def run(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     train_ex, train_bal = examples(train_idx)
     held_ex, held_bal = examples(held_idx)
     summary: dict[str, Any] = {
-        "stage": "metarm", "head": "last_token", "init_checkpoint": m.init_checkpoint, "meta_rm_init": source, "items": len(items),
+        "stage": "metarm", "head": "last_token", "init_checkpoint": m.init_checkpoint, "meta_rm_init": source,
+        "items": len(items),
         "dropped_items": dropped, "sampling": chunks.as_dict(), "items_train": len(train_idx),
         "items_held_out": len(held_idx),
         "balance": {"train": {**dataclasses.asdict(train_bal), "positive_fraction": train_bal.positive_fraction},

@@ -375,7 +375,7 @@ def run_chunks(store: ChunkStore, sample: Callable[[int, int], tuple[list[dict[s
 def open_stage_store(directory: paths.PathLike, fingerprint: Mapping[str, Any], items: Sequence[PreferenceItem],
                      chunk_items: int) -> ChunkStore:
     """A stage's store, opened on every process; a mismatch (exit 2) or a damaged folder (exit 1) is a StageError."""
-    from spct_jax.train.stage_common import StageError
+    from spct_jax.train.errors import StageError
 
     try:
         return ChunkStore(directory, fingerprint=fingerprint, keys=[item_key(i) for i in items],

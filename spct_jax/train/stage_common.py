@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,21 +25,11 @@ import ml_dtypes
 import numpy as np
 
 from spct_jax.config_files import load_config
+from spct_jax.train.errors import StageError
 
 log = logging.getLogger("spct.train")
 
-# Tokenizer files of an HF / sentencepiece checkpoint folder, copied next to a trained model.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "chat_template.jinja", "generation_config.json")
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}  # model.param_dtype -> load / export dtype
-
-
-class StageError(Exception):
-    """A run that cannot proceed; the message says which field or file. exit_code 2 = config, 1 = input."""
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 # -- config -------------------------------------------------------------------------------------------------------
@@ -171,55 +160,6 @@ def load_checkpoint(spec: str, field: str, model: ml_collections.ConfigDict, mes
         raise StageError(f"config field {field!r} = {spec!r}: {e}", exit_code=1) from None
 
 
-def save_tokenizer(tokenizer, source: str, dest: Path) -> list[str]:
-    """Make `dest` loadable by `load_tokenizer`: copy a source folder's tokenizer files, or export the tokenizer
-    (byte tokenizer of tiny-random, or an HF tokenizer built from GGUF metadata) as tokenizer.json. -> files."""
-    from spct_jax.tokenizer import ByteTokenizer, HFTokenizer
-
-    src = Path(source)
-    if src.is_dir():
-        copied = [f for f in TOKENIZER_FILES if (src / f).is_file()]
-        for f in copied:
-            shutil.copy2(src / f, dest / f)
-        return copied
-    if isinstance(tokenizer, ByteTokenizer):
-        backend = byte_tokenizer_json()
-    elif isinstance(tokenizer, HFTokenizer):
-        backend = tokenizer.backend
-    else:
-        raise StageError(f"cannot save a {type(tokenizer).__name__} from {source!r}", exit_code=1)
-    backend.save(str(dest / "tokenizer.json"))
-
-    def name(token_id: int | None) -> str | None:
-        return None if token_id is None else backend.id_to_token(token_id)
-
-    fmt = tokenizer.chat_format
-    (dest / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name(tokenizer.bos_id),
-         "eos_token": name(tokenizer.eos_id), "pad_token": name(tokenizer.pad_id),
-         "chat_format": None if fmt is None else fmt.name}, indent=1))
-    return ["tokenizer.json", "tokenizer_config.json"]
-
-
-def byte_tokenizer_json():
-    """`ByteTokenizer` as an HF `tokenizers` byte-level BPE without merges: the same ids for every text (byte b ->
-    b + BYTE_OFFSET, chat markers -> their single ids; "<pad>"/"<bos>"/"<eos>" in text stay bytes because they are
-    plain vocabulary entries, not added tokens) and the same decoding. transformers' AutoTokenizer loads it too."""
-    import tokenizers
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers
-
-    from spct_jax.tokenizers.byte import _FIRST_MARKER, BYTE_OFFSET, SPECIAL_TOKENS
-    from spct_jax.tokenizers.gguf_tokenizer import _byte_alphabet
-
-    alphabet = _byte_alphabet()  # GPT-2's byte -> printable character map, how byte-level vocabularies spell bytes
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)} | {alphabet[b]: b + BYTE_OFFSET for b in range(256)}
-    tok = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS[_FIRST_MARKER:]])
-    return tok
-
-
 def save_model(model, tokenizer, source: str, dest, param_dtype: str) -> dict[str, Any]:
     """An HF folder (weights in the param dtype) plus tokenizer files: `--model dest` works in score; a `ScalarRM`
     becomes a sequence-classification folder. Every process calls it. A model sharded over processes is written
@@ -230,21 +170,25 @@ def save_model(model, tokenizer, source: str, dest, param_dtype: str) -> dict[st
 
     from spct_jax.models.scalar_head import ScalarRM, save_scalar_rm
     from spct_jax.models.weights import save_pretrained, spans_processes
-    from spct_jax.train.export_cli import tokenizer_writer
+    from spct_jax.tokenizers.base import TokenizerError
+    from spct_jax.tokenizers.save import tokenizer_writer
 
     tokenizer_files = tokenizer_writer(tokenizer, source)
     save = save_scalar_rm if isinstance(model, ScalarRM) else save_pretrained
-    if spans_processes(model) or jax.process_count() == 1:
-        save(model, dest, dtype=DTYPES[param_dtype], extra_files=tokenizer_files)
-    else:  # every process holds a whole copy: one writes, the others wait for it and hear how it went
-        error = None
-        if is_main_process():
-            try:
-                save(model, dest, dtype=DTYPES[param_dtype], extra_files=tokenizer_files)
-            except Exception as e:  # noqa: BLE001 - re-raised below on every process
-                error = e
-        if np.any(multihost_utils.process_allgather(np.asarray(error is not None, np.int32))):
-            raise error or OSError(f"exporting {dest} failed on process 0 (see its log)")
+    try:
+        if spans_processes(model) or jax.process_count() == 1:
+            save(model, dest, dtype=DTYPES[param_dtype], extra_files=tokenizer_files)
+        else:  # every process holds a whole copy: one writes, the others wait for it and hear how it went
+            error = None
+            if is_main_process():
+                try:
+                    save(model, dest, dtype=DTYPES[param_dtype], extra_files=tokenizer_files)
+                except Exception as e:  # noqa: BLE001 - re-raised below on every process
+                    error = e
+            if np.any(multihost_utils.process_allgather(np.asarray(error is not None, np.int32))):
+                raise error or OSError(f"exporting {dest} failed on process 0 (see its log)")
+    except TokenizerError as e:  # a tokenizer that cannot be written next to the model: an input of the run
+        raise StageError(str(e), exit_code=1) from None
     return {"path": str(dest)}
 
 

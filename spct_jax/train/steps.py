@@ -30,12 +30,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from spct_jax.models.logprobs import sequence_logprobs
 from spct_jax.models.transformer import Decoder
 from spct_jax.parallel.compilation import compile_phase
 from spct_jax.parallel.mesh import BATCH_AXES, batch_axes, batch_sharding
 from spct_jax.parallel.rules import constrain
 from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
-from spct_jax.train.losses import Weighted, bce_loss, grpo_diagnostic_sums, grpo_loss, nll_loss, sequence_logprobs
+from spct_jax.train.losses import Weighted, bce_loss, grpo_diagnostic_sums, grpo_loss, nll_loss
 from spct_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 
 Batch = Mapping[str, Any]  # name -> [B, ...] array (numpy or jax)
