@@ -481,6 +481,20 @@ def test_missing_or_miscounted_predictions_name_the_uid():
         check_predictions([rb[0], rb[0]], {"0": [1.0, 0.0]})
 
 
+def test_predictions_read_from_a_file_that_do_not_fit_name_the_file_and_line(tmp_path):
+    rb = [pair(i, subset="llmbar-natural") for i in range(3)]
+    f = tmp_path / "pred.jsonl"
+    f.write_text('{"uid": "0", "scores": [1, 0]}\n\n{"uid": "1", "scores": [1, 0, 2]}\n{"uid": "2", "scores": [0, 1]}\n'
+                 '{"uid": "zz", "scores": [1]}\n')
+    preds = load_predictions(f)
+    assert preds.where == {u: f"{f}:{n}" for u, n in (("0", 1), ("1", 3), ("2", 4), ("zz", 5))}
+    with pytest.raises(PredictionError, match=rf"^{f}:3: uid '1': 3 scores for 2 responses"):
+        score_benchmark("rewardbench", rb, preds)
+    preds["1"] = [1.0, 0.0]
+    with pytest.raises(PredictionError, match=rf"^{f}:5: 1 predictions match no item: uid 'zz'"):
+        check_predictions(rb, preds, allow_extra=False)
+
+
 def test_pick_credit_rules():
     assert pick_credit([3.0, 1.0], 0, "wrong") == 1.0
     assert pick_credit([1.0, 3.0], 0, "half") == 0.0

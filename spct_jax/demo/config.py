@@ -24,7 +24,7 @@ class DemoConfig:
     toy: ToyConfig = ToyConfig()
     # The tiny decoder (Llama block; ~0.2M params: every extra FLOP is paid on 2 CPU cores). 8 heads of 8 dims cost
     # the FLOPs of 4 of 16. The old settings (4 heads, 0.25 no-principles, ones-digit drills at 0.5) formed the check
-    # of the analysis notes in 1 seed of 3; these form it in 3 of 3 (issue 9's note; the changes were not isolated).
+    # of the analysis notes in 1 seed of 3; these form it in 3 of 3 (measured; the changes were not isolated).
     d_model: int = 64
     num_layers: int = 3
     num_heads: int = 8
@@ -36,7 +36,7 @@ class DemoConfig:
     # shown first. A systematic bias is what rejective sampling and RL can remove (with random mistakes the cold
     # start's greedy output is already the teacher's mode), and per-sample shuffles turn it into noise that voting
     # averages out. No "check" mistakes: a verdict that contradicts its own note teaches the model to guess
-    # verdicts, and the check was the skill that failed to form (issue 9's note).
+    # verdicts, and the check was the skill that failed to form (measured while tuning the demo).
     teacher_error_types: tuple[str, ...] = ("position",)
     # Cold-start examples in the no-principles format (for the ablation). Few: their verdicts cannot be read off a
     # written key fact, so they pull the model towards guessing verdicts (0.25 was the old setting; see above).
@@ -44,8 +44,8 @@ class DemoConfig:
     # Comparison drills mixed into the cold start, as a fraction of its teacher examples (toy.comparison_drills).
     drill_fraction: float = 1.0
     # 3000 steps at 1e-3: at 1200 steps, or at 3e-3 / 6e-3, the check of the analysis notes stayed at chance
-    # (issue 9's note).
-    cold_start_steps: int = 2700  # 3000 until the runtime cut (issue 9's note): 9 epochs of the 4800 examples
+    # (measured while tuning the demo).
+    cold_start_steps: int = 2700  # 3000 until a runtime cut: 9 epochs of the 4800 examples
     cold_start_lr: float = 1e-3
     batch_size: int = 16  # small batches, more updates: ~2x more sample-efficient than 32 for this model
     # SFT batches in 2 length segments (StageRun.length_segments; the same updates): the cold start mixes ~50-token
@@ -53,7 +53,7 @@ class DemoConfig:
     length_segments: int = 2
     # Stage 1: RFT.
     n_rft: int = 3  # paper, App. C.1
-    rft_steps: int = 360  # 450 until the runtime cut (issue 9's note)
+    rft_steps: int = 360  # 450 until a runtime cut
     rft_lr: float = 1e-3
     rft_teacher_mix: int = 400  # teacher examples mixed in, as the paper mixes general instruction data
     hinted: str = "all"  # RFT's hinted sampling (train/rft.py HINTED_MODES; "all" is our reading of [P] §3.2)
@@ -66,14 +66,14 @@ class DemoConfig:
     grpo_beta: float = 0.08  # paper, 27B (App. C.1)
     rollout_temperature: float = 1.0  # RFT's rejective sampling; ours (the paper is silent)
     # GRPO's rollouts; ours (the paper is silent). From one RFT model (seed 2), 90 steps at T = 1.0 gave 53.7 greedy
-    # (RFT 54.0), at T = 0.7 57.0: samples nearer the greedy mode move the mode (issue 9's note).
+    # (RFT 54.0), at T = 0.7 57.0: samples nearer the greedy mode move the mode.
     grpo_temperature: float = 0.7
     # Stage 3: meta RM. "likelihood" (ours, the default here): the frozen cold-start LM's mean log-likelihood of a
     # trajectory after the GRM prompt, scale and bias fit by BCE (grm/likelihood_meta_rm.py). "last_token": the
     # paper's scalar head, fine-tuned by BCE; at this scale it ranks one item's samples at chance (within-item
-    # ROC-AUC 0.49-0.52, 3 seeds; MetaRM@32 below Voting@32 in 3 of 3; issue 9's note), so it is not the default.
+    # ROC-AUC 0.49-0.52, 3 seeds; MetaRM@32 below Voting@32 in 3 of 3), so it is not the default.
     metarm_head: str = "likelihood"
-    # The last-token head only: its held-out ROC-AUC is ~0.5 at 300 and at 600 steps (issue 9's note).
+    # The last-token head only: its held-out ROC-AUC is ~0.5 at 300 and at 600 steps.
     metarm_steps: int = 300
     metarm_lr: float = 1e-3
     # Stage 4: evaluation.

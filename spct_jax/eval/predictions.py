@@ -26,6 +26,21 @@ from spct_jax.data.schema import DataError, PreferenceItem
 Predictions = dict[str, list[float]]
 
 
+class PredictionLines(dict):
+    """{uid: scores} as load_predictions read it, with `where[uid]`: the `file:line` of the uid's line, so that a
+    prediction that does not fit its item (a wrong score count, a uid no item has) names where it was written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where: dict[str, str] = {}
+
+
+def where_of(preds: Mapping[str, Any], uid: str) -> str:
+    """`file:line: ` of the uid's prediction when `preds` came from a file (PredictionLines), else ''."""
+    where = getattr(preds, "where", {}).get(uid)
+    return f"{where}: " if where else ""
+
+
 class PredictionError(DataError):
     """A bad predictions file or predictions that do not fit the items (a missing uid, a wrong score count).
 
@@ -54,14 +69,15 @@ def _scores(value: Any, where: str) -> list[float]:
     return out
 
 
-def load_predictions(path: str | os.PathLike) -> Predictions:
-    """Read a predictions JSONL file into {uid: scores}. Blank lines are skipped; anything else malformed raises
-    PredictionError naming `file:line` (bad JSON, not an object, a missing or ill-typed field, a duplicate uid)."""
+def load_predictions(path: str | os.PathLike) -> PredictionLines:
+    """Read a predictions JSONL file into {uid: scores} (a PredictionLines, which also holds each uid's `file:line`).
+    Blank lines are skipped; anything else malformed raises PredictionError naming `file:line` (bad JSON, not an
+    object, a missing or ill-typed field, a duplicate uid)."""
     from spct_jax import paths
 
     source = paths.as_path(path)
     path = os.fspath(path)  # as the user wrote it, for messages
-    preds: Predictions = {}
+    preds = PredictionLines()
     first_line: dict[str, int] = {}
     try:
         with source.open("r", encoding="utf-8") as f:
@@ -83,6 +99,7 @@ def load_predictions(path: str | os.PathLike) -> Predictions:
                     raise PredictionError(f"{where}: duplicate uid {uid!r} (first seen on line {first_line[uid]})")
                 preds[uid] = _scores(row["scores"], where)
                 first_line[uid] = lineno
+                preds.where[uid] = where
     except UnicodeDecodeError as e:
         raise PredictionError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     return preds
@@ -93,7 +110,8 @@ def check_predictions(items: Sequence[PreferenceItem], preds: Mapping[str, Seque
     """Raise PredictionError unless every item has exactly one score per response.
 
     Extra predictions (uids with no item) are allowed by default, so one predictions file for a whole benchmark can
-    score any part of it; `allow_extra=False` rejects them. The message always names the offending uid(s).
+    score any part of it; `allow_extra=False` rejects them. The message always names the offending uid(s), and
+    the file and line of a prediction when `preds` came from load_predictions.
     """
     seen: set[str] = set()
     missing: list[str] = []
@@ -106,8 +124,8 @@ def check_predictions(items: Sequence[PreferenceItem], preds: Mapping[str, Seque
         if scores is None:
             missing.append(item.uid)
         elif len(scores) != item.num_responses:
-            raise PredictionError(f"uid {item.uid!r}: {len(scores)} scores for {item.num_responses} responses "
-                                  f"(scores go in the item's original response order)")
+            raise PredictionError(f"{where_of(preds, item.uid)}uid {item.uid!r}: {len(scores)} scores for "
+                                  f"{item.num_responses} responses (scores go in the item's original response order)")
     if missing:
         shown = ", ".join(repr(u) for u in missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise PredictionError(f"no prediction for {len(missing)} of {len(items)} items: uid {shown}")
@@ -115,4 +133,4 @@ def check_predictions(items: Sequence[PreferenceItem], preds: Mapping[str, Seque
         extra = [u for u in preds if u not in seen]
         if extra:
             shown = ", ".join(repr(u) for u in extra[:5]) + (", ..." if len(extra) > 5 else "")
-            raise PredictionError(f"{len(extra)} predictions match no item: uid {shown}")
+            raise PredictionError(f"{where_of(preds, extra[0])}{len(extra)} predictions match no item: uid {shown}")
