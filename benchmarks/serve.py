@@ -3,6 +3,7 @@
     python benchmarks/serve.py                       # the real tiny-random GRM on this CPU ("toy" template)
     python benchmarks/serve.py --fake                # a cost-model scorer: server and batching overhead only
     python benchmarks/serve.py --seconds 5 --concurrency 1,8,32 --max-batch 8
+    python benchmarks/serve.py --fake --fake-call-ms 0 --fake-prompt-ms 0   # the HTTP path alone
 
 Each setting runs the full HTTP path (uvicorn on 127.0.0.1, httpx clients, the batcher) in this process: C clients
 each send /v1/score requests back to back for --seconds (closed loop). "off" is --max-batch 1. Every request is a
@@ -10,7 +11,8 @@ distinct item of the same length, so the GRM prompts share one length bucket and
 once, in a warm-up that scores every batch size before timing starts.
 
 The fake scorer sleeps 30 ms per call plus 2 ms per prompt (items x k): an accelerator-like cost where a batch
-costs little more than one prompt, which is where batching pays most.
+costs little more than one prompt, which is where batching pays most (--fake-call-ms, --fake-prompt-ms; both 0:
+the HTTP path and the batcher alone).
 
 Measured on the 2 shared CPU cores of the dev box (load ~8, so +-20%): with the real tiny-random GRM, batching
 LOSES (about 10 vs 19.5 req/s at concurrency 8-32): on CPU the sampler's cost grows linearly with rows, and a
@@ -90,6 +92,8 @@ def warm_up(scorer, args, reps: int = 4) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fake", action="store_true", help="cost-model scorer instead of the tiny-random GRM")
+    ap.add_argument("--fake-call-ms", type=float, default=30.0, help="--fake: cost per scorer call")
+    ap.add_argument("--fake-prompt-ms", type=float, default=2.0, help="--fake: cost per prompt (items x k)")
     ap.add_argument("--model", default="tiny-random")
     ap.add_argument("--template", default="toy")
     ap.add_argument("--k", type=int, default=2)
@@ -102,8 +106,8 @@ def main() -> None:
 
     guards = {}  # what `spct serve` adds in front of the scorer (app.py's defaults add the rest: Host, 415, ...)
     if args.fake:
-        scorer = CostModelScorer()
-        label = "fake scorer (30 ms/call + 2 ms/prompt)"
+        scorer = CostModelScorer(args.fake_call_ms / 1e3, args.fake_prompt_ms / 1e3)
+        label = f"fake scorer ({args.fake_call_ms:g} ms/call + {args.fake_prompt_ms:g} ms/prompt)"
     else:
         from spct_jax.grm.scorer import GenerativeRewardModel
         from spct_jax.models.registry import describe_model, load_model
@@ -119,6 +123,10 @@ def main() -> None:
         guards["prompt_check"] = prompt_check(tok, template=args.template, budget=budget,
                                               positions=config.max_position_embeddings,
                                               max_new_tokens=args.max_new_tokens)
+        t0 = time.perf_counter()
+        for i in range(500):
+            guards["prompt_check"](request(60000 + i))
+        print(f"prompt-length check: {(time.perf_counter() - t0) / 500 * 1e3:.2f} ms per request")
 
     rows = []
     for batching, max_batch in (("on", args.max_batch), ("off", 1)):
