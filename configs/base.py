@@ -131,7 +131,7 @@ def make_config(*, name: str, model: str, accelerator_type: str, data: int = 1, 
     # [P] §5 / App. C.1: "last_token", a scalar head on the last token fine-tuned by BCE. "likelihood" (ours): the
     # frozen LM's mean log-likelihood of a trajectory after the GRM's prompt, scale and bias fit by BCE
     # (grm/likelihood_meta_rm.py); what the CPU demo uses, where the paper's head ranks an item's samples at chance.
-    c.metarm.head = "last_token"
+    c.metarm.head = "last_token"  # [P] §5 / App. C.1 (the comment above)
 
     c.inference = ml_collections.ConfigDict()
     c.inference.temperature = 0.5  # [P] App. D.1: "the temperature is set to 0.5" for inference-time scaling

@@ -59,11 +59,9 @@ LAYERS: dict[str, tuple[int, str]] = {  # module prefix -> (rank, layer name); t
 }
 # Imports between two layers of the same rank: none, except these (importer layer, imported layer).
 SIDEWAYS = {("integrations", "serve")}  # the adapters are clients of the reward server (serve.client)
-# Single edges against the order, each with the reason it is tolerated.
-ALLOWED = {
-    # The toy task is being moved into spct_jax.demo (which sits above grm); until then this one edge stands.
-    ("spct_jax.data.toy", "spct_jax.grm"),
-}
+# Single edges against the order (importer module, imported module or package), each with the reason it is
+# tolerated. None today: the demo's toy task, which reads grm's prompts, lives in spct_jax.demo above grm.
+ALLOWED: set[tuple[str, str]] = set()
 
 
 def layer_of(module: str) -> tuple[int, str]:

@@ -13,7 +13,8 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from spct_jax.models import PRESETS, count_params
-from spct_jax.parallel.cli import ConfigLoadError, load_config, plan_main, split_config_args
+from spct_jax.config_files import ConfigFileError, load_config, split_overrides
+from spct_jax.parallel.cli import plan_main
 from spct_jax.parallel.mesh import AXES
 from spct_jax.parallel.plan import CATEGORIES, PHASES, abstract_params, param_count, plan
 from spct_jax.parallel.plan_phases import CPU, TPU, MeshShape, sampler_layout, sampler_program
@@ -133,18 +134,18 @@ def test_every_config_value_names_its_source():
 def test_overrides_and_validation_errors():
     c = load_config(cfg_path("gemma2_27b_v5p"), ["--config.grpo.beta=0.02", "--config.run_dir", "/mnt/b/x"])
     assert (c.grpo.beta, c.run_dir) == (0.02, "/mnt/b/x")
-    with pytest.raises(ConfigLoadError, match="names no field"):
+    with pytest.raises(ConfigFileError, match="names no field"):
         load_config(cfg_path("gemma2_27b_v5p"), ["--config.grpo.nope=1"])
-    with pytest.raises(ConfigLoadError, match="bad override"):
+    with pytest.raises(ConfigFileError, match="bad override"):
         load_config(cfg_path("gemma2_27b_v5p"), ["--config.grpo.steps=many"])
     with pytest.raises(ValueError, match="inference.k_meta"):
         load_config(cfg_path("gemma2_27b_v5p"), ["--config.inference.k_meta=64"])
     with pytest.raises(ValueError, match="grpo.batch_size"):
         load_config(cfg_path("gemma2_27b_v5p"), ["--config.grpo.num_microbatches=5"])
-    with pytest.raises(ConfigLoadError, match="not found"):
+    with pytest.raises(ConfigFileError, match="not found"):
         load_config("configs/nope.py")
-    assert split_config_args(["--json", "--config.a", "1", "--config.b=2", "--stage", "rft"]) == (
-        ["--config.a", "1", "--config.b=2"], ["--json", "--stage", "rft"])
+    assert split_overrides(["--json", "--config.a", "1", "--config.b=2", "--stage", "rft"]) == (
+        ["--config.a=1", "--config.b=2"], ["--json", "--stage", "rft"])
 
 
 # Each phase's program, compiled (never run) on 8 fake CPU devices for a scaled-down Gemma-2 (F = 8 D as in the

@@ -105,32 +105,17 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
                         "batch_prompts, dtype) and seed, for the flags not given; --config.KEY=VALUE overrides")
 
 
-def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(`--config.key=value` overrides, other args); `--config.key value` becomes `--config.key=value`, as the
-    stage commands take them (train/stage_common.split_overrides)."""
-    overrides, rest, i = [], [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--config.") and "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            overrides.append(f"{arg}={argv[i + 1]}")
-            i += 2
-            continue
-        (overrides if arg.startswith("--config.") else rest).append(arg)
-        i += 1
-    return overrides, rest
-
-
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str], defaults: Mapping[str, Any]) -> argparse.Namespace:
     """Parse `argv`; fill every flag the user left out (those whose argparse default is None) from the `--config`
     file's field (CONFIG_FIELDS, and the mesh), else from `defaults`. Exits 2 (argparse's way) on a bad command line
     or config."""
+    from spct_jax.config_files import load_config, split_overrides
+
     overrides, rest = split_overrides(argv)
     args = parser.parse_args(rest)
     if overrides and args.config is None:
         parser.error(f"{overrides[0]} needs --config FILE")
     if args.config is not None:
-        from spct_jax.config_files import load_config
-
         try:
             config = load_config(args.config, overrides)
         except ValueError as e:  # ConfigFileError, the file's own validation error: both name the field
@@ -445,4 +430,4 @@ def load_judge(model: Any, meta_rm: Any = None, *, mesh=None, dtype: str = "floa
 __all__ = ["ACCEPTED_MODEL", "CONFIG_FIELDS", "DTYPES", "FieldError", "JudgeError", "Runtime", "add_runtime_args",
            "check_context", "check_heads", "check_strings", "check_template_fits", "describe", "load_decoder",
            "load_judge", "load_meta_rm", "make_inference_mesh", "parse_args", "parse_mesh", "prompt_budget",
-           "prompt_check", "prompt_too_long", "setup_runtime", "split_overrides", "template_tokens"]
+           "prompt_check", "prompt_too_long", "setup_runtime", "template_tokens"]

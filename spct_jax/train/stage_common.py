@@ -24,7 +24,7 @@ import ml_collections
 import ml_dtypes
 import numpy as np
 
-from spct_jax.config_files import load_config
+from spct_jax.config_files import load_config, split_overrides
 from spct_jax.train.errors import StageError
 
 log = logging.getLogger("spct.train")
@@ -42,7 +42,7 @@ def load_run_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.
     from spct_jax import paths
 
     config = load_config(path, overrides)
-    run_dir = config.get("run_dir")
+    run_dir = config.run_dir
     if run_dir and not paths.is_remote(str(run_dir)):
         existing = os.path.abspath(run_dir)
         while not os.path.exists(existing):  # a missing run_dir is made; the nearest existing folder must be one
@@ -51,20 +51,6 @@ def load_run_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.
             raise ValueError(f"config field 'run_dir': {existing} is a file, not a folder; give a folder (made if "
                              "missing)")
     return config
-
-
-def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(`--config.key=value` overrides, other args); `--config.key value` becomes `--config.key=value`."""
-    overrides, rest, i = [], [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--config.") and "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            overrides.append(f"{arg}={argv[i + 1]}")
-            i += 2
-            continue
-        (overrides if arg.startswith("--config.") else rest).append(arg)
-        i += 1
-    return overrides, rest
 
 
 def stage_dir(config: ml_collections.ConfigDict, stage: str):
@@ -121,9 +107,8 @@ def setup_runtime(config: ml_collections.ConfigDict):
     from spct_jax.parallel.mesh import MeshConfig, MeshError, initialize_distributed, make_mesh
 
     setup = initialize_distributed()
-    rt = config.get("runtime") or ml_collections.ConfigDict()
-    enable_compilation_cache(rt.get("compilation_cache", ""), run_dir=config.run_dir,
-                             min_compile_secs=rt.get("compilation_cache_min_secs", 1.0))
+    rt = config.runtime
+    enable_compilation_cache(rt.compilation_cache, run_dir=config.run_dir, min_compile_secs=rt.compilation_cache_min_secs)
     try:
         mesh = make_mesh(MeshConfig.from_mapping(config.mesh))
     except MeshError as e:  # validate() checked the named slice; this is the devices actually present
