@@ -289,7 +289,7 @@ INFERENCE_ARGS = {
 
 def _parse_with_spct(argv: list[str]):
     """Parse a started spct command line with the command's own parser (config file loaded, nothing run)."""
-    from spct_jax.eval.run import parse_args as eval_args
+    from spct_jax.eval.cli import parse_run_args as eval_args
     from spct_jax.grm.score_cli import parse_args as score_args
     from spct_jax.serve.server import parse_args as serve_args
 

@@ -118,6 +118,7 @@ class EvalOptions:
     viewer_limit: int = 500
     mesh: Any = None  # parallel.mesh.MeshConfig; None: one device (several processes: fsdp over all)
     dtype: str | None = None  # None: bfloat16 with a mesh, float32 on one device
+    config: str | None = None  # the run config file (configs/*.py) whose fields filled the flags not given; a record
 
 
 @dataclasses.dataclass(frozen=True)
