@@ -1,8 +1,10 @@
 """Real multi-process JAX: two processes on localhost (4 fake CPU devices each, gloo collectives).
 
 - RFT (SFT) steps on one global (2, 2, 2) mesh, each process feeding only its own rows, reach the one-process result.
-- The stage drivers (SFT, meta-RM BCE, GRPO through the shared loop) with per-host feeding (`HostFeed`) reach the
-  one-process params and losses, for make_mesh's device order and for one where the processes' rows interleave.
+- The stage drivers (SFT, meta-RM BCE through the shared loop) with per-host feeding (`HostFeed`) reach the
+  one-process params and losses on a mesh where the processes' rows interleave.
+- `spct rft`, `spct grpo` and `spct metarm` chained on two processes give the one-process trajectories, losses
+  and exported weights.
 - A SIGTERM delivered to one process stops both after the same step, with one checkpoint of that step.
 - Sampling with its rows split over both processes returns the one-process tokens on every process.
 Every process runs under a timeout: a hung collective must fail the test, not hang it."""
@@ -126,17 +128,14 @@ STAGES_WORKER = textwrap.dedent("""
     from flax import nnx
     from jax.experimental import multihost_utils
     from spct_jax.data.batching import SFTRecord
-    from spct_jax.demo.toy import ToyConfig, toy_splits
     from spct_jax.models.registry import load_model
     from spct_jax.models.scalar_head import ScalarRM
     from spct_jax.parallel.mesh import AXES
     from spct_jax.parallel.rules import named_leaves
-    from spct_jax.train.config import GRPOLossConfig, OptimizerConfig
-    from spct_jax.train.grpo import GRPOConfig
+    from spct_jax.train.config import OptimizerConfig
     from spct_jax.train.metarm import MetaRMExample
     from spct_jax.train.metrics import read_jsonl_metrics
-    from spct_jax.grm.trajectories import RolloutConfig
-    from spct_jax.train.stages import StageRun, grpo, sft, train_metarm
+    from spct_jax.train.stages import StageRun, sft, train_metarm
 
     mesh = None  # layout "single": one process, one device, no mesh (the reference)
     if layout == "blocks":  # make_mesh's order; tensor=1 because tiny-random's 263-token vocabulary cannot split
@@ -173,15 +172,6 @@ STAGES_WORKER = textwrap.dedent("""
     if "metarm" in stages:
         trained["metarm"], _ = train_metarm(ScalarRM.from_decoder(trained["sft"], seed=1), examples, run("metarm", 3),
                                             pad_id=tok.pad_id)
-    if "grpo" in stages:
-        items = toy_splits(0, {"rl": 4}, ToyConfig(num_responses=(2, 2)))["rl"]
-        cfg = GRPOConfig(prompts_per_step=2, loss=GRPOLossConfig(group_size=4),
-                         rollout=RolloutConfig(max_new_tokens=4, template="toy"))
-        # A random model parses nothing, so every reward is -1 and the gradient is the KL term alone: another
-        # random model as the reference keeps it well away from 0.
-        trained["grpo"], _ = grpo(trained["sft"], tok, items, run("grpo", 2), cfg, template="toy",
-                                  reference=load_model("tiny-random", seed=1)[0])
-
     out = {}
     for name, module in trained.items():
         params = multihost_utils.process_allgather(nnx.state(module, nnx.Param), tiled=True)
@@ -231,26 +221,19 @@ def _max_diffs(got, ref, stage: str) -> tuple[float, float]:
 
 @pytest.mark.timeout(900)
 def test_stage_drivers_with_per_host_feeding_match_one_process(tmp_path):
+    """SFT and the meta RM's BCE on a mesh whose processes' devices alternate, so each process feeds every other
+    row block (HostFeed's general case). The contiguous "blocks" layout, GRPO included, is what the stage commands
+    use and is checked end to end by test_stage_commands_on_two_processes_match_one_process."""
     single = subprocess.run([sys.executable, "-c", STAGES_WORKER, str(tmp_path / "single"), "single",
-                             "sft,metarm,grpo"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             "sft,metarm"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=1"))
     assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-4000:]
     ref = np.load(tmp_path / "single" / "result.npz")
 
-    _finish(_start_two(STAGES_WORKER, str(tmp_path / "blocks"), "blocks", "sft,metarm,grpo"), timeout=400)
-    blocks = np.load(tmp_path / "blocks" / "result.npz")
-    for stage in ("sft", "metarm", "grpo"):
-        assert len(ref[f"{stage}:loss"]) == (2 if stage == "grpo" else 3)
-        loss, params = _max_diffs(blocks, ref, stage)
-        print(f"blocks {stage}: max |loss diff| {loss:.3g}, max |param diff| {params:.3g}")
-        assert loss <= 1e-5 * max(1.0, float(np.max(np.abs(ref[f"{stage}:loss"])))), (stage, loss)
-        # GRPO's gradient here is the small KL term alone; where two Adam steps of opposite sign nearly cancel,
-        # m / sqrt(v) magnifies rounding (measured: 2-3e-5 on 1 of 88k weights, against updates of 2e-3).
-        assert params <= (5e-5 if stage == "grpo" else 1e-5), (stage, params)
-
     _finish(_start_two(STAGES_WORKER, str(tmp_path / "interleaved"), "interleaved", "sft,metarm"), timeout=400)
     interleaved = np.load(tmp_path / "interleaved" / "result.npz")
     for stage in ("sft", "metarm"):
+        assert len(ref[f"{stage}:loss"]) == 3
         loss, params = _max_diffs(interleaved, ref, stage)
         print(f"interleaved {stage}: max |loss diff| {loss:.3g}, max |param diff| {params:.3g}")
         assert loss <= 1e-5 * max(1.0, float(np.max(np.abs(ref[f"{stage}:loss"])))), (stage, loss)
