@@ -140,7 +140,7 @@ def test_collate_shapes_padding_and_rows():
                           TOK, max_len=64)
     out = collate(exs, 64, pad_id=TOK.pad_id, rows=4)
     assert {k: (v.shape, v.dtype) for k, v in out.items()} == {
-        "input_ids": ((4, 64), np.int32), "loss_mask": ((4, 64), np.float32), "attention_mask": ((4, 64), np.int32)}
+        "input_ids": ((4, 64), np.int32), "loss_mask": ((4, 64), np.float32), "attention_mask": ((4, 64), np.bool_)}
     L = len(exs[1])
     assert out["attention_mask"][1].tolist() == [1] * L + [0] * (64 - L)
     assert (out["input_ids"][1, L:] == TOK.pad_id).all() and out["loss_mask"][1, L:].sum() == 0

@@ -10,7 +10,8 @@ Loss-mask convention: loss_mask[t] = 1 iff token t is a target token (the target
 token the model must predict from position t - 1. A trainer computes, per row,
     sum_t loss_mask[t] * -log softmax(logits[t - 1])[input_ids[t]]
 i.e. logits[:, :-1] against input_ids[:, 1:] weighted by loss_mask[:, 1:]. loss_mask[0] is always 0; prompt
-and padding positions are 0. attention_mask[t] = 1 for real tokens and 0 for the right padding.
+and padding positions are 0. attention_mask[t] is True for real tokens and False for the right padding (bool, as
+spct_jax.models.padding builds every mask).
 
 Truncation policy, for an example longer than max_len (applied in order, stopping as soon as it fits):
   1. Drop the earliest conversation turns of `messages`. System messages at the start and the final message
@@ -32,6 +33,8 @@ import dataclasses
 from typing import Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
+
+from spct_jax.models.padding import pad_rows
 
 
 class Tokenizer(Protocol):
@@ -204,7 +207,7 @@ class Buckets:
 
 def collate(examples: Sequence[Example], bucket_len: int, *, pad_id: int = 0, rows: int | None = None,
             ) -> dict[str, np.ndarray]:
-    """Right-pad to bucket_len: input_ids int32 [B, T], loss_mask float32 [B, T], attention_mask int32 [B, T].
+    """Right-pad to bucket_len: input_ids int32 [B, T], loss_mask float32 [B, T], attention_mask bool [B, T].
 
     rows: pad the batch to this many rows with all-padding rows (masks 0), for static shapes under jit.
     pad_id only fills masked positions; pass the tokenizer's so padded rows read naturally.
@@ -212,16 +215,13 @@ def collate(examples: Sequence[Example], bucket_len: int, *, pad_id: int = 0, ro
     n = len(examples) if rows is None else rows
     if n < len(examples):
         raise ValueError(f"rows={rows} is fewer than the {len(examples)} examples")
-    ids = np.full((n, bucket_len), pad_id, dtype=np.int32)
-    loss = np.zeros((n, bucket_len), dtype=np.float32)
-    attn = np.zeros((n, bucket_len), dtype=np.int32)
+    for ex in examples:  # checked here too, so the error names the example rather than its row
+        if len(ex) > bucket_len:
+            raise ValueError(f"example {ex.uid!r} has {len(ex)} tokens, more than bucket_len {bucket_len}")
+    ids, attn = pad_rows([ex.input_ids for ex in examples], pad_id=pad_id, length=bucket_len, num_rows=n)  # [B, T]
+    loss = np.zeros((n, bucket_len), dtype=np.float32)  # [B, T]
     for i, ex in enumerate(examples):
-        L = len(ex)
-        if L > bucket_len:
-            raise ValueError(f"example {ex.uid!r} has {L} tokens, more than bucket_len {bucket_len}")
-        ids[i, :L] = ex.input_ids
-        loss[i, :L] = ex.loss_mask
-        attn[i, :L] = 1
+        loss[i, :len(ex)] = ex.loss_mask
     return {"input_ids": ids, "loss_mask": loss, "attention_mask": attn}
 
 

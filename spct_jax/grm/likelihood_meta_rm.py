@@ -40,6 +40,7 @@ from spct_jax.data.schema import PreferenceItem
 from spct_jax.grm.prompts import build_prompt
 from spct_jax.grm.voting import permute
 from spct_jax.models.logprobs import sequence_logprobs
+from spct_jax.models.padding import pad_rows
 from spct_jax.models.transformer import Decoder
 from spct_jax.roc import roc_auc
 from spct_jax.sampling import length_bucketed_batches
@@ -95,13 +96,11 @@ class LikelihoodMetaRM:
         graphdef, state = nnx.split(self.lm)
         out = np.zeros(len(encoded), np.float32)
         for idx, rows, length in length_bucketed_batches([len(seq) for seq, _ in encoded], self.batch_size):
-            ids = np.full((rows, length), self.tokenizer.pad_id, np.int32)
-            mask = np.zeros((rows, length), bool)
-            target = np.zeros((rows, length), bool)
+            ids, mask = pad_rows([encoded[i][0] for i in idx], pad_id=self.tokenizer.pad_id, length=length,
+                                 num_rows=rows)  # [rows, length], right-padded
+            target = np.zeros((rows, length), bool)  # [rows, length]
             for r, i in enumerate(idx):
                 seq, start_tok = encoded[i]
-                ids[r, :len(seq)] = seq
-                mask[r, :len(seq)] = True
                 target[r, start_tok:len(seq)] = True
             mask[len(idx):, 0] = True  # filler rows need one visible token
             res = _mean_target_logprob(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(target))

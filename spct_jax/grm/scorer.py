@@ -28,6 +28,7 @@ from spct_jax.grm.prompts import build_metarm_prompt
 from spct_jax.grm.trajectories import (RolloutConfig, Trajectory, as_item, item_seed, prompt_ids,
                                        sample_trajectories)
 from spct_jax.grm.voting import permute, vote
+from spct_jax.models.padding import pad_rows
 from spct_jax.models.transformer import Decoder
 from spct_jax.sampling import length_bucketed_batches
 from spct_jax.tokenizer import Tokenizer
@@ -182,11 +183,7 @@ def score_sequences(rm, seqs: Sequence[Sequence[int]], *, pad_id: int, batch_siz
     graphdef, state = nnx.split(rm)
     out = np.zeros(len(seqs), np.float32)
     for idx, rows, length in length_bucketed_batches([len(x) for x in seqs], batch_size):
-        ids = np.full((rows, length), pad_id, np.int32)
-        mask = np.zeros((rows, length), bool)
-        for r, i in enumerate(idx):
-            ids[r, length - len(seqs[i]):] = seqs[i]
-            mask[r, length - len(seqs[i]):] = True
+        ids, mask = pad_rows([seqs[i] for i in idx], pad_id=pad_id, length=length, num_rows=rows, side="left")
         mask[len(idx):, -1] = True  # filler rows need one visible token
         scores = np.asarray(_rm_apply(graphdef, state, jnp.asarray(ids), jnp.asarray(mask)))
         out[idx] = scores[: len(idx)]

@@ -159,7 +159,7 @@ def logprob_program(m: ModelConfig, mesh: MeshShape, *, rows: int, block_rows: i
     rows_dev = -(-block // mesh.row_shards)
     mlp = rows_dev * seq * _split(m.intermediate_size, mesh.tensor) * b
     act = backend.logprob_mlp * mlp + _scores(m, mesh, rows_dev, seq, seq, 2) + _logits(m, mesh, rows_dev, seq, 1)
-    io = rows * seq * (4 + 4 + 4) // mesh.row_shards  # ids, mask in; log-probs out
+    io = rows * seq * (4 + 1 + 4) // mesh.row_shards  # ids (int32), mask (bool) in; log-probs (f32) out
     return {"gathered": int(backend.logprob_embed * _embed(m, mesh, b)), "activations": int(act), "io": int(io)}
 
 
@@ -176,7 +176,8 @@ def train_program(m: ModelConfig, mesh: MeshShape, *, rows: int, seq: int, micro
                  outputs), the block in flight (`backend.train_mlp` MLP-sized products, scores on the full
                  attention path) and the loss's f32 logits of one chunk (the scalar RM has none). Without remat
                  every block keeps its forward buffers.
-    batch        the [rows, T] fields and their micro-batch split.
+    batch        the [rows, T] fields (`batch_fields` of them, the attention mask among them) and their
+                 micro-batch split.
     """
     rows_dev = -(-(rows // microbatches) // mesh.row_shards)
     t = mesh.tensor
@@ -197,7 +198,7 @@ def train_program(m: ModelConfig, mesh: MeshShape, *, rows: int, seq: int, micro
     gathered = (backend.embed_lm if lm_logits else backend.embed_rm) * _embed(m, mesh, b)
     gathered += backend.weight_casts * cast_bytes
     grads = grad_bytes * (2 if microbatches > 1 else 1)
-    batch = 2 * batch_fields * rows * seq * 4 // mesh.row_shards
+    batch = 2 * (4 * (batch_fields - 1) + 1) * rows * seq // mesh.row_shards  # the bool mask 1 byte, the rest 4
     return {"grads": int(grads), "gathered": int(gathered), "activations": int(act), "batch": int(batch)}
 
 

@@ -88,8 +88,9 @@ def logprob_call(m: ModelConfig, mesh: Mesh, *, rows: int, block_rows: int | Non
     fn = steps.LogprobFn(graphdef, mesh=mesh, param_shardings=shardings, temperature=temperature, rows=block_rows)
     bs = batch_sharding(mesh)
     ids = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
+    mask = jax.ShapeDtypeStruct((rows, seq), jnp.bool_)  # GRPO's batches: models.padding's bool masks
     # LogprobFn.__call__ jits exactly this on first use.
-    return jax.jit(fn._logprobs, in_shardings=(shardings, bs, bs), out_shardings=bs).lower(params, ids, ids).compile()
+    return jax.jit(fn._logprobs, in_shardings=(shardings, bs, bs), out_shardings=bs).lower(params, ids, mask).compile()
 
 
 def train_step_call(m: ModelConfig, mesh: Mesh, kind: str, *, rows: int, seq: int, microbatches: int,
@@ -110,7 +111,7 @@ def train_step_call(m: ModelConfig, mesh: Mesh, kind: str, *, rows: int, seq: in
                 param_shardings=jax.tree.map(lambda x: x.sharding, params), **kw)
     i32 = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
     f32 = jax.ShapeDtypeStruct((rows, seq), jnp.float32)
-    batch = {"input_ids": i32, "attention_mask": i32}
+    batch = {"input_ids": i32, "attention_mask": jax.ShapeDtypeStruct((rows, seq), jnp.bool_)}  # as models.padding
     if kind == "sft":
         batch["loss_mask"] = f32
     elif kind == "grpo":

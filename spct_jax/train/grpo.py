@@ -32,6 +32,7 @@ from flax import nnx
 from spct_jax.data.batching import round_up
 from spct_jax.data.schema import PreferenceItem
 from spct_jax.grm.scorer import GenerativeRewardModel
+from spct_jax.models.padding import pad_rows
 from spct_jax.parallel.compilation import compile_phase
 from spct_jax.parallel.mesh import HostFeed
 from spct_jax.sampling import bucket
@@ -109,14 +110,10 @@ def rollout_batch(trajs: Sequence[Sequence[Trajectory]], pad_id: int, *, length_
         length = round_up(longest, length_multiple)
     else:
         length = length_bucket(longest, multiple=length_multiple, per_octave=per_octave)
-    b = len(flat)
-    ids = np.full((b, length), pad_id, np.int32)
-    attn = np.zeros((b, length), np.int32)
-    loss = np.zeros((b, length), np.float32)
+    ids, attn = pad_rows([list(t.prompt_ids) + list(t.completion_ids) for t in flat], pad_id=pad_id, length=length)
+    loss = np.zeros(ids.shape, np.float32)  # [B, T]
     for r, t in enumerate(flat):
         p, c = len(t.prompt_ids), len(t.completion_ids)
-        ids[r, :p + c] = list(t.prompt_ids) + list(t.completion_ids)
-        attn[r, :p + c] = 1
         loss[r, p:p + c] = 1.0
     rewards = np.asarray([t.reward for t in flat], np.float32)
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}, rewards

@@ -18,6 +18,7 @@ from spct_jax.grm.prompts import build_metarm_prompt
 from spct_jax.grm.scorer import score_sequences
 from spct_jax.grm.voting import permute
 from spct_jax.grm.trajectories import Trajectory
+from spct_jax.models.padding import pad_rows
 from spct_jax.tokenizer import Tokenizer
 
 # App. C.1: "The learning rate is 1 x 10^-5 and the batch size is 512 for the meta RM training."
@@ -63,15 +64,10 @@ def metarm_examples(items: Sequence[PreferenceItem], trajectories: Sequence[Sequ
 
 
 def metarm_batch(examples: Sequence[MetaRMExample], idx: Sequence[int], *, pad_id: int, length: int) -> dict[str, np.ndarray]:
-    """Right-padded [B, T] ids/mask and labels [B]; the scalar head reads the last real token of each row."""
-    ids = np.full((len(idx), length), pad_id, np.int32)
-    mask = np.zeros((len(idx), length), np.int32)
-    labels = np.zeros((len(idx),), np.float32)
-    for r, i in enumerate(idx):
-        e = examples[int(i)]
-        ids[r, :len(e.ids)] = e.ids
-        mask[r, :len(e.ids)] = 1
-        labels[r] = e.label
+    """Right-padded ids int32 / mask bool [B, T] and labels [B]; the scalar head reads the last real token of each row."""
+    chosen = [examples[int(i)] for i in idx]
+    ids, mask = pad_rows([e.ids for e in chosen], pad_id=pad_id, length=length)  # [B, T]
+    labels = np.asarray([e.label for e in chosen], np.float32)  # [B]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
