@@ -10,6 +10,7 @@ import pytest
 
 from spct_jax import sampling
 from spct_jax.models import ModelConfig, from_pretrained, init_model
+from spct_jax.sampling.strategies import top_p_mask
 
 TINY = ModelConfig(family="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                    num_kv_heads=2, head_dim=16)
@@ -102,7 +103,7 @@ def test_logprobs_are_those_of_the_sampling_distribution(tiny):
 
 def test_top_p_keeps_only_the_nucleus():
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]]))
-    keep = np.asarray(sampling._top_p_mask(logits, jnp.float32(0.8)))
+    keep = np.asarray(top_p_mask(logits, jnp.float32(0.8)))
     assert keep[0].tolist() == [True, True, False, False]
     assert keep[1].all()  # ties at the threshold are kept
 

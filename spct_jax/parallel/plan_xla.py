@@ -6,20 +6,17 @@ commands use (partition rules for weights and optimizer state, the batch axes fo
 program: `memory_bytes(compiled)` is XLA's per-device account of it. tests/test_parallel_plan.py compares the
 planner's formulas (plan_phases.py) with these.
 
-The programs are the library's own: `sampling._generate` (jitted as `sample` calls it, laid out by
-`sampling._plan_call`), `LogprobFn._logprobs` and `TrainStep.jitted` with the stage losses, the train graphdef
-rematerialised as `stages._remat_graphdef` makes it. sampling.py has no public way to lower a call from
-abstract inputs (`compile_call` builds concrete ones, which a TPU topology cannot hold), so its private pieces
-are used here.
+The programs are the library's own: the sampler's first call as `sample` lays it out
+(`sampling.compile_call(abstract=True)`, lowered from shapes, which a TPU topology's devices allow),
+`LogprobFn._logprobs` and `TrainStep.jitted` with the stage losses, the train graphdef rematerialised as
+`stages._remat_graphdef` makes it.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
@@ -64,19 +61,10 @@ def sampler_call(m: ModelConfig, mesh: Mesh, *, rows: int, prompt_len: int, new_
     """The sampler call of a trajectory phase: `rows` distinct prompts of `prompt_len` tokens, one sample each
     (every trajectory call samples one row per shuffled prompt), <= `new_tokens` new tokens, weights in `dtype`."""
     graphdef, state = abstract_module(m, mesh, dtype=dtype)
-    model = nnx.merge(graphdef, state)
     prompts = [[1 + i % 97, 1 + i // 97 % 97] + [3] * (prompt_len - 2) for i in range(rows)]  # all distinct
-    st = sampling._static(model, 1, new_tokens, temperature, None, None, (2,), True)
-    layout = sampling._layout(mesh, None)
-    call = sampling._plan_call(list(range(rows)), prompts, sampling._default_seeds(prompts), 1, layout.shards,
-                               st.pad_id)
-    keys = np.asarray(sampling._row_key_data(jax.random.key(0), *call.row_keys.T))
-    host = (call.ids, call.mask, call.src, keys)
-    args = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=layout.rows) for x in host)
-    graphdef, state = nnx.split(model)
-    return sampling._jitted_generate.lower(graphdef, state, *args, *sampling._scalars(new_tokens, temperature, None),
-                                           st=dataclasses.replace(st, num_samples=call.per_slot),
-                                           layout=layout).compile()
+    return sampling.compile_call(nnx.merge(graphdef, state), prompts, max_new_tokens=new_tokens,
+                                 temperature=temperature, stop_tokens=(2,), max_batch_rows=rows, mesh=mesh,
+                                 abstract=True)
 
 
 def logprob_call(m: ModelConfig, mesh: Mesh, *, rows: int, block_rows: int | None, seq: int, dtype: Any,
