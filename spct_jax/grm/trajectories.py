@@ -13,7 +13,7 @@ its tokens from the row key (seed; item, salt, j): the same (item, j, seed, salt
 whichever caller asks, in whatever batch, on whatever mesh or number of processes. The item is identified by
 `item_seed` (a hash of its uid and content), never by its position in a list.
 
-With a mesh, the sampler splits every row over the mesh's batch axes (sampling.py). Callers that only sample
+With a mesh, the sampler splits every row over the mesh's batch axes (sampling/layout.py). Callers that only sample
 (RFT, rollouts) pass a copy of the weights in the compute dtype (`sampling_copy`), made once per phase.
 """
 from __future__ import annotations

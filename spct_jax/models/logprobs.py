@@ -29,7 +29,7 @@ def logprobs_from_hidden(model: nnx.Module, hidden: jax.Array, input_ids: jax.Ar
     """hidden [B, T, D] (final-normed) -> logp [B, T] via `model.logits_from_hidden`, `chunk` positions at a time.
 
     temperature: the log-probs of softmax(logits / temperature), the distribution the sampler draws from at that
-    temperature (sampling.py divides the same soft-capped logits), so GRPO's ratios of rollouts sampled at T != 1
+    temperature (the sampler divides the same soft-capped logits), so GRPO's ratios of rollouts sampled at T != 1
     are on-policy.
 
     Only [B, chunk, V] logits exist at once, forward and backward: each chunk is rematerialised

@@ -102,7 +102,7 @@ def _scores(m: ModelConfig, mesh: MeshShape, rows: int, t: int, keys: int, buffe
 
 
 def sampler_layout(rows: int, shards: int) -> tuple[int, int]:
-    """(distinct prompts U, decode rows R) per device of one sampler call of `rows` rows, as sampling._plan_call
+    """(distinct prompts U, decode rows R) per device of one sampler call of `rows` rows, as sampling.layout.plan_call
     lays them out: every trajectory call samples one row per prompt (num_samples=1, responses shuffled per row),
     slots padded to a power of two and then to a multiple of the shards, U bucketed per shard."""
     q_pad = bucket(rows, minimum=1)

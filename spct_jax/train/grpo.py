@@ -129,7 +129,7 @@ class GRPOUpdate:
     """`update(state, prompt_indices) -> (state, metrics)`: rollout, rewards, reference log-probs, GRPO step(s).
 
     Multi-host: the sampler runs as one program over all devices, each device decoding its own rows, and every
-    process gets all rollouts back (sampling.py); each then feeds only its own rows of the update batch (`feed`),
+    process gets all rollouts back (sampling/api.py); each then feeds only its own rows of the update batch (`feed`),
     and the log-probs stay on device, sharded like the batch, computed `cfg.logprob_rows` rows at a time.
 
     Compiles: the update batch's length is a `length_bucket` (of `length_multiple`, `per_octave` per doubling), so
