@@ -2,7 +2,7 @@
 
 The paper's meta RM ([P] §5, App. C.1) is a scalar head on the last token of an LM fine-tuned by BCE on Eq.-10 labels
 (`spct_jax.models.scalar_head.ScalarRM`, `spct_jax.train.metarm`). At the demo's toy scale that head does not learn
-to rank one item's samples (within-item ROC-AUC 0.49-0.52 over three seeds and seven variants, issue 9's note), but
+to rank one item's samples (within-item ROC-AUC 0.49-0.52 over three seeds and seven variants; docs/demo.md), but
 the cold-start GRM itself does: the mean log-probability it assigns to a sampled trajectory, read in the layout the
 GRM was trained on, separates correct from wrong samples of the same item (within-item AUC 0.57-0.62, same note).
 This module makes that a meta RM:
