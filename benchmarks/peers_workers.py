@@ -192,12 +192,12 @@ def llama_generate(L, model, ctx, prompt, k, new, temperature, seed, stop=()):
     ttft = time.perf_counter() - t0
     out, live = [[t] for t in first], [t not in stop for t in first]
     pos = len(prompt)
-    while len(out[0]) < new and any(live):
-        rows = [s for s in range(k) if live[s]]
+    while rows := [s for s in range(k) if live[s] and len(out[s]) < new]:
         for i, s in enumerate(rows):
             put(i, out[s][-1], pos, [s], True)
         batch.n_tokens = len(rows)
-        assert L.llama_decode(ctx, batch) == 0
+        rc = L.llama_decode(ctx, batch)
+        assert rc == 0, f"llama_decode returned {rc} at position {pos} with {len(rows)} rows"
         for i, s in enumerate(rows):
             tok = L.llama_sampler_sample(smp, ctx, i)
             out[s].append(tok)
@@ -271,13 +271,13 @@ def grm_llamacpp(args):
 
     _, tok, prompt = llmbar_item(args["gguf"], args["target"])
     k, new = args["k"], args["new"]
-    L, model, ctx = llama_ctx(args["gguf"], len(prompt) + k * new + 16, k, args["threads"])
+    L, model, ctx = llama_ctx(args["gguf"], 2 * (len(prompt) + k * new), k, args["threads"])
     stop = set(tok.stop_ids)
     gen = lambda seed: llama_generate(L, model, ctx, prompt, k, new, args["temperature"], seed, stop)  # noqa
     first, _ = timed(lambda: gen(0))
     second, (out, _) = timed(lambda: gen(1))
     cpu = CPU["last"]
-    from spct_jax.grm.parse import parse_for_template
+    from spct_jax.grm.rules import parse_for_template
 
     texts = [tok.decode([t for t in o if t not in stop]) for o in out]
     valid = sum(parse_for_template(t, 2, "default").ok for t in texts)
