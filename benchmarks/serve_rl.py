@@ -44,6 +44,7 @@ from pathlib import Path
 import httpx
 
 from spct_jax.integrations.trl import reward_function
+from spct_jax.serve.client import ServerUnavailable, wait_for_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,16 +66,10 @@ def server(args: argparse.Namespace) -> Iterator[str]:
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        t0 = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"spct serve exited with {proc.returncode}: {' '.join(cmd)}")
-            if time.monotonic() - t0 > 180:
-                raise RuntimeError("spct serve did not come up in 180 s")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
+        try:
+            wait_for_server(base, timeout_s=180, alive=lambda: proc.poll() is None)
+        except ServerUnavailable as e:
+            raise RuntimeError(f"spct serve did not come up: {' '.join(cmd)}") from e
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -26,6 +26,7 @@ import uvicorn
 from spct_jax.grm.scorer import Judgement, SampleRecord
 from spct_jax.serve.app import ServeOptions, create_app
 from spct_jax.serve.batcher import Batcher, BatcherClosed, JobTooLarge, QueueFull, ScoreParams
+from spct_jax.serve.client import ServerUnavailable, wait_for_server
 from spct_jax.serve.schema import Limits
 from spct_jax.serve.server import DEFAULT_HOST, build_parser, serve_in_thread
 
@@ -329,13 +330,10 @@ def test_spct_serve_end_to_end_with_tiny_random(tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         t0 = time.monotonic()
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() - t0 < 120, "server did not come up"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
+        try:
+            wait_for_server(base, timeout_s=120, alive=lambda: proc.poll() is None)
+        except ServerUnavailable as e:
+            raise AssertionError((tmp_path / "serve.log").read_text()) from e
         assert listening_addresses(port) in ({"127.0.0.1"}, None)  # the default bind: loopback only
         answers: dict[str, httpx.Response] = {}
         calls = {"score": ("/v1/score", {"context": "What is 2+2?", "responses": ["4", "5"], "return_samples": True}),
@@ -401,14 +399,10 @@ def test_spct_serve_shards_the_model_over_the_hosts_devices(tmp_path):
     base = f"http://127.0.0.1:{port}"
     item = {"context": "What is 2+2?", "responses": ["4", "5"]}
     try:
-        t0 = time.monotonic()
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() - t0 < 120, "server did not come up"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
+        try:
+            wait_for_server(base, timeout_s=120, alive=lambda: proc.poll() is None)
+        except ServerUnavailable as e:
+            raise AssertionError((tmp_path / "serve.log").read_text()) from e
         answer = httpx.post(f"{base}/v1/score", json={**item, "return_samples": True}, timeout=120)
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from spct_jax.serve.client import (BadRequest, RewardClient, RewardTimeout, ScoreResult, ServerBusy, ServerError,
-                                   ServerUnavailable, Unauthorized, parse_retry_after)
+                                   ServerUnavailable, Unauthorized, parse_retry_after, wait_for_server)
 from spct_jax.serve.server import serve_in_thread
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,14 +55,10 @@ def spct_server(tmp_path: Path, *flags: str, token: str | None = None) -> Iterat
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        t0 = time.monotonic()
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() - t0 < 120, "spct serve did not come up: " + log_path.read_text()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
+        try:
+            wait_for_server(base, timeout_s=120, alive=lambda: proc.poll() is None)
+        except ServerUnavailable as e:
+            raise AssertionError(log_path.read_text()) from e
         yield base
     finally:
         if proc.poll() is None:

@@ -26,6 +26,7 @@ import httpx
 import pytest
 from test_serve import FakeScorer, free_port, item
 
+from spct_jax.serve.client import ServerUnavailable, wait_for_server
 from spct_jax.serve.app import LOOPBACK_NAMES, ServeOptions, create_app
 from spct_jax.serve.batcher import Batcher, ScoreParams
 from spct_jax.serve.schema import Limits
@@ -365,14 +366,10 @@ def test_the_readmes_serve_line_answers_200(tmp_path):
                                 stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        t0 = time.monotonic()
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() - t0 < 90, "server did not come up: " + log_path.read_text()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
+        try:
+            wait_for_server(base, timeout_s=90, alive=lambda: proc.poll() is None)
+        except ServerUnavailable as e:
+            raise AssertionError(log_path.read_text()) from e
         score = httpx.post(f"{base}/v1/score", json={"context": "What is 2+2?", "responses": ["4", "5"]},
                            timeout=120)
         reward = httpx.post(f"{base}/get_reward", json={"query": ["Q: 2+2?\nA: 4", "Q: 2+2?\nA: 5"],

@@ -29,6 +29,7 @@ samples (`return_samples=True`) unless a future server adds `num_summed`.
 """
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import concurrent.futures
 import dataclasses
@@ -36,14 +37,14 @@ import email.utils
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 
 Context = str | list[dict[str, str]]
 
-__all__ = ["BadRequest", "RewardClient", "RewardClientError", "RewardTimeout", "ScoreResult", "ServerBusy",
+__all__ = ["BadRequest", "RewardClient", "wait_for_server", "RewardClientError", "RewardTimeout", "ScoreResult", "ServerBusy",
            "ServerError", "ServerUnavailable", "Unauthorized"]
 
 
@@ -207,6 +208,22 @@ class _Call:
             raise ServerError(f"{self.url}: HTTP 404; is this a `spct serve` URL (scheme://host:port)?",
                               url=self.url, status=404)
         raise ServerError(f"{self.url}: HTTP {r.status_code}: {message}", url=self.url, status=r.status_code)
+
+
+def wait_for_server(url: str, *, timeout_s: float = 120.0, alive: Callable[[], bool] | None = None,
+                    poll_s: float = 0.2) -> None:
+    """Block until `url`/healthz answers 200 (a server just started: it loads its model first). ServerUnavailable
+    when `alive()` turns False (the server process exited) or `timeout_s` passes."""
+    t0 = time.monotonic()
+    while True:
+        if alive is not None and not alive():
+            raise ServerUnavailable(f"{url}: the server exited before it answered /healthz")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        if time.monotonic() - t0 > timeout_s:
+            raise ServerUnavailable(f"{url}: no answer from /healthz within {timeout_s:g} s")
+        time.sleep(poll_s)
 
 
 def _json_or_none(r: httpx.Response) -> Any:
