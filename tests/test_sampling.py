@@ -26,8 +26,9 @@ def _prompts(lengths, seed=0, vocab=256):
     return [rng.integers(3, vocab, n).tolist() for n in lengths]
 
 
+@pytest.mark.parametrize("decode_layers", ["split", "scan"])
 @pytest.mark.parametrize("family", ["gemma2", "llama"])
-def test_greedy_matches_transformers_generate(family, tmp_path):
+def test_greedy_matches_transformers_generate(family, decode_layers, tmp_path):
     from hf_fixtures import tiny_hf_lm, torch
 
     hf = tiny_hf_lm(family, seed=7)
@@ -36,7 +37,7 @@ def test_greedy_matches_transformers_generate(family, tmp_path):
     ours = from_pretrained(tmp_path, dtype=jnp.float32)
     prompts = _prompts([11, 4, 8], seed=3, vocab=128)
     new = 40
-    got = sampling.sample(ours, prompts, max_new_tokens=new, temperature=0.0)
+    got = sampling.sample(ours, prompts, max_new_tokens=new, temperature=0.0, decode_layers=decode_layers)
     t = max(map(len, prompts))
     ids = torch.tensor([[0] * (t - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (t - len(p)) + [1] * len(p) for p in prompts])
@@ -138,8 +139,9 @@ SHARDED = textwrap.dedent("""
     mesh = None
     if len(jax.devices()) > 1:
         mesh = jax.make_mesh((len(jax.devices()),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    out = sampling.sample(model, prompts, num_samples=4, max_new_tokens=24, temperature=0.0, mesh=mesh)
-    print(json.dumps({"n": len(jax.devices()), "tokens": out.tokens}))
+    out = {d: sampling.sample(model, prompts, num_samples=4, max_new_tokens=24, temperature=0.0, mesh=mesh,
+                              decode_layers=d).tokens for d in ("split", "scan")}
+    print(json.dumps({"n": len(jax.devices()), "tokens": out}))
 """)
 
 
@@ -155,7 +157,34 @@ def _run(devices):
 def test_eight_sharded_devices_match_one_device():
     one, eight = _run(1), _run(8)
     assert eight["n"] == 8 and one["n"] == 1
-    assert one["tokens"] == eight["tokens"]
+    assert one["tokens"]["split"] == eight["tokens"]["split"] == one["tokens"]["scan"] == eight["tokens"]["scan"]
+
+
+GEMMA5 = ModelConfig(family="gemma2", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=5, num_heads=4,
+                     num_kv_heads=2, head_dim=16, query_pre_attn_scalar=16, attn_logit_softcap=50.0,
+                     final_logit_softcap=30.0, sliding_window=8, layer_types=("sliding", "full") * 2 + ("sliding",))
+
+
+@pytest.mark.parametrize("fan_out", [True, False])
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_split_decode_layers_sample_exactly_what_the_layer_scan_samples(fan_out, remat):
+    """Per-layer buffers (the CPU default) against the stacked layer scan: a Gemma-2 with an odd layer count (a
+    scanned pair plus an unrolled remainder), a window shorter than the rows, shared prefixes and re-prefill."""
+    model = init_model(GEMMA5, seed=2, remat=remat)
+    prompts = _prompts([13, 4, 13, 9], seed=5)
+    kw = dict(num_samples=3, max_new_tokens=20, temperature=0.7, seed=9, fan_out=fan_out)
+    split = sampling.sample(model, prompts, decode_layers="split", **kw)
+    scan = sampling.sample(model, prompts, decode_layers="scan", **kw)
+    assert split.tokens == scan.tokens
+    np.testing.assert_allclose(np.concatenate([np.ravel(x) for r in split.logprobs for x in r]),
+                               np.concatenate([np.ravel(x) for r in scan.logprobs for x in r]), atol=1e-6)
+
+
+def test_decode_layers_default_per_backend_and_rejects_unknown(tiny):
+    assert sampling.decode_layers_for("auto") == "split"  # the tests run on CPU
+    assert sampling.decode_layers_for("scan") == "scan"
+    with pytest.raises(ValueError, match="decode_layers"):
+        sampling.sample(tiny, [[5, 6]], max_new_tokens=2, decode_layers="unrolled")
 
 
 def test_a_remat_model_samples_like_the_plain_one():

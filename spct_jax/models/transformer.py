@@ -85,6 +85,24 @@ class KVCache:
     def max_len(self) -> int:
         return self.valid.shape[1]
 
+    @property
+    def split(self) -> bool:
+        """True when k and v are tuples of L per-layer arrays [B, K, S, Dh] (see `split_layers`)."""
+        return isinstance(self.k, tuple)
+
+    def split_layers(self) -> "KVCache":
+        """The same cache with k, v (and a prefix's) as tuples of L separate [B, K, S, Dh] buffers.
+
+        The decode loop carries this form on backends where reading layer l of a stacked array inside the loop
+        copies it (XLA:CPU materialises a dynamic slice before a dot): each step would copy the whole cache once
+        more than it reads it. Separate buffers are read in place and written one column at a time."""
+        if self.split:
+            return self
+        cut = lambda a: tuple(a[i] for i in range(a.shape[0]))  # noqa: E731
+        prefix = None if self.prefix is None else dataclasses.replace(self.prefix, k=cut(self.prefix.k),
+                                                                       v=cut(self.prefix.v))
+        return dataclasses.replace(self, k=cut(self.k), v=cut(self.v), prefix=prefix)
+
     def take(self, rows: jax.Array) -> "KVCache":
         """Fan out: new row r is a copy of old row rows[r] (e.g. [0,0,0,1,1,1] gives each prompt 3 rows).
 
@@ -302,7 +320,8 @@ class Decoder(nnx.Module):
 
     # -- pieces shared by the LM, the scalar head and chunked log-prob computation ------------------------------
     def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                      cache: KVCache | None = None, *, constrain=None) -> tuple[jax.Array, KVCache | None]:
+                      cache: KVCache | None = None, *, constrain=None,
+                      layers: tuple | None = None) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states [B, T, D] and the updated cache (None when called without one).
 
         constrain: `pin(array, kind)` (default: `self.constrain`, else nothing) applied to the activations as they
@@ -310,7 +329,10 @@ class Decoder(nnx.Module):
         / v [B, T, H, Dh], "ffn" the MLP's gate and up [B, T, F]. The sharded programs pass a sharding constraint
         that keeps rows on their devices (parallel/rules.py ACTIVATION_SPECS, the sampler's layout). Without one
         GSPMD follows the FSDP-sharded weights and may split D instead, computing every row of a device group on
-        each of its devices."""
+        each of its devices.
+
+        layers: `layer_states()`, the blocks' params cut per layer once outside a decode loop; with a split cache
+        (`KVCache.split_layers`) the blocks then run unrolled over separate buffers (see `_blocks`)."""
         b, t = input_ids.shape
         mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
         start = jnp.zeros((b,), jnp.int32) if cache is None else cache.next_pos
@@ -330,10 +352,13 @@ class Decoder(nnx.Module):
             # Gemma multiplies by sqrt(d) rounded to the compute dtype, as transformers does.
             x = x * jnp.asarray(self.config.hidden_size**0.5, self.dtype)
         x = pin(x, "hidden")
-        x, written = self._blocks(x, (positions, q_slots, kv_valid, write_at), cache, pin)
+        x, written = self._blocks(x, (positions, q_slots, kv_valid, write_at), cache, pin, layers)
         x = self.final_norm(x)
         if cache is None:
             return x, None
+        if cache.split:  # every layer's buffer already holds this call's columns (written in place)
+            return x, KVCache(k=written[0], v=written[1], valid=kv_valid, length=cache.length + t,
+                              next_pos=cache.next_pos + jnp.sum(mask, axis=1, dtype=jnp.int32), prefix=cache.prefix)
         # Only this call's T columns of every layer go back into the cache, in place: [L, B, K, T, Dh] at `write_at`.
         put = lambda old, new: jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), write_at, axis=3)  # noqa: E731
         new_cache = KVCache(k=put(cache.k, written[0]), v=put(cache.v, written[1]), valid=kv_valid,
@@ -341,13 +366,28 @@ class Decoder(nnx.Module):
                             prefix=cache.prefix)
         return x, new_cache
 
-    def _blocks(self, x: jax.Array, where: tuple, cache: KVCache | None, pin):
+    def layer_states(self) -> tuple:
+        """The blocks' params as L per-layer states (static slices of the stacked [L, ...] leaves), for
+        `hidden_states(layers=)`. Taken once before a decode loop, they cost one copy of the block weights."""
+        params = nnx.state(self.layers)
+        return tuple(jax.tree.map(lambda a: a[i], params) for i in range(self.config.num_layers))
+
+    def _blocks(self, x: jax.Array, where: tuple, cache: KVCache | None, pin, layers: tuple | None = None):
         """x [B, T, D] through every block -> (x, (k, v) of this call's T columns [L, B, K, T, Dh], or None without
         a cache). where = (positions, q_slots, kv_valid, write_at) as Attention takes them.
 
         The scan carries x; its xs are the unit's params and KV-cache slices of each step, [G, unit, ...] views of
         the stacked [L, ...] arrays; it returns only the new columns (ys), which hidden_states writes into the
-        cache once for all layers (a carried cache would be copied in and out of every step)."""
+        cache once for all layers (a carried cache would be copied in and out of every step).
+
+        With a split cache (tuples of per-layer buffers) the layers run unrolled instead, each writing its new
+        columns into its own buffer in place, and return the whole buffers:
+
+            stacked + scan   per step: copy layer l's [B, K, S, Dh] out of [L, ...], write, attend   (3 passes)
+            split            per step: write one column into buffer l, attend                       (1 pass)
+
+        XLA:CPU materialises the slice of a stacked operand before a dot, so a decode step over the stacked
+        cache reads the whole cache about three times (measured in benchmarks/sampling.py --decode-layers)."""
         cfg = self.config
         graphdef, params = nnx.split(self.layers)  # every leaf [L, ...]
         policy = REMAT_POLICIES[self.remat]
@@ -355,19 +395,31 @@ class Decoder(nnx.Module):
         positions, q_slots, kv_valid, write_at = where
         prefix_valid = None if cache is None or cache.prefix is None else cache.prefix.valid
 
-        def block(window, p, x, kv, prefix_kv):
+        def block(window, p, x, kv, prefix_kv, whole=False):
             blk = nnx.merge(graphdef, p)
             blk.attn.window = window  # the layer's own; static, so the attention code may specialise on it
             prefix = None if prefix_kv is None else (*prefix_kv, prefix_valid)
             x, (k_all, v_all) = blk(x, positions, q_slots, kv, kv_valid, write_at, prefix, pin=pin)
             if kv is None:
                 return x, None
+            if whole:
+                return x, (k_all, v_all)
             cols = lambda a: jax.lax.dynamic_slice_in_dim(a, write_at, t, axis=2)  # noqa: E731  [B, K, T, Dh]
             return x, (cols(k_all), cols(v_all))
 
         if policy is not None:
             # Inside a scan XLA cannot CSE the recomputation away, so prevent_cse is only needed unrolled.
-            block = jax.checkpoint(block, policy=policy, prevent_cse=not self.scan_layers, static_argnums=(0,))
+            block = jax.checkpoint(block, policy=policy, prevent_cse=not self.scan_layers, static_argnums=(0, 5))
+
+        if cache is not None and cache.split:
+            ks, vs = [], []
+            for layer in range(cfg.num_layers):
+                p = layers[layer] if layers is not None else jax.tree.map(lambda a: a[layer], params)
+                prefix = None if cache.prefix is None else (cache.prefix.k[layer], cache.prefix.v[layer])
+                x, (k, v) = block(cfg.window_of(layer), p, x, (cache.k[layer], cache.v[layer]), prefix, True)
+                ks.append(k)
+                vs.append(v)
+            return x, (tuple(ks), tuple(vs))
 
         def layer_inputs(tree, index):  # index: an int, or a slice of whole units
             kv = None if cache is None else (cache.k[index], cache.v[index])
@@ -385,7 +437,7 @@ class Decoder(nnx.Module):
                 for j in range(unit):  # layer g * unit + j has the window of layer j (scan_unit's definition)
                     x, c = block(cfg.window_of(j), jax.tree.map(lambda a: a[j], p), x,
                                  None if kv is None else (kv[0][j], kv[1][j]),
-                                 None if prefix is None else (prefix[0][j], prefix[1][j]))
+                                 None if prefix is None else (prefix[0][j], prefix[1][j]), False)
                     cols.append(c)
                 return x, None if kv is None else tuple(jnp.stack(z) for z in zip(*cols))  # [unit, B, K, T, Dh]
 
@@ -397,7 +449,7 @@ class Decoder(nnx.Module):
                 written.append(tuple(y.reshape(scanned, *y.shape[2:]) for y in ys))
         for layer in range(scanned, cfg.num_layers):  # the remainder (or every layer, unrolled)
             p, kv, prefix = layer_inputs(params, layer)
-            x, c = block(cfg.window_of(layer), p, x, kv, prefix)
+            x, c = block(cfg.window_of(layer), p, x, kv, prefix, False)
             if c is not None:
                 written.append(tuple(z[None] for z in c))
         if cache is None:
@@ -419,9 +471,9 @@ class Decoder(nnx.Module):
         return self.logits_from_hidden(h)
 
     def extend(self, input_ids: jax.Array, attention_mask: jax.Array, cache: KVCache, *,
-               constrain=None) -> tuple[jax.Array, KVCache]:
+               constrain=None, layers: tuple | None = None) -> tuple[jax.Array, KVCache]:
         """Run T new columns through the model, appending them to the cache. Prefill and decode both use this."""
-        h, cache = self.hidden_states(input_ids, attention_mask, cache, constrain=constrain)
+        h, cache = self.hidden_states(input_ids, attention_mask, cache, constrain=constrain, layers=layers)
         return self.logits_from_hidden(h), cache
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:

@@ -64,7 +64,7 @@ def sampler_call(m: ModelConfig, mesh: Mesh, *, rows: int, prompt_len: int, new_
     prompts = [[1 + i % 97, 1 + i // 97 % 97] + [3] * (prompt_len - 2) for i in range(rows)]  # all distinct
     return sampling.compile_call(nnx.merge(graphdef, state), prompts, max_new_tokens=new_tokens,
                                  temperature=temperature, stop_tokens=(2,), max_batch_rows=rows, mesh=mesh,
-                                 abstract=True)
+                                 abstract=True, decode_layers="scan")  # the pods' layout (TPU's "auto"), on any backend
 
 
 def logprob_call(m: ModelConfig, mesh: Mesh, *, rows: int, block_rows: int | None, seq: int, dtype: Any,

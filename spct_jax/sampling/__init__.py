@@ -32,11 +32,12 @@ One concept per module:
     loop.py         the jitted program: prefill, then the decode `while_loop` over a named `DecodeState`
     strategies.py   Greedy, Temperature, TopK, TopP: one token per row (inverse-CDF draw, bisection top-p)
 """
-from spct_jax.sampling.api import Samples, compile_call, sample
+from spct_jax.sampling.api import DECODE_LAYERS, Samples, compile_call, decode_layers_for, sample
 from spct_jax.sampling.layout import Layout, bucket, length_bucketed_batches
 from spct_jax.sampling.loop import DecodeState, compile_count
 from spct_jax.sampling.prefill import PREFILL_CHUNK
 from spct_jax.sampling.strategies import Greedy, Strategy, Temperature, TopK, TopP
 
-__all__ = ["PREFILL_CHUNK", "DecodeState", "Greedy", "Layout", "Samples", "Strategy", "Temperature", "TopK", "TopP",
-           "bucket", "compile_call", "compile_count", "length_bucketed_batches", "sample"]
+__all__ = ["DECODE_LAYERS", "PREFILL_CHUNK", "DecodeState", "Greedy", "Layout", "Samples", "Strategy", "Temperature",
+           "TopK", "TopP", "bucket", "compile_call", "compile_count", "decode_layers_for", "length_bucketed_batches",
+           "sample"]

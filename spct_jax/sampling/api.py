@@ -36,14 +36,34 @@ class Samples:
         return sum(len(s) for row in self.tokens for s in row)
 
 
+DECODE_LAYERS = ("auto", "scan", "split")
+
+
+def decode_layers_for(choice: str, mesh: jax.sharding.Mesh | None = None) -> str:
+    """"auto" -> "split" on CPU, "scan" elsewhere (the platform of the mesh's devices, else the default backend).
+
+    "scan" runs the decode step's layers as the model's layer scan over the stacked [L, ...] params and cache;
+    "split" cuts both per layer once before the decode loop and runs the layers unrolled over separate buffers
+    (KVCache.split_layers), at the cost of one copy of the block weights for the call and a program that grows
+    with depth. XLA:CPU copies a stacked operand's layer slice before each dot, which made a CPU decode step
+    ~1.5x slower at k = 32 and 256 new tokens (benchmarks/sampling.py --decode-layers); TPU's compiler feeds the
+    slice to the matmul in place, and the pod memory plan (parallel/plan.py) assumes "scan"."""
+    if choice not in DECODE_LAYERS:
+        raise ValueError(f"decode_layers must be one of {DECODE_LAYERS}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    return "split" if platform == "cpu" else "scan"
+
+
 def _static(model: Decoder, num_samples: int, max_new_tokens: int, stop_tokens: Sequence[int],
-            fan_out: bool) -> Static:
+            fan_out: bool, decode_layers: str = "auto", mesh: jax.sharding.Mesh | None = None) -> Static:
     if num_samples < 1 or max_new_tokens < 1:
         raise ValueError("num_samples and max_new_tokens must be >= 1")
     pad = model.config.pad_token_id
     return Static(num_samples=num_samples, new_bucket=lay.bucket(max_new_tokens),
                   stop_tokens=tuple(sorted(set(int(t) for t in stop_tokens))), pad_id=pad if pad is not None else 0,
-                  fan_out=fan_out)
+                  fan_out=fan_out, split_layers=decode_layers_for(decode_layers, mesh) == "split")
 
 
 def _check_prompts(model: Decoder, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -75,7 +95,7 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
            stop_tokens: Sequence[int] = (), seed: int = 0, max_batch_rows: int = 256,
            mesh: jax.sharding.Mesh | None = None, data_axis: str | Sequence[str] | None = None,
            fan_out: bool = True, prompt_seeds: Sequence[int] | None = None,
-           progress: bool | None = None) -> Samples:
+           progress: bool | None = None, decode_layers: str = "auto") -> Samples:
     """Sample `num_samples` continuations of each prompt; temperature 0 is greedy.
 
     Prompts are grouped by length bucket (at most `max_batch_rows` = prompts x num_samples per call, at least one
@@ -91,8 +111,10 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     process calls `sample` with the same arguments, the parameters must be global arrays on the mesh's devices,
     each host feeds only the rows its devices hold, and every process returns the same, whole `Samples`. The
     tokens do not depend on the mesh, the batching or the number of processes.
+
+    `decode_layers` ("auto", "scan", "split": see `decode_layers_for`) changes speed and memory, not tokens.
     """
-    st = _static(model, num_samples, max_new_tokens, stop_tokens, fan_out)
+    st = _static(model, num_samples, max_new_tokens, stop_tokens, fan_out, decode_layers, mesh)
     strategy = from_options(temperature, top_k, top_p, model.config.vocab_size)
     prompts = _check_prompts(model, prompts)
     if prompt_seeds is None:
@@ -131,14 +153,15 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
 def compile_call(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int = 1, max_new_tokens: int,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  stop_tokens: Sequence[int] = (), max_batch_rows: int = 256, mesh: jax.sharding.Mesh | None = None,
-                 data_axis: str | Sequence[str] | None = None, fan_out: bool = True, abstract: bool = False):
+                 data_axis: str | Sequence[str] | None = None, fan_out: bool = True, abstract: bool = False,
+                 decode_layers: str = "auto"):
     """The compiled program of `sample`'s FIRST sampler call for these arguments, without running it:
     `compile_call(...).memory_analysis()` is XLA's own per-device account of that call's memory (arguments,
     outputs, temporaries), the figure the planner and the benchmarks compare with.
 
     `abstract=True` lowers from input shapes only, for a model whose parameters are abstract too
     (jax.ShapeDtypeStruct with shardings, e.g. on a TPU topology's devices that this process cannot write to)."""
-    st = _static(model, num_samples, max_new_tokens, stop_tokens, fan_out)
+    st = _static(model, num_samples, max_new_tokens, stop_tokens, fan_out, decode_layers, mesh)
     strategy: Strategy = from_options(temperature, top_k, top_p, model.config.vocab_size)
     prompts = _check_prompts(model, prompts)
     layout = lay.layout_for(mesh, data_axis)

@@ -77,10 +77,14 @@ class Layout:
         return jax.lax.with_sharding_constraint(x, self.sharding(*spec))
 
     def _cache_shardings(self, cache):
-        """k, v [L, B, K, S, Dh] (the layers stacked, never split): rows over the row axes, KV heads over tensor."""
-        heads = cache.k.shape[2]
+        """k, v [L, B, K, S, Dh] (the layers stacked, never split over devices), or a split cache's L buffers
+        [B, K, S, Dh]: rows over the row axes, KV heads over tensor."""
+        heads = cache.k[0].shape[1] if cache.split else cache.k.shape[2]
         tensor = "tensor" if "tensor" in self.mesh.axis_names and heads % self.mesh.shape["tensor"] == 0 else None
-        kv, rows = self.sharding(None, self.row_axes or None, tensor, None, None), self.rows
+        rows = self.rows
+        kv = self.sharding(None, self.row_axes or None, tensor, None, None)
+        if cache.split:
+            kv = (self.sharding(self.row_axes or None, tensor, None, None),) * len(cache.k)
         prefix = None if cache.prefix is None else dataclasses.replace(cache.prefix, k=kv, v=kv, valid=rows)
         return dataclasses.replace(cache, k=kv, v=kv, valid=rows, length=self.sharding(), next_pos=rows,
                                    prefix=prefix)

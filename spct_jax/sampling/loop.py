@@ -42,6 +42,7 @@ class Static:
     stop_tokens: tuple[int, ...]
     pad_id: int
     fan_out: bool = True  # False re-prefills each prompt k times (the baseline that fan-out replaces)
+    split_layers: bool = False  # decode over per-layer buffers (api.decode_layers_for "split") instead of the scan
 
 
 @struct.dataclass
@@ -67,6 +68,10 @@ def decode(model: Decoder, state: DecodeState, row_keys: jax.Array, max_new: jax
            st: Static, pin: Pin = no_pin) -> DecodeState:
     """Run decode steps until `max_new` ([] int32) tokens or every row is done.  row_keys: [R] typed keys."""
     stops = jnp.asarray(st.stop_tokens, jnp.int32)
+    layers = None
+    if st.split_layers:  # cut once here, so the loop body reads separate buffers in place (api.decode_layers_for)
+        state = state.replace(cache=pin(state.cache.split_layers(), "cache"))
+        layers = model.layer_states()
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
     rows = row_keys.shape[0]
 
@@ -81,7 +86,7 @@ def decode(model: Decoder, state: DecodeState, row_keys: jax.Array, max_new: jax
         lps = jax.lax.dynamic_update_slice_in_dim(s.logprobs, lp[:, None], s.step, axis=1)
         hit = jnp.any(tok[:, None] == stops[None, :], axis=-1) if st.stop_tokens else jnp.zeros_like(s.done)
         done = s.done | hit
-        logits, cache = model.extend(tok[:, None], jnp.ones((rows, 1), bool), s.cache, constrain=pin)
+        logits, cache = model.extend(tok[:, None], jnp.ones((rows, 1), bool), s.cache, constrain=pin, layers=layers)
         return DecodeState(step=s.step + 1, tokens=pin(toks), logprobs=pin(lps), done=pin(done),
                            cache=pin(cache, "cache"), logits=pin(logits[:, -1]))
 
