@@ -141,6 +141,11 @@ SHARDED = textwrap.dedent("""
         mesh = jax.make_mesh((len(jax.devices()),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     out = {d: sampling.sample(model, prompts, num_samples=4, max_new_tokens=24, temperature=0.0, mesh=mesh,
                               decode_layers=d).tokens for d in ("split", "scan")}
+    # 8 distinct prompts x 4 copies, one sample each with its own seed: grouped, one prefix per shard's prompt
+    copies = [p for p in (rng.integers(3, 256, 5 + i).tolist() for i in range(8)) for _ in range(4)]
+    for share in (True, False):
+        out[f"share={share}"] = sampling.sample(model, copies, max_new_tokens=10, temperature=0.9, seed=3, mesh=mesh,
+                                                prompt_seeds=list(range(32)), share_identical=share).tokens
     print(json.dumps({"n": len(jax.devices()), "tokens": out}))
 """)
 
@@ -158,6 +163,8 @@ def test_eight_sharded_devices_match_one_device():
     one, eight = _run(1), _run(8)
     assert eight["n"] == 8 and one["n"] == 1
     assert one["tokens"]["split"] == eight["tokens"]["split"] == one["tokens"]["scan"] == eight["tokens"]["scan"]
+    assert (one["tokens"]["share=True"] == eight["tokens"]["share=True"] == one["tokens"]["share=False"]
+            == eight["tokens"]["share=False"])
 
 
 GEMMA5 = ModelConfig(family="gemma2", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=5, num_heads=4,
@@ -178,6 +185,27 @@ def test_split_decode_layers_sample_exactly_what_the_layer_scan_samples(fan_out,
     assert split.tokens == scan.tokens
     np.testing.assert_allclose(np.concatenate([np.ravel(x) for r in split.logprobs for x in r]),
                                np.concatenate([np.ravel(x) for r in scan.logprobs for x in r]), atol=1e-6)
+
+
+@pytest.mark.parametrize("copies, num_samples, grouped_slots", [
+    ([0] * 8, 1, 8),  # the GRM scorer's call: one prompt, k copies with their own seeds
+    ([0, 1, 0, 1], 3, 2),  # two prompts twice, 3 samples each
+    ([0, 1, 0, 0, 1, 2, 0, 1], 1, 1),  # uneven copies: grouping would add rows, so the plain layout is kept
+])
+def test_identical_prompts_share_one_prefix_and_sample_the_same_tokens(copies, num_samples, grouped_slots):
+    from spct_jax.sampling.layout import plan_call
+
+    model = init_model(GEMMA5, seed=4)
+    base = _prompts([13, 9, 20], seed=6)
+    prompts = [base[c] for c in copies]
+    seeds = list(range(50, 50 + len(prompts)))
+    assert plan_call(list(range(len(prompts))), prompts, seeds, num_samples, 1, 0).prefix_slots == grouped_slots
+    kw = dict(num_samples=num_samples, max_new_tokens=14, temperature=0.8, seed=2, prompt_seeds=seeds)
+    shared = sampling.sample(model, prompts, **kw)
+    plain = sampling.sample(model, prompts, share_identical=False, **kw)
+    assert shared.tokens == plain.tokens
+    np.testing.assert_allclose(np.concatenate([np.ravel(x) for r in shared.logprobs for x in r]),
+                               np.concatenate([np.ravel(x) for r in plain.logprobs for x in r]), atol=1e-6)
 
 
 def test_decode_layers_default_per_backend_and_rejects_unknown(tiny):

@@ -95,7 +95,7 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
            stop_tokens: Sequence[int] = (), seed: int = 0, max_batch_rows: int = 256,
            mesh: jax.sharding.Mesh | None = None, data_axis: str | Sequence[str] | None = None,
            fan_out: bool = True, prompt_seeds: Sequence[int] | None = None,
-           progress: bool | None = None, decode_layers: str = "auto") -> Samples:
+           progress: bool | None = None, decode_layers: str = "auto", share_identical: bool = True) -> Samples:
     """Sample `num_samples` continuations of each prompt; temperature 0 is greedy.
 
     Prompts are grouped by length bucket (at most `max_batch_rows` = prompts x num_samples per call, at least one
@@ -113,6 +113,9 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     tokens do not depend on the mesh, the batching or the number of processes.
 
     `decode_layers` ("auto", "scan", "split": see `decode_layers_for`) changes speed and memory, not tokens.
+    `share_identical`: a prompt passed several times (one sample each with its own `prompt_seeds`, as the GRM
+    scorer does) is prefilled once and its rows read one prefix when that adds no rows (layout.plan_call); it
+    changes speed, not tokens.
     """
     st = _static(model, num_samples, max_new_tokens, stop_tokens, fan_out, decode_layers, mesh)
     strategy = from_options(temperature, top_k, top_p, model.config.vocab_size)
@@ -132,10 +135,11 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     stop_set = set(st.stop_tokens)
     show = progress if progress is not None else len(groups) > 1
     for group in tqdm(groups, desc="sampling", unit="batch", disable=not show):
-        call = lay.plan_call(group, prompts, prompt_seeds, num_samples, shards, st.pad_id)
+        call = lay.plan_call(group, prompts, prompt_seeds, num_samples, shards, st.pad_id, share_identical)
         with compile_phase("sampling"):  # compile counts (parallel/compilation.py), unless a stage phase names them
             toks, lps, _ = jitted_generate(graphdef, state, *_inputs(call, layout, base), jnp.int32(max_new_tokens),
-                                           strategy, st=dataclasses.replace(st, num_samples=call.per_slot),
+                                           strategy, st=dataclasses.replace(st, num_samples=call.per_slot,
+                                                                            prefix_slots=call.prefix_slots),
                                            layout=layout)
         toks, lps = lay.to_host(toks), lay.to_host(lps)  # [R, N] each: the one gather of this call
         for q, slot in enumerate(call.slots):
@@ -170,5 +174,6 @@ def compile_call(model: Decoder, prompts: Sequence[Sequence[int]], *, num_sample
                          1 if layout is None else layout.shards, st.pad_id)
     graphdef, state = nnx.split(model)
     args = (graphdef, state, *_inputs(call, layout, jax.random.key(0), abstract), jnp.int32(max_new_tokens), strategy)
-    return jitted_generate.lower(*args, st=dataclasses.replace(st, num_samples=call.per_slot),
+    return jitted_generate.lower(*args, st=dataclasses.replace(st, num_samples=call.per_slot,
+                                                                 prefix_slots=call.prefix_slots),
                                  layout=layout).compile()

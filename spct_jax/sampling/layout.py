@@ -142,11 +142,55 @@ class Call:
     slots: list[tuple[int, int] | None]  # [S * Q] (prompt index, first sample) or None for filler
     per_slot: int
     row_keys: np.ndarray  # [S * Q * per_slot, 2] (prompt seed, sample index) as uint32
+    prefix_slots: int = 1  # C > 1: grouped, every prompt of a shard is read by C consecutive slots (see plan_call)
+
+
+def _grouped(group: Sequence[int], prompts: Sequence[Sequence[int]], seeds: Sequence[int], num_samples: int,
+             shards: int, pad_id: int, plain_slots: int) -> Call | None:
+    """The call with identical prompts' slots grouped, or None when grouping would not pay.
+
+    Callers that give every sample its own seed (GenerativeRewardModel, RFT, GRPO: `prompt_seeds`) pass the same
+    prompt many times with one sample each. Laid out plainly, each copy is its own slot and gathers its own copy of
+    the prefix. Grouped, each distinct prompt gets C consecutive slots (padded with filler slots) and its C * k
+    rows read ONE shared prefix, which `fill` then uses as it is (no gather):
+
+        plain    slots [ a a a a b b ]            prefix per slot [ A A A A B B ]  (copies)
+        grouped  slots [ a a a a | b b - - ]      prefix per group [ A | B ], C = 4
+
+    Used when C > 1 and the grouped slots are no more than the plain call's padded slots (no extra rows)."""
+    order: dict[tuple[int, ...], list[int]] = {}
+    for i in group:
+        order.setdefault(tuple(prompts[i]), []).append(i)
+    c = bucket(max(map(len, order.values())), minimum=1)
+    if c == 1:
+        return None
+    n_groups = -(-bucket(len(order), minimum=1) // shards) * shards  # every shard holds the same number of groups
+    if n_groups * c > plain_slots:
+        return None
+    slots: list[tuple[int, int] | None] = []
+    for members in order.values():
+        slots += [(i, 0) for i in members] + [None] * (c - len(members))
+    slots += [None] * (n_groups * c - len(slots))
+    u = n_groups // shards
+    flat = [tuple(prompts[slots[g * c][0]]) if slots[g * c] is not None else (pad_id,) for g in range(n_groups)]
+    length = bucket(max(len(p) for p in flat))
+    ids, mask = pad_rows(flat, pad_id=pad_id, length=length, side="left")  # [S * U, P]: group g is prompt g
+    src = np.tile(np.repeat(np.arange(u, dtype=np.int32), c), shards)  # slot -> its group within the shard
+    keys = [(0, 0) if slot is None else (seeds[slot[0]], slot[1] + j) for slot in slots for j in range(num_samples)]
+    return Call(ids=ids, mask=mask, src=src, slots=slots, per_slot=num_samples,
+                row_keys=np.asarray(keys, np.uint32), prefix_slots=c)
 
 
 def plan_call(group: Sequence[int], prompts: Sequence[Sequence[int]], seeds: Sequence[int], num_samples: int,
-              shards: int, pad_id: int) -> Call:
-    """Lay out the prompts `group` (indices into `prompts`), `num_samples` rows each, over `shards` row shards."""
+              shards: int, pad_id: int, share_identical: bool = True) -> Call:
+    """Lay out the prompts `group` (indices into `prompts`), `num_samples` rows each, over `shards` row shards.
+    With `share_identical`, repeated prompts are grouped to read one prefix when that costs no extra rows
+    (`_grouped`)."""
+    if share_identical and len(group) > len({tuple(prompts[i]) for i in group}):
+        q_plain = -(-bucket(len(group), minimum=1) // shards) * shards
+        grouped = _grouped(group, prompts, seeds, num_samples, shards, pad_id, q_plain)
+        if grouped is not None:
+            return grouped
     # Fewer prompts than shards (k = 32 samples of one prompt on 8 devices): split each prompt's samples over
     # several slots, so every shard decodes rows instead of the rows padding up to a multiple of the shards.
     split = 1

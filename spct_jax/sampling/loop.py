@@ -43,6 +43,7 @@ class Static:
     pad_id: int
     fan_out: bool = True  # False re-prefills each prompt k times (the baseline that fan-out replaces)
     split_layers: bool = False  # decode over per-layer buffers (api.decode_layers_for "split") instead of the scan
+    prefix_slots: int = 1  # C > 1: each prompt of a shard is read by C consecutive slots (layout._grouped)
 
 
 @struct.dataclass
@@ -110,7 +111,7 @@ def generate(graphdef, state, ids, mask, prompt_src, row_key_data, max_new, stra
     shards = 1 if layout is None else layout.shards
     pin = no_pin if layout is None else layout.pin
     cache, logits = fill(model, ids, mask, prompt_src, rows_per_slot=st.num_samples, new_slots=st.new_bucket,
-                         shards=shards, fan_out=st.fan_out, pin=pin)
+                         shards=shards, fan_out=st.fan_out, pin=pin, prefix_slots=st.prefix_slots)
     out = decode(model, DecodeState.start(cache, logits, st.new_bucket, st.pad_id, pin), row_keys, max_new,
                  strategy, st, pin)
     return out.tokens, out.logprobs, out.step

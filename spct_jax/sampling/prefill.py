@@ -61,16 +61,23 @@ def local_take(x: jax.Array, src: jax.Array, shards: int, axis: int = 0) -> jax.
 
 
 def fill(model: Decoder, ids: jax.Array, mask: jax.Array, prompt_src: jax.Array, *, rows_per_slot: int,
-         new_slots: int, shards: int, fan_out: bool, pin: Pin = no_pin) -> tuple[KVCache, jax.Array]:
+         new_slots: int, shards: int, fan_out: bool, pin: Pin = no_pin,
+         prefix_slots: int = 1) -> tuple[KVCache, jax.Array]:
     """The cache and first logits of every decode row.  ids, mask: [S * U, P] left-padded prompts, U distinct ones
     per row shard; prompt_src: [S * Q] which prompt of its OWN shard each prompt slot is; rows_per_slot = k
     -> (cache for R = S * Q * k rows with `new_slots` own slots each, last-column logits [R, V]).
 
     Row q*k + j is sample j of prompt slot q. With a layout, shard s prefills its own U prompts, gathers its own
-    Q prefixes from them and keeps its own Q * k rows; the cache is pinned before any write."""
+    Q prefixes from them and keeps its own Q * k rows; the cache is pinned before any write. With prefix_slots
+    C > 1 (layout._grouped) slot q of a shard reads prompt q // C of it, so the U prefilled prompts are the
+    prefixes as they are, each read by C * k rows: nothing is gathered."""
     u, p = ids.shape
     k = rows_per_slot
     ids, mask = pin(ids), pin(mask)
+    if fan_out and prefix_slots > 1:
+        cache, last = prefill(model, ids, mask, pin(model.init_cache(u, p), "cache"), pin)
+        cache = pin(cache.shared_by(prefix_slots * k, new_slots), "cache")
+        return cache, pin(jnp.repeat(last, prefix_slots * k, axis=0))  # [R = S * U * C * k, V]
     if fan_out:
         cache, last = prefill(model, ids, mask, pin(model.init_cache(u, p), "cache"), pin)
         take = lambda x, axis=0: local_take(x, prompt_src, shards, axis)  # noqa: E731
