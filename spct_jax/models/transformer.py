@@ -356,15 +356,13 @@ class Decoder(nnx.Module):
         x = self.final_norm(x)
         if cache is None:
             return x, None
-        if cache.split:  # every layer's buffer already holds this call's columns (written in place)
-            return x, KVCache(k=written[0], v=written[1], valid=kv_valid, length=cache.length + t,
-                              next_pos=cache.next_pos + jnp.sum(mask, axis=1, dtype=jnp.int32), prefix=cache.prefix)
-        # Only this call's T columns of every layer go back into the cache, in place: [L, B, K, T, Dh] at `write_at`.
-        put = lambda old, new: jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), write_at, axis=3)  # noqa: E731
-        new_cache = KVCache(k=put(cache.k, written[0]), v=put(cache.v, written[1]), valid=kv_valid,
-                            length=cache.length + t, next_pos=cache.next_pos + jnp.sum(mask, axis=1, dtype=jnp.int32),
-                            prefix=cache.prefix)
-        return x, new_cache
+        k, v = written  # a split cache's buffers already hold this call's columns (written in place)
+        if not cache.split:
+            # Only this call's T columns of every layer go back into the cache, in place: [L, B, K, T, Dh] at write_at.
+            k, v = (jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), write_at, axis=3)
+                    for old, new in ((cache.k, k), (cache.v, v)))
+        return x, KVCache(k=k, v=v, valid=kv_valid, length=cache.length + t,
+                          next_pos=cache.next_pos + jnp.sum(mask, axis=1, dtype=jnp.int32), prefix=cache.prefix)
 
     def layer_states(self) -> tuple:
         """The blocks' params as L per-layer states (static slices of the stacked [L, ...] leaves), for
@@ -387,7 +385,7 @@ class Decoder(nnx.Module):
             split            per step: write one column into buffer l, attend                       (1 pass)
 
         XLA:CPU materialises the slice of a stacked operand before a dot, so a decode step over the stacked
-        cache reads the whole cache about three times (measured in benchmarks/sampling.py --decode-layers)."""
+        cache reads the whole cache about three times (benchmarks/sampling.py prints both layouts' speed)."""
         cfg = self.config
         graphdef, params = nnx.split(self.layers)  # every leaf [L, ...]
         policy = REMAT_POLICIES[self.remat]

@@ -46,8 +46,9 @@ def decode_layers_for(choice: str, mesh: jax.sharding.Mesh | None = None) -> str
     "split" cuts both per layer once before the decode loop and runs the layers unrolled over separate buffers
     (KVCache.split_layers), at the cost of one copy of the block weights for the call and a program that grows
     with depth. XLA:CPU copies a stacked operand's layer slice before each dot, which made a CPU decode step
-    ~1.5x slower at k = 32 and 256 new tokens (benchmarks/sampling.py --decode-layers); TPU's compiler feeds the
-    slice to the matmul in place, and the pod memory plan (parallel/plan.py) assumes "scan"."""
+    1.4x-1.7x slower (benchmarks/sampling.py prints both). TPU's compiler reads the stacked weights in place (it
+    still copies each layer's cache slice; docs/performance.md), its compile time is what the scan keeps flat,
+    and the pod memory plan (parallel/plan.py) assumes "scan"."""
     if choice not in DECODE_LAYERS:
         raise ValueError(f"decode_layers must be one of {DECODE_LAYERS}, got {choice!r}")
     if choice != "auto":
@@ -64,6 +65,11 @@ def _static(model: Decoder, num_samples: int, max_new_tokens: int, stop_tokens: 
     return Static(num_samples=num_samples, new_bucket=lay.bucket(max_new_tokens),
                   stop_tokens=tuple(sorted(set(int(t) for t in stop_tokens))), pad_id=pad if pad is not None else 0,
                   fan_out=fan_out, split_layers=decode_layers_for(decode_layers, mesh) == "split")
+
+
+def _for_call(st: Static, call: lay.Call) -> Static:
+    """The program's statics for one call: its rows per slot and slots per prefix."""
+    return dataclasses.replace(st, num_samples=call.per_slot, prefix_slots=call.prefix_slots)
 
 
 def _check_prompts(model: Decoder, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -138,8 +144,7 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
         call = lay.plan_call(group, prompts, prompt_seeds, num_samples, shards, st.pad_id, share_identical)
         with compile_phase("sampling"):  # compile counts (parallel/compilation.py), unless a stage phase names them
             toks, lps, _ = jitted_generate(graphdef, state, *_inputs(call, layout, base), jnp.int32(max_new_tokens),
-                                           strategy, st=dataclasses.replace(st, num_samples=call.per_slot,
-                                                                            prefix_slots=call.prefix_slots),
+                                           strategy, st=_for_call(st, call),
                                            layout=layout)
         toks, lps = lay.to_host(toks), lay.to_host(lps)  # [R, N] each: the one gather of this call
         for q, slot in enumerate(call.slots):
@@ -174,6 +179,5 @@ def compile_call(model: Decoder, prompts: Sequence[Sequence[int]], *, num_sample
                          1 if layout is None else layout.shards, st.pad_id)
     graphdef, state = nnx.split(model)
     args = (graphdef, state, *_inputs(call, layout, jax.random.key(0), abstract), jnp.int32(max_new_tokens), strategy)
-    return jitted_generate.lower(*args, st=dataclasses.replace(st, num_samples=call.per_slot,
-                                                                 prefix_slots=call.prefix_slots),
+    return jitted_generate.lower(*args, st=_for_call(st, call),
                                  layout=layout).compile()

@@ -145,8 +145,22 @@ class Call:
     prefix_slots: int = 1  # C > 1: grouped, every prompt of a shard is read by C consecutive slots (see plan_call)
 
 
+def _call(flat: list[tuple[int, ...]], src: np.ndarray, slots: list, per_slot: int, seeds: Sequence[int],
+          pad_id: int, prefix_slots: int = 1) -> Call:
+    """The Call of a layout: `flat` the [S * U] prompts to prefill, `src` and `slots` per slot."""
+    ids, mask = pad_rows(flat, pad_id=pad_id, length=bucket(max(map(len, flat))), side="left")  # [S * U, P] each
+    keys = [(0, 0) if slot is None else (seeds[slot[0]], slot[1] + j) for slot in slots for j in range(per_slot)]
+    return Call(ids=ids, mask=mask, src=src, slots=slots, per_slot=per_slot, row_keys=np.asarray(keys, np.uint32),
+                prefix_slots=prefix_slots)
+
+
+def _padded_slots(n: int, shards: int) -> int:
+    """n slots padded to a power of two, then to a multiple of the shards (every shard holds as many)."""
+    return -(-bucket(n, minimum=1) // shards) * shards
+
+
 def _grouped(group: Sequence[int], prompts: Sequence[Sequence[int]], seeds: Sequence[int], num_samples: int,
-             shards: int, pad_id: int, plain_slots: int) -> Call | None:
+             shards: int, pad_id: int) -> Call | None:
     """The call with identical prompts' slots grouped, or None when grouping would not pay.
 
     Callers that give every sample its own seed (GenerativeRewardModel, RFT, GRPO: `prompt_seeds`) pass the same
@@ -164,21 +178,17 @@ def _grouped(group: Sequence[int], prompts: Sequence[Sequence[int]], seeds: Sequ
     c = bucket(max(map(len, order.values())), minimum=1)
     if c == 1:
         return None
-    n_groups = -(-bucket(len(order), minimum=1) // shards) * shards  # every shard holds the same number of groups
-    if n_groups * c > plain_slots:
+    n_groups = _padded_slots(len(order), shards)  # every shard holds the same number of groups
+    if n_groups * c > _padded_slots(len(group), shards):
         return None
     slots: list[tuple[int, int] | None] = []
     for members in order.values():
         slots += [(i, 0) for i in members] + [None] * (c - len(members))
     slots += [None] * (n_groups * c - len(slots))
     u = n_groups // shards
-    flat = [tuple(prompts[slots[g * c][0]]) if slots[g * c] is not None else (pad_id,) for g in range(n_groups)]
-    length = bucket(max(len(p) for p in flat))
-    ids, mask = pad_rows(flat, pad_id=pad_id, length=length, side="left")  # [S * U, P]: group g is prompt g
+    flat = [(pad_id,) if slots[g * c] is None else tuple(prompts[slots[g * c][0]]) for g in range(n_groups)]
     src = np.tile(np.repeat(np.arange(u, dtype=np.int32), c), shards)  # slot -> its group within the shard
-    keys = [(0, 0) if slot is None else (seeds[slot[0]], slot[1] + j) for slot in slots for j in range(num_samples)]
-    return Call(ids=ids, mask=mask, src=src, slots=slots, per_slot=num_samples,
-                row_keys=np.asarray(keys, np.uint32), prefix_slots=c)
+    return _call(flat, src, slots, num_samples, seeds, pad_id, prefix_slots=c)
 
 
 def plan_call(group: Sequence[int], prompts: Sequence[Sequence[int]], seeds: Sequence[int], num_samples: int,
@@ -186,11 +196,9 @@ def plan_call(group: Sequence[int], prompts: Sequence[Sequence[int]], seeds: Seq
     """Lay out the prompts `group` (indices into `prompts`), `num_samples` rows each, over `shards` row shards.
     With `share_identical`, repeated prompts are grouped to read one prefix when that costs no extra rows
     (`_grouped`)."""
-    if share_identical and len(group) > len({tuple(prompts[i]) for i in group}):
-        q_plain = -(-bucket(len(group), minimum=1) // shards) * shards
-        grouped = _grouped(group, prompts, seeds, num_samples, shards, pad_id, q_plain)
-        if grouped is not None:
-            return grouped
+    grouped = _grouped(group, prompts, seeds, num_samples, shards, pad_id) if share_identical else None
+    if grouped is not None:
+        return grouped
     # Fewer prompts than shards (k = 32 samples of one prompt on 8 devices): split each prompt's samples over
     # several slots, so every shard decodes rows instead of the rows padding up to a multiple of the shards.
     split = 1
@@ -198,8 +206,7 @@ def plan_call(group: Sequence[int], prompts: Sequence[Sequence[int]], seeds: Seq
         split *= 2
     per_slot = num_samples // split
     slots: list[tuple[int, int] | None] = [(i, t * per_slot) for i in group for t in range(split)]
-    q_pad = bucket(len(slots), minimum=1)
-    q_pad = -(-q_pad // shards) * shards  # every shard holds the same number of slots
+    q_pad = _padded_slots(len(slots), shards)
     slots += [None] * (q_pad - len(slots))
     q = q_pad // shards
     blocks = []  # per shard: its distinct prompts (dedup within the shard only: a prefix is read where it lives)
@@ -211,11 +218,8 @@ def plan_call(group: Sequence[int], prompts: Sequence[Sequence[int]], seeds: Seq
             src[r] = unique.setdefault(key, len(unique))
         blocks.append(list(unique))
     u = bucket(max(map(len, blocks)), minimum=1)
-    length = bucket(max(len(p) for b in blocks for p in b))
     flat = [p for b in blocks for p in b + [(pad_id,)] * (u - len(b))]
-    ids, mask = pad_rows(flat, pad_id=pad_id, length=length, side="left")  # [S * U, P] each
-    keys = [(0, 0) if slot is None else (seeds[slot[0]], slot[1] + j) for slot in slots for j in range(per_slot)]
-    return Call(ids=ids, mask=mask, src=src, slots=slots, per_slot=per_slot, row_keys=np.asarray(keys, np.uint32))
+    return _call(flat, src, slots, per_slot, seeds, pad_id)
 
 
 @jax.jit
