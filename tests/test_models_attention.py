@@ -1,6 +1,7 @@
-"""models/attention.py: the blockwise (flash-style) path and the splash wrapper against the full reference.
+"""models/attention.py: the blockwise (flash-style) path, the decode path and the splash wrapper against the full
+reference.
 
-Exactness bound, float32 everywhere: for the output and every gradient, max |blockwise - full| <= 1e-5 x
+Exactness bound, float32 everywhere: for the output and every gradient, max |path - full| <= 1e-5 x
 max(max |full|, 1) per array (inputs are unit normals; measured errors ~1e-7 relative). Every row is compared, pad
 queries included: the blockwise path reproduces the full path's uniform average for a query with no visible key.
 """
@@ -45,8 +46,8 @@ def make(rng, *, b, t, s, kh, g, dh, pads=(), p=0, u=None, p_pads=()):
 
 
 def compare(q, k, v, valid, prefix, ct, *, q_slots, scale=0.3, softcap=None, window=None, block_q=4, block_kv=3):
-    """Blockwise == full: the output and the gradients of <out, ct> w.r.t. q, k, v (and the prefix's k, v).
-    Both paths run in one jitted program (one compile per case; eager dispatch of the loops is far slower)."""
+    """Blockwise == full and decode == full: the output and the gradients of <out, ct> w.r.t. q, k, v (and the
+    prefix's k, v). The paths run in one jitted program (one compile per case; eager dispatch of the loops is far slower)."""
     opts = dict(scale=scale, softcap=softcap, window=window)
 
     @jax.jit
@@ -58,15 +59,16 @@ def compare(q, k, v, valid, prefix, ct, *, q_slots, scale=0.3, softcap=None, win
         block = lambda *a, **kw: A.blockwise_attention(*a, **kw, block_q=block_q, block_kv=block_kv)  # noqa: E731
         pkv = None if prefix is None else prefix[:2]
         results = []
-        for fn in (A.reference_attention, block):
+        for fn in (A.reference_attention, block, A.decode_attention):
             out, vjp = jax.vjp(lambda *a, fn=fn: run(fn, *a), q, k, v, pkv)
             results.append((out, vjp(ct)))
         return results
 
-    (ref, g_ref), (got, g_got) = both(q, k, v, valid, prefix, ct, q_slots)
-    close(got, ref)
-    for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
-        close(a, b)
+    (ref, g_ref), *paths = both(q, k, v, valid, prefix, ct, q_slots)
+    for got, g_got in paths:
+        close(got, ref)
+        for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
+            close(a, b)
 
 
 # name -> (shapes, call options). Block sizes 4 x 3 so that every case crosses several blocks.
@@ -166,7 +168,12 @@ def test_choice_of_implementation(monkeypatch):
     big_q, big_k = jnp.zeros((1, 1024, 2, 2, 8)), jnp.zeros((1, 2, 1024, 8))
     decode_q = jnp.zeros((4, 1, 2, 2, 8))
     choose = A.choose_impl
-    assert choose(decode_q, big_k, q_slots=jnp.arange(1)) == "full"  # a decode step: one score row
+    on_cpu = jax.default_backend() == "cpu"
+    # a decode step (one score row): the decode path on CPU, the full one elsewhere; up to 16 queries per KV head
+    assert choose(decode_q, big_k, q_slots=jnp.arange(1)) == ("decode" if on_cpu else "full")
+    assert choose(jnp.zeros((4, 8, 2, 2, 8)), big_k, q_slots=jnp.arange(8)) == ("decode" if on_cpu else "full")
+    assert choose(jnp.zeros((4, 9, 2, 2, 8)), big_k, q_slots=jnp.arange(9)) == "full"
+    assert choose(decode_q, big_k, q_slots=jnp.arange(1), impl="full") == "full"
     assert choose(big_q[:, :300], big_k[:, :, :300], q_slots=0) == "full"  # one 512 x 512 block in all
     # splash needs head_dim % 128 == 0 (the MXU's width) and one device (see choose_impl); 8 is neither
     assert choose(big_q, big_k, q_slots=0) == "blockwise"
@@ -194,7 +201,7 @@ def test_attend_dispatches_and_agrees(monkeypatch):
     q, k, v, valid, _, _ = make(np.random.default_rng(3), b=2, t=9, s=9, kh=2, g=2, dh=8, pads=(0, 2))
     kw = dict(kv_valid=valid, scale=0.3, softcap=2.0, window=5)
     ref = A.reference_attention(q, k, v, q_slots=jnp.arange(9), **kw)
-    for impl in ("full", "blockwise", "auto"):
+    for impl in ("full", "decode", "blockwise", "auto"):
         close(A.attend(q, k, v, q_slots=0, impl=impl, **kw), ref)
     close(A.attend(q, k, v, q_slots=jnp.arange(9), impl="splash", **kw), ref)  # falls back: traced slots
 

@@ -11,9 +11,15 @@
                  training needs (GQA, soft-cap, causal or sliding window, padding as segment ids) but only for
                  queries at slots 0..T-1 over the same T keys; anything else (a cache offset, a shared prefix)
                  falls back to "blockwise".
-    "auto"       $SPCT_ATTENTION_IMPL if set, else: "full" when the scores are small (T < 128: decode steps and
-                 short chunks, whose score rows are no bigger than the K/V they read; or one block in all),
-                 "splash" on a single-device TPU program that it supports, "blockwise" otherwise.
+    "decode"     the full path's function for a few queries (decode steps), laid out for XLA:CPU: the prefix and
+                 the own slots are scored separately and share one softmax (no [.., P + S] concatenation), each
+                 query head's scores over its row's own keys are a matrix-vector product (XLA:CPU runs a batched
+                 [G, Dh] x [Dh, S] product per row and head several times slower than G products with one query),
+                 and every product has its batch dimensions leading, so no operand is transposed per step.
+    "auto"       $SPCT_ATTENTION_IMPL if set, else: "decode" on CPU for at most DECODE_MAX_QUERIES queries per KV
+                 head (T x G), "full" when the scores are small (T < 128: decode steps and short chunks, whose
+                 score rows are no bigger than the K/V they read; or one block in all), "splash" on a
+                 single-device TPU program that it supports, "blockwise" otherwise.
 
 Slots, not positions (see transformer.py). Queries sit at `q_slots`; key slot s is visible to a query at slot q
 when s <= q and s > q - window, and the key is valid. With a shared prefix of P slots in front of the S own slots,
@@ -55,11 +61,12 @@ import jax
 import jax.numpy as jnp
 
 MASKED = -1e30  # the full path's mask value: finite, so an empty row softmaxes to uniform instead of NaN
-IMPLS = ("auto", "full", "blockwise", "splash")
+IMPLS = ("auto", "full", "decode", "blockwise", "splash")
 ENV_IMPL = "SPCT_ATTENTION_IMPL"  # forces what "auto" means (tests run the decoder with blockwise forced)
 ENV_BLOCK = "SPCT_ATTENTION_BLOCK"  # default block size of the blockwise path (query and key blocks)
 DEFAULT_BLOCK = 512
 FULL_BELOW_T = 128  # "auto" keeps the full path for fewer queries than this
+DECODE_MAX_QUERIES = 16  # "auto" takes the decode path on CPU up to this many queries (T x G) per KV head
 
 
 # -- the reference (full) path --------------------------------------------------------------------------------
@@ -99,6 +106,68 @@ def reference_attention(q, k, v, *, q_slots, kv_valid, scale, softcap=None, wind
         return (jnp.einsum("uckgtp,ukpd->uctkgd", p_probs, pv.astype(q.dtype)).reshape(qg.shape)
                 + jnp.einsum("bkgts,bksd->btkgd", probs[..., p:], v.astype(q.dtype)))
     return jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(q.dtype))
+
+
+# -- the decode path ------------------------------------------------------------------------------------------
+def decode_attention(q, k, v, *, q_slots, kv_valid, scale, softcap=None, window=None, prefix=None):
+    """Same contract and function as `reference_attention`, written for few queries on XLA:CPU (module docstring).
+
+    Queries are regrouped per KV head, M = T x G of them per row ("m" below); prefix scores are [U, K, C x M, P]
+    (the C rows reading one prompt's prefix are one matrix product with it), own scores [B, K, M, S]. One max
+    and one sum over both parts make the softmax of the concatenation without building it:
+
+        out = (exp(s_p - m) . v_p + exp(s_o - m) . v_o) / (sum exp(s_p - m) + sum exp(s_o - m)),
+        m = max(max s_p, max s_o)
+
+    Masked scores are the full path's finite MASKED, so a query with no visible key averages all P + S values,
+    as there."""
+    b, t, kh, groups, dh = q.shape
+    s, m = k.shape[2], t * groups
+    dt = q.dtype
+    scale = jnp.asarray(scale, dt)
+
+    def masked(logits, mask):
+        logits = logits.astype(jnp.float32)
+        if softcap is not None:
+            logits = jnp.tanh(logits / softcap) * softcap
+        return jnp.where(mask, logits, MASKED)
+
+    # own slots: [B, K, M, Dh] queries, one [B, K, S] matrix-vector product per query
+    qo = q.transpose(0, 2, 1, 3, 4).reshape(b, kh, m, dh)
+    kd = k.astype(dt)
+    own = jnp.stack([jnp.einsum("bkd,bksd->bks", qo[:, :, i], kd) for i in range(m)], axis=2) * scale
+    k_slots = jnp.arange(s)
+    visible = k_slots[None, :] <= q_slots[:, None]  # [T, S]
+    if window is not None:
+        visible &= k_slots[None, :] > q_slots[:, None] - window
+    own_mask = visible[None, None, :, None, :] & kv_valid[:, None, None, None, :]  # [B, 1, T, 1, S]
+    own = masked(own, jnp.broadcast_to(own_mask, (b, 1, t, groups, s)).reshape(b, 1, m, s))  # [B, K, M, S]
+    top = own.max(axis=-1)  # [B, K, M]
+    if prefix is not None:
+        pk, pv, p_valid = prefix  # [U, K, P, Dh], [U, P]
+        u, p = p_valid.shape
+        c = b // u
+        # [B, T, K, G, Dh] -> [U, K, C x M, Dh]: rows of one prompt, then their queries
+        qp = q.reshape(u, c, t, kh, groups, dh).transpose(0, 3, 1, 2, 4, 5).reshape(u, kh, c * m, dh)
+        pre = jnp.einsum("ukmd,ukpd->ukmp", qp, pk.astype(dt)) * scale  # [U, K, C x M, P]
+        p_visible = jnp.ones((t, p), bool)
+        if window is not None:  # own slot q sits at global slot P + q
+            p_visible &= jnp.arange(p)[None, :] > (p + q_slots)[:, None] - window
+        p_mask = p_visible[None, None, None, :, None, :] & p_valid[:, None, None, None, None, :]  # [U,1,1,T,1,P]
+        pre = masked(pre, jnp.broadcast_to(p_mask, (u, 1, c, t, groups, p)).reshape(u, 1, c * m, p))
+        to_rows = lambda x: x.reshape(u, kh, c, m, *x.shape[3:]).swapaxes(1, 2).reshape(b, kh, m, *x.shape[3:])
+        to_prompts = lambda x: x.reshape(u, c, kh, m, *x.shape[3:]).swapaxes(1, 2).reshape(u, kh, c * m,
+                                                                                              *x.shape[3:])
+        top = jnp.maximum(top, to_rows(pre.max(axis=-1)))
+    e_own = jnp.exp(own - top[..., None])  # [B, K, M, S]
+    total = e_own.sum(axis=-1)  # [B, K, M]
+    out = jnp.einsum("bkms,bksd->bkmd", e_own.astype(dt), v.astype(dt)).astype(jnp.float32)
+    if prefix is not None:
+        e_pre = jnp.exp(pre - to_prompts(top)[..., None])  # [U, K, C x M, P]
+        total = total + to_rows(e_pre.sum(axis=-1))
+        out = out + to_rows(jnp.einsum("ukmp,ukpd->ukmd", e_pre.astype(dt), pv.astype(dt)).astype(jnp.float32))
+    out = out / total[..., None]  # [B, K, M, Dh]
+    return out.reshape(b, kh, t, groups, dh).transpose(0, 2, 1, 3, 4).astype(dt)
 
 
 # -- the blockwise path ---------------------------------------------------------------------------------------
@@ -408,6 +477,8 @@ def choose_impl(q, k, *, q_slots, prefix=None, impl="auto", block=None) -> str:
         return impl
     t, keys = q.shape[1], k.shape[2] + (0 if prefix is None else prefix[0].shape[2])
     block = block or default_block()
+    if jax.default_backend() == "cpu" and t * q.shape[3] <= DECODE_MAX_QUERIES:
+        return "decode"
     if t < FULL_BELOW_T or t * keys <= block * block:
         return "full"
     # splash inside a multi-device GSPMD program would have its operands replicated (a Pallas call is not
@@ -441,8 +512,10 @@ def attend(q, k, v, *, q_slots, kv_valid, scale, softcap=None, window=None, pref
     kw = dict(q_slots=slots, kv_valid=kv_valid, scale=scale, softcap=softcap, window=window, prefix=prefix)
     if chosen == "full":
         return reference_attention(q, k, v, **kw)
+    if chosen == "decode":
+        return decode_attention(q, k, v, **kw)
     return blockwise_attention(q, k, v, **kw, block_q=block_q, block_kv=block_kv)
 
 
-__all__ = ["attend", "choose_impl", "reference_attention", "blockwise_attention", "splash_attention",
-           "splash_supported", "IMPLS", "ENV_IMPL", "ENV_BLOCK", "MASKED"]
+__all__ = ["attend", "choose_impl", "reference_attention", "decode_attention", "blockwise_attention",
+           "splash_attention", "splash_supported", "IMPLS", "ENV_IMPL", "ENV_BLOCK", "MASKED", "DECODE_MAX_QUERIES"]
