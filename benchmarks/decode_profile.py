@@ -5,8 +5,11 @@ run for the same number of steps, on the ~40M model of benchmarks/sampling.py (o
     python benchmarks/decode_profile.py
 
 step - matmuls - draw is the attention over the shared prefix and the rows' own slots plus the step's glue
-(embedding lookup, norms, RoPE, cache writes): the part the matmul roofline does not account for.
+(embedding lookup, norms, RoPE, cache writes): the part the matmul roofline does not account for. The step is
+timed twice in one run: with the attention path "auto" picks on CPU (the decode path) and with the full path
+(the reference), the one the CPU sampler used before.
 """
+import os
 import time
 
 import jax
@@ -34,7 +37,6 @@ def timeit(name, f, *a):
     print(f"{name}: {t * 1e3:.1f} ms per step", flush=True)
     return t
 
-@jax.jit
 def full(st, ids, mask):
     m = nnx.merge(gd, st)
     cache, logits = fill(m, ids, mask, jnp.zeros((1,), jnp.int32), rows_per_slot=R, new_slots=N, shards=1, fan_out=True)
@@ -46,7 +48,6 @@ def full(st, ids, mask):
         lg, cache = m.extend(tok[:, None].astype(jnp.int32), jnp.ones((R, 1), bool), cache, layers=layers)
         return cache, lg[:, -1]
     return jax.lax.fori_loop(0, STEPS, body, (cache, logits))[1]
-@jax.jit
 def prefill_only(st, ids, mask):
     m = nnx.merge(gd, st)
     cache, logits = fill(m, ids, mask, jnp.zeros((1,), jnp.int32), rows_per_slot=R, new_slots=N, shards=1, fan_out=True)
@@ -82,9 +83,18 @@ def once(f, *a):
 
 
 if __name__ == "__main__":
-    pre = once(prefill_only, st, ids, mask)
-    step = (once(full, st, ids, mask) - pre) / STEPS
-    print(f"prefill {pre * 1e3:.0f} ms; decode step (the first {STEPS} steps) {step * 1e3:.1f} ms")
+    from spct_jax.models.attention import ENV_IMPL
+
+    # The path is read when a program is traced; jit caches traces per function, so each setting gets fresh
+    # wrapper functions (and with them its own trace and compile).
+    fresh = lambda f: jax.jit(lambda *a: f(*a))  # noqa: E731
+    os.environ[ENV_IMPL] = "full"
+    step_full = (once(fresh(full), st, ids, mask) - once(fresh(prefill_only), st, ids, mask)) / STEPS
+    del os.environ[ENV_IMPL]
+    pre = once(fresh(prefill_only), st, ids, mask)
+    step = (once(fresh(full), st, ids, mask) - pre) / STEPS
+    print(f"prefill {pre * 1e3:.0f} ms; decode step (the first {STEPS} steps) {step * 1e3:.1f} ms "
+          f"(with the full attention path: {step_full * 1e3:.1f} ms)")
     mm = timeit("weight matmuls + LM head, 32 rows", matmuls, st, jnp.ones((R, 512)))
     draw = timeit("draw (inverse-CDF, 32k vocab)", choose, jnp.zeros((R, 32000)))
     rest = step - mm - draw

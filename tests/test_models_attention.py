@@ -168,8 +168,9 @@ def test_choice_of_implementation(monkeypatch):
     big_q, big_k = jnp.zeros((1, 1024, 2, 2, 8)), jnp.zeros((1, 2, 1024, 8))
     decode_q = jnp.zeros((4, 1, 2, 2, 8))
     choose = A.choose_impl
-    on_cpu = jax.default_backend() == "cpu"
-    # a decode step (one score row): the decode path on CPU, the full one elsewhere; up to 16 queries per KV head
+    on_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    # a decode step (one score row): the decode path on a one-device CPU, the full one elsewhere; up to 16 queries
+    # per KV head
     assert choose(decode_q, big_k, q_slots=jnp.arange(1)) == ("decode" if on_cpu else "full")
     assert choose(jnp.zeros((4, 8, 2, 2, 8)), big_k, q_slots=jnp.arange(8)) == ("decode" if on_cpu else "full")
     assert choose(jnp.zeros((4, 9, 2, 2, 8)), big_k, q_slots=jnp.arange(9)) == "full"

@@ -16,8 +16,8 @@
                  query head's scores over its row's own keys are a matrix-vector product (XLA:CPU runs a batched
                  [G, Dh] x [Dh, S] product per row and head several times slower than G products with one query),
                  and every product has its batch dimensions leading, so no operand is transposed per step.
-    "auto"       $SPCT_ATTENTION_IMPL if set, else: "decode" on CPU for at most DECODE_MAX_QUERIES queries per KV
-                 head (T x G), "full" when the scores are small (T < 128: decode steps and short chunks, whose
+    "auto"       $SPCT_ATTENTION_IMPL if set, else: "decode" on a one-device CPU for at most DECODE_MAX_QUERIES
+                 queries per KV head (T x G), "full" when the scores are small (T < 128: decode steps and short chunks, whose
                  score rows are no bigger than the K/V they read; or one block in all), "splash" on a
                  single-device TPU program that it supports, "blockwise" otherwise.
 
@@ -477,7 +477,10 @@ def choose_impl(q, k, *, q_slots, prefix=None, impl="auto", block=None) -> str:
         return impl
     t, keys = q.shape[1], k.shape[2] + (0 if prefix is None else prefix[0].shape[2])
     block = block or default_block()
-    if jax.default_backend() == "cpu" and t * q.shape[3] <= DECODE_MAX_QUERIES:
+    # Single-device CPU programs only: in a program sharded over several devices GSPMD keeps the decode path's
+    # regrouped [B, K, T x G, ...] intermediates whole over "tensor" (the KV-head split), so a device holds more
+    # than its share (tests/test_grm_trajectories.py measures the sampler's memory per device).
+    if jax.default_backend() == "cpu" and jax.device_count() == 1 and t * q.shape[3] <= DECODE_MAX_QUERIES:
         return "decode"
     if t < FULL_BELOW_T or t * keys <= block * block:
         return "full"
