@@ -47,7 +47,8 @@ def make(rng, *, b, t, s, kh, g, dh, pads=(), p=0, u=None, p_pads=()):
 
 def compare(q, k, v, valid, prefix, ct, *, q_slots, scale=0.3, softcap=None, window=None, block_q=4, block_kv=3):
     """Blockwise == full and decode == full: the output and the gradients of <out, ct> w.r.t. q, k, v (and the
-    prefix's k, v). The paths run in one jitted program (one compile per case; eager dispatch of the loops is far slower)."""
+    prefix's k, v). The paths run in one jitted program (one compile per case; eager dispatch of the loops is far
+    slower)."""
     opts = dict(scale=scale, softcap=softcap, window=window)
 
     @jax.jit

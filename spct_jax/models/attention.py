@@ -17,9 +17,9 @@
                  [G, Dh] x [Dh, S] product per row and head several times slower than G products with one query),
                  and every product has its batch dimensions leading, so no operand is transposed per step.
     "auto"       $SPCT_ATTENTION_IMPL if set, else: "decode" on a one-device CPU for at most DECODE_MAX_QUERIES
-                 queries per KV head (T x G), "full" when the scores are small (T < 128: decode steps and short chunks, whose
-                 score rows are no bigger than the K/V they read; or one block in all), "splash" on a
-                 single-device TPU program that it supports, "blockwise" otherwise.
+                 queries per KV head (T x G), "full" when the scores are small (T < 128: decode steps and short
+                 chunks, whose score rows are no bigger than the K/V they read; or one block in all), "splash" on
+                 a single-device TPU program that it supports, "blockwise" otherwise.
 
 Slots, not positions (see transformer.py). Queries sit at `q_slots`; key slot s is visible to a query at slot q
 when s <= q and s > q - window, and the key is valid. With a shared prefix of P slots in front of the S own slots,
@@ -66,7 +66,7 @@ ENV_IMPL = "SPCT_ATTENTION_IMPL"  # forces what "auto" means (tests run the deco
 ENV_BLOCK = "SPCT_ATTENTION_BLOCK"  # default block size of the blockwise path (query and key blocks)
 DEFAULT_BLOCK = 512
 FULL_BELOW_T = 128  # "auto" keeps the full path for fewer queries than this
-DECODE_MAX_QUERIES = 16  # "auto" takes the decode path on CPU up to this many queries (T x G) per KV head
+DECODE_MAX_QUERIES = 16  # "auto": the decode path (one-device CPU) up to this many queries (T x G) per KV head
 
 
 # -- the reference (full) path --------------------------------------------------------------------------------
