@@ -8,8 +8,9 @@ Sections (one table):
   sampling   the same random Llama-shaped model (~40M, the one benchmarks/sampling.py uses), saved once as an HF
              folder and loaded by ours (`from_pretrained`) and tunix (`llama3.params.create_model_from_safe_tensors`
              into tunix's `Sampler`; the logits are checked equal first).
-  smollm2    SmolLM2-135M-Instruct's Q4_1 GGUF loaded by ours (dequantised to fp32)
-             and by llama.cpp (its own quantised kernels; k parallel sequences sharing the prompt's KV cells).
+  smollm2    SmolLM2-135M-Instruct's Q4_1 GGUF loaded by ours (dequantised to fp32, and to bf16 weights with fp32
+             compute: --ours-dtypes) and by llama.cpp (its own quantised kernels; k parallel sequences sharing
+             the prompt's KV cells).
              One prompt of --prompt random token ids, k samples of --new tokens at T = --temperature, no stop token.
              tok/s = k * new / wall time of the second identical call; compile = first call - second; TTFT = a
              warm call that makes one token.
@@ -19,7 +20,8 @@ Sections (one table):
              GRPOLearner runs after rollout). Ours: make_logprob_fn + make_grpo_step.
   grm        k = 8 critiques of one real LLMBar item (GRM prompt of ~--grm-prompt tokens, default template, one
              response order, so all k share the prompt) with SmolLM2-135M, stopping at end of turn: ours
-             (GenerativeRewardModel.score) vs llama.cpp (k parallel sequences sharing the prompt's cells).
+             (GenerativeRewardModel.score, in each of --ours-dtypes) vs llama.cpp (k parallel sequences sharing
+             the prompt's cells).
   roofline   STREAM-like numpy copy (bandwidth) and a jitted fp32 matmul (peak), and our k = 1 / k = 32 decode on
              the random model as fractions of them.
 Peers are imported only inside the workers (benchmarks/peers_workers.py), so `--help` works without them.
@@ -35,6 +37,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = ("sampling", "smollm2", "grpo", "grm", "roofline")
+DTYPE_LABELS = {"float32": "fp32 dequantised", "bfloat16": "bf16 weights, fp32 compute"}
 
 
 def worker(name: str, payload: dict, python: str, timeout: float) -> dict:
@@ -106,6 +109,8 @@ def main() -> None:
     ap.add_argument("--grm-k", type=int, default=8)
     ap.add_argument("--grm-prompt", type=int, default=1000)
     ap.add_argument("--grm-new", type=int, default=256)
+    ap.add_argument("--ours-dtypes", default="float32,bfloat16",
+                    help="our weights in the smollm2 and grm sections (bfloat16: bf16 weights, fp32 compute)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="llama.cpp threads")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the workers (the peers venv)")
@@ -113,6 +118,9 @@ def main() -> None:
     ap.add_argument("--json", help="also write every raw result here")
     args = ap.parse_args()
     only = set(args.only.split(","))
+    dtypes = [d for d in args.ours_dtypes.split(",") if d]
+    if unknown := [d for d in dtypes if d not in DTYPE_LABELS]:
+        ap.error(f"--ours-dtypes: unknown {unknown}; expected {', '.join(DTYPE_LABELS)}")
     ks = [int(x) for x in args.ks.split(",")]
     run = lambda name, payload: worker(name, payload, args.python, args.timeout)  # noqa: E731
     table, raw = Table(), {}
@@ -150,12 +158,14 @@ def main() -> None:
             base2 = {"gguf": gguf, "prompt": prompt2, "new": args.new, "temperature": args.temperature,
                      "threads": args.threads}
             for k in ks:
-                ours = raw[f"smollm2_ours_k{k}"] = run("sample_ours_gguf", {**base2, "k": k})
+                ours = {dt: run("sample_ours_gguf", {**base2, "k": k, "dtype": dt}) for dt in dtypes}
                 theirs = raw[f"smollm2_llamacpp_k{k}"] = run("sample_llamacpp", {**base2, "k": k})
                 print(f"smollm2 k={k}: ours {ours} llama.cpp {theirs}", flush=True)
                 setting = f"SmolLM2-135M Q4_1 GGUF, k={k}"
-                table.add("sampling, SmolLM2", "spct-jax (fp32 dequantised)", setting, ours,
-                          ratio=ratio(ours, theirs, "tok_s"))
+                for dt, r in ours.items():
+                    raw[f"smollm2_ours_{dt}_k{k}"] = r
+                    table.add("sampling, SmolLM2", f"spct-jax ({DTYPE_LABELS[dt]})", setting, r,
+                              ratio=ratio(r, theirs, "tok_s"))
                 table.add("sampling, SmolLM2", "llama.cpp (Q4_1)", setting, theirs)
         if "grpo" in only:
             g = {"batch": args.grpo_batch, "prompt": args.grpo_prompt, "completion": args.grpo_completion,
@@ -169,14 +179,17 @@ def main() -> None:
         if "grm" in only:
             g = {"gguf": gguf, "k": args.grm_k, "new": args.grm_new, "temperature": args.temperature,
                  "target": args.grm_prompt, "threads": args.threads}
-            ours, theirs = raw["grm_ours"], raw["grm_llamacpp"] = run("grm_ours", g), run("grm_llamacpp", g)
+            ours = {dt: run("grm_ours", {**g, "dtype": dt}) for dt in dtypes}
+            theirs = raw["grm_llamacpp"] = run("grm_llamacpp", g)
             print(f"grm: ours {ours} llama.cpp {theirs}", flush=True)
-            n = ours.get("prompt_tokens", theirs.get("prompt_tokens", "?"))
+            n = theirs.get("prompt_tokens", "?")
             setting = f"LLMBar item, prompt {n} tok, k={args.grm_k}, <= {args.grm_new} new, stop at end of turn"
-            table.add("GRM critiques", "spct-jax GenerativeRewardModel", setting, ours,
-                      ratio=ratio(ours, theirs, "tok_s"))
-            table.add("GRM critiques", "llama.cpp, k parallel sequences", setting, theirs)
-            for name, r in (("ours", ours), ("llama.cpp", theirs)):
+            for dt, r in ours.items():
+                raw[f"grm_ours_{dt}"] = r
+                table.add("GRM critiques", f"spct-jax GenerativeRewardModel ({DTYPE_LABELS[dt]})", setting, r,
+                          ratio=ratio(r, theirs, "tok_s"))
+            table.add("GRM critiques", "llama.cpp (Q4_1), k parallel sequences", setting, theirs)
+            for name, r in [*((f"ours {dt}", r) for dt, r in ours.items()), ("llama.cpp", theirs)]:
                 if "error" not in r:
                     print(f"grm {name}: {r['seconds']:.1f} s per item for {r['new_tokens']} tokens, "
                           f"{r['valid']}/{args.grm_k} critiques parse")

@@ -217,11 +217,20 @@ def sample_llamacpp(args):
     return res
 
 
+def gguf_dtypes(args) -> dict:
+    """load_gguf's dtypes for our side: "float32" (the Q4_1 weights dequantised to fp32) or "bfloat16" (bf16
+    weights, fp32 compute: every matmul rounds its activations to bf16 and accumulates in fp32, as `spct score
+    --dtype bfloat16` runs on CPU)."""
+    import jax.numpy as jnp
+
+    return {"bfloat16": {"dtype": jnp.bfloat16, "compute_dtype": jnp.float32}}.get(args.get("dtype", "float32"), {})
+
+
 def sample_ours_gguf(args):
     from spct_jax import sampling
     from spct_jax.models.gguf_import import load_gguf
 
-    model, _ = load_gguf(args["gguf"])
+    model, _ = load_gguf(args["gguf"], **gguf_dtypes(args))
     prompt = args["prompt"]
     run = lambda k, new, seed: sampling.sample(model, [prompt], num_samples=k, max_new_tokens=new,  # noqa: E731
                                                temperature=args["temperature"], seed=seed, progress=False)
@@ -251,7 +260,7 @@ def grm_ours(args):
     from spct_jax.grm.scorer import GenerativeRewardModel
     from spct_jax.models.gguf_import import load_gguf
 
-    model, tok = load_gguf(args["gguf"])
+    model, tok = load_gguf(args["gguf"], **gguf_dtypes(args))
     item, _, prompt = llmbar_item(args["gguf"], args["target"])
     grm = GenerativeRewardModel(model, tok)
     score = lambda seed: grm.score([item], k=args["k"], temperature=args["temperature"],  # noqa: E731

@@ -152,3 +152,16 @@ def test_likelihood_meta_rm_on_the_grms_checkpoint_shares_its_weights(tmp_path):
     with pytest.raises(JudgeError, match="cannot be read") as e:
         load_judge("tiny-random", folder)
     assert e.value.exit_code == 1
+
+
+def test_bfloat16_on_one_cpu_device_computes_in_fp32_and_a_mesh_keeps_bfloat16():
+    """--dtype bfloat16 on one CPU device: bf16 weights, fp32 compute (the fast mix there, models.transformer.
+    weight_dot); on a mesh, even of CPU devices, bf16 throughout, the program a TPU pod runs."""
+    from spct_jax.parallel.mesh import make_mesh
+
+    one = load_judge("tiny-random", dtype="bfloat16")
+    assert one.model.embed[...].dtype == jnp.bfloat16 and one.model.dtype == jnp.float32
+    assert one.model.init_cache(1, 4).k.dtype == jnp.float32
+    on_mesh = load_judge("tiny-random", dtype="bfloat16", mesh=make_mesh(MeshConfig(1, 1, 1)))
+    assert on_mesh.model.embed[...].dtype == jnp.bfloat16 and on_mesh.model.dtype == jnp.bfloat16
+    assert load_judge("tiny-random").model.dtype == jnp.float32  # the one-device default is unchanged

@@ -11,12 +11,18 @@ once, not twice).
 The commands share their flags and set-up (`add_runtime_args`, `parse_args`, `setup_runtime`):
 
     --mesh data=D,fsdp=F,tensor=T   axes left out are data=1, tensor=1, fsdp=-1 (-1: the remaining devices)
-    --dtype float32|bfloat16        weights and compute. Default: bfloat16 with a mesh (27B in float32 is 109 GB,
-                                    more than a 95 GB v5p chip; bf16 is the checkpoints' own dtype), float32 on one
-                                    device (bit-for-bit the results of earlier versions, and what a CPU wants)
+    --dtype float32|bfloat16        the weights and compute (bfloat16 on one CPU device: see below). Default:
+                                    bfloat16 with a mesh (27B in float32 is 109 GB, more than a 95 GB v5p chip;
+                                    bf16 is the checkpoints' own dtype), float32 on one device (bit-for-bit the
+                                    results of earlier versions)
     --config FILE [--config.k=v]    a run config (configs/*.py): the mesh from `mesh`, the dtype, k, k_meta,
                                     temperature, max_new_tokens and items per call from `inference.*`, the seed
                                     from `seed`. A flag given on the command line wins over the config.
+
+bfloat16 on one CPU device (no --mesh): the weights are bfloat16 and everything else float32; each matmul rounds
+its activations to bfloat16 and accumulates in float32 (models.transformer.weight_dot), which XLA:CPU runs fast and
+a TPU's float32 matmul computes anyway. A program in bfloat16 throughout is slower there than this mix
+(docs/performance.md).
 
 `setup_runtime` joins the multi-process run first (`parallel.mesh.initialize_distributed`: SPCT_* variables, or a
 Cloud TPU VM found by itself; a no-op on one process), then builds the mesh. Several processes without `--mesh`
@@ -99,7 +105,8 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
                    help="shard the model over this device mesh (every device of every host; one axis may be -1). "
                         "Default: one device; on several processes fsdp over every device")
     p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="weights and compute dtype (default: bfloat16 with a mesh, float32 on one device)")
+                   help="weights and compute dtype; on one CPU device bfloat16 weights compute in float32 (default: "
+                        "bfloat16 with a mesh, float32 on one device)")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="run config (configs/*.py): mesh, inference.* (k, k_meta, temperature, max_new_tokens, "
                         "batch_prompts, dtype) and seed, for the flags not given; --config.KEY=VALUE overrides")
@@ -340,19 +347,25 @@ def load_decoder(spec: Any, *, mesh=None, dtype: str = "float32", flag: str = "-
     config, _ = describe(spec, flag)
     check_heads(config, mesh, flag, spec)
     try:
-        return load_model(spec, dtype=_jnp_dtype(dtype), mesh=mesh)
+        return load_model(spec, **_dtypes(dtype, mesh), mesh=mesh)
     except ShardingRuleError as e:
         raise _sharding_error(e, mesh, flag, spec) from None
     except (OSError, ValueError) as e:  # a checkpoint that exists but cannot be read (missing tensor, bad file)
         raise JudgeError(f"{flag} {str(spec)!r}: cannot be read: {str(e).splitlines()[0]}", exit_code=1) from None
 
 
-def _jnp_dtype(name: str):
+def _dtypes(name: str, mesh=None) -> dict:
+    """--dtype -> load_model's dtype (the weights) and compute_dtype: bfloat16 weights compute in float32 on one CPU
+    device (module docstring), in bfloat16 elsewhere."""
+    import jax
     import jax.numpy as jnp
 
     if name not in DTYPES:
         raise JudgeError(f"--dtype {name!r}: expected one of {', '.join(DTYPES)}")
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+    weights = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+    # A mesh keeps its dtype whole, so that a pod rehearsed on fake CPU devices runs the TPU's program.
+    one_cpu = mesh is None and jax.default_backend() == "cpu"
+    return {"dtype": weights, "compute_dtype": jnp.float32 if one_cpu else weights}
 
 
 def _same_checkpoint(a: Any, b: Any) -> bool:
@@ -398,7 +411,7 @@ def load_meta_rm(folder: Any, *, mesh=None, dtype: str = "float32", grm: tuple[A
 
     try:
         check_heads(ModelConfig.from_hf_config(read_hf_config(path)), mesh, "--meta-rm", folder)
-        rm = load_scalar_rm(path, dtype=_jnp_dtype(dtype), mesh=mesh)
+        rm = load_scalar_rm(path, **_dtypes(dtype, mesh), mesh=mesh)
     except ShardingRuleError as e:
         raise _sharding_error(e, mesh, "--meta-rm", folder) from None
     except (OSError, ValueError) as e:

@@ -16,6 +16,7 @@ Causality and Gemma-2's sliding window are measured in slots (as transformers do
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -133,6 +134,26 @@ def _no_pin(x: jax.Array, kind: str = "hidden") -> jax.Array:
     return x
 
 
+def weight_dot(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x @ w in x's dtype.  x: [..., In], w: [In, Out] -> [..., Out].
+
+    Weights narrower than the compute dtype (bfloat16 weights, float32 compute) are not widened: x is rounded to
+    the weights' dtype and the product accumulates in float32. That is what a TPU's default-precision float32
+    matmul computes anyway (one bfloat16 pass), and on XLA:CPU it is what reaches the fast bfloat16 dot kernels:
+    widening the weights in the program reads them at ~1 GB/s there, and a bfloat16-output dot is slower than
+    float32 (benchmarks/cpu_dtypes.py prints all four). Same-width operands keep the plain product.
+
+    A one-row product goes in as two rows (the second zero): XLA:CPU sends a [1, In] bfloat16 product to a
+    matrix-vector loop ~7x slower than the same product on two rows. Accelerators pad rows to their tile anyway."""
+    if jnp.dtype(w.dtype).itemsize >= jnp.dtype(x.dtype).itemsize:
+        return x @ w.astype(x.dtype)
+    narrow = x.astype(w.dtype)
+    if math.prod(x.shape[:-1]) > 1:
+        return jnp.dot(narrow, w, preferred_element_type=x.dtype)
+    two = jnp.concatenate([narrow.reshape(1, -1), jnp.zeros((1, x.shape[-1]), w.dtype)])  # [2, In]
+    return jnp.dot(two, w, preferred_element_type=x.dtype)[:1].reshape(*x.shape[:-1], w.shape[-1])
+
+
 class Dense(nnx.Module):
     """y = x @ kernel (+ bias), kernel stored [in, out] (transformers stores Linear weights [out, in])."""
 
@@ -141,7 +162,7 @@ class Dense(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((dout,), param_dtype)) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = x @ self.kernel[...].astype(x.dtype)
+        y = weight_dot(x, self.kernel[...])
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         return y
@@ -347,7 +368,7 @@ class Decoder(nnx.Module):
             kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, write_at, axis=1)
 
         pin = constrain or self.constrain or _no_pin
-        x = pin(self.embed[...].astype(self.dtype), "table")[input_ids]  # [B, T, D]
+        x = pin(self.embed[...], "table")[input_ids].astype(self.dtype)  # [B, T, D]: only the looked-up rows cast
         if self.config.is_gemma:
             # Gemma multiplies by sqrt(d) rounded to the compute dtype, as transformers does.
             x = x * jnp.asarray(self.config.hidden_size**0.5, self.dtype)
@@ -456,8 +477,8 @@ class Decoder(nnx.Module):
 
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:
         """h: [..., D] -> logits [..., V] in float32 (soft-capped for Gemma-2)."""
-        w = self.embed[...].astype(h.dtype).T if self.lm_head is None else self.lm_head.kernel[...].astype(h.dtype)
-        logits = (h @ w).astype(jnp.float32)
+        w = self.embed[...].T if self.lm_head is None else self.lm_head.kernel[...]  # [D, V]
+        logits = weight_dot(h, w).astype(jnp.float32)
         if self.config.final_logit_softcap is not None:
             cap = self.config.final_logit_softcap
             logits = jnp.tanh(logits / cap) * cap
