@@ -21,8 +21,8 @@ The commands share their flags and set-up (`add_runtime_args`, `parse_args`, `se
 
 bfloat16 on one CPU device (no --mesh): the weights are bfloat16 and everything else float32; each matmul rounds
 its activations to bfloat16 and accumulates in float32 (models.transformer.weight_dot), which XLA:CPU runs fast and
-a TPU's float32 matmul computes anyway. A program in bfloat16 throughout is slower there than this mix
-(docs/performance.md).
+a TPU's float32 matmul computes anyway. A program in bfloat16 throughout prefills slower there than this mix,
+and decodes slower from k = 8 samples up (docs/performance.md).
 
 `setup_runtime` joins the multi-process run first (`parallel.mesh.initialize_distributed`: SPCT_* variables, or a
 Cloud TPU VM found by itself; a no-op on one process), then builds the mesh. Several processes without `--mesh`

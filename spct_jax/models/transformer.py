@@ -144,7 +144,7 @@ def weight_dot(x: jax.Array, w: jax.Array) -> jax.Array:
     float32 (benchmarks/cpu_dtypes.py prints all four). Same-width operands keep the plain product.
 
     A one-row product goes in as two rows (the second zero): XLA:CPU sends a [1, In] bfloat16 product to a
-    matrix-vector loop ~7x slower than the same product on two rows. Accelerators pad rows to their tile anyway."""
+    matrix-vector loop ~10x slower than the same product on two rows. Accelerators pad rows to their tile anyway."""
     if jnp.dtype(w.dtype).itemsize >= jnp.dtype(x.dtype).itemsize:
         return x @ w.astype(x.dtype)
     narrow = x.astype(w.dtype)
