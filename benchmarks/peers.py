@@ -182,7 +182,7 @@ def main() -> None:
             ours = {dt: run("grm_ours", {**g, "dtype": dt}) for dt in dtypes}
             theirs = raw["grm_llamacpp"] = run("grm_llamacpp", g)
             print(f"grm: ours {ours} llama.cpp {theirs}", flush=True)
-            n = theirs.get("prompt_tokens", "?")
+            n = next((r["prompt_tokens"] for r in [*ours.values(), theirs] if "prompt_tokens" in r), "?")
             setting = f"LLMBar item, prompt {n} tok, k={args.grm_k}, <= {args.grm_new} new, stop at end of turn"
             for dt, r in ours.items():
                 raw[f"grm_ours_{dt}"] = r

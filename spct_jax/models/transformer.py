@@ -148,7 +148,7 @@ def weight_dot(x: jax.Array, w: jax.Array) -> jax.Array:
     if jnp.dtype(w.dtype).itemsize >= jnp.dtype(x.dtype).itemsize:
         return x @ w.astype(x.dtype)
     narrow = x.astype(w.dtype)
-    if math.prod(x.shape[:-1]) > 1:
+    if math.prod(x.shape[:-1]) != 1:  # (an empty batch takes this branch too)
         return jnp.dot(narrow, w, preferred_element_type=x.dtype)
     two = jnp.concatenate([narrow.reshape(1, -1), jnp.zeros((1, x.shape[-1]), w.dtype)])  # [2, In]
     return jnp.dot(two, w, preferred_element_type=x.dtype)[:1].reshape(*x.shape[:-1], w.shape[-1])
