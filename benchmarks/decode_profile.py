@@ -7,7 +7,9 @@ run for the same number of steps, on the ~40M model of benchmarks/sampling.py (o
 step - matmuls - draw is the attention over the shared prefix and the rows' own slots plus the step's glue
 (embedding lookup, norms, RoPE, cache writes): the part the matmul roofline does not account for. The step is
 timed twice in one run: with the attention path "auto" picks on CPU (the decode path) and with the full path
-(the reference), the one the CPU sampler used before.
+(the reference), the one the CPU sampler used before. The last line puts the weight matmuls alone and the whole
+step against the 2048^2 fp32 matmul peak measured in the same run (the k = 32 roofline of benchmarks/peers.py):
+the step's fraction cannot pass the matmuls' own unless its attention ran faster than they do.
 """
 import os
 import time
@@ -99,3 +101,16 @@ if __name__ == "__main__":
     draw = timeit("draw (inverse-CDF, 32k vocab)", choose, jnp.zeros((R, 32000)))
     rest = step - mm - draw
     print(f"attention + glue: {rest * 1e3:.1f} ms per step ({rest / step:.0%} of the step)")
+    # The bound on the k = 32 roofline (benchmarks/peers.py): the step's FLOPs over the 2048^2 matmul peak cannot
+    # pass what its weight matmuls reach with nothing else in the program.
+    n = 2048
+    sq = jax.jit(lambda u: u @ u)
+    x = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    peak = 2 * n ** 3 / min(once(sq, x) for _ in range(5))
+    params = sum(int(v.size) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    mm_flops = R * 2 * params  # every weight once per row (the tied embedding as the LM head)
+    ctx = ids.shape[1] + STEPS / 2
+    step_flops = mm_flops + R * 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * ctx
+    print(f"matmul peak (jitted fp32 {n}^2): {peak / 1e9:.1f} GFLOP/s; weight matmuls alone "
+          f"{mm_flops / mm / 1e9:.1f} GFLOP/s = {mm_flops / mm / peak:.2f} of it; the whole step "
+          f"{step_flops / step / 1e9:.1f} GFLOP/s = {step_flops / step / peak:.2f} of it")

@@ -23,7 +23,7 @@ Sections (one table):
              (GenerativeRewardModel.score, in each of --ours-dtypes) vs llama.cpp (k parallel sequences sharing
              the prompt's cells).
   roofline   STREAM-like numpy copy (bandwidth) and a jitted fp32 matmul (peak), and our k = 1 / k = 32 decode on
-             the random model as fractions of them.
+             the random model as fractions of them (k = 32 also decoded in one phase, decode_phases=False).
 Peers are imported only inside the workers (benchmarks/peers_workers.py), so `--help` works without them.
 """
 from __future__ import annotations
@@ -143,6 +143,10 @@ def main() -> None:
                 base["ttft"] = k <= args.ttft_max_k
                 ours = from_random[k] = raw[f"sample_ours_k{k}"] = run("sample_ours", {**base, "k": k})
                 print(f"ours k={k}: {ours}", flush=True)
+                if "roofline" in only and k == 32:  # the same call decoded in one phase, for the roofline lines
+                    one = from_random["32, one phase"] = raw["sample_ours_k32_one_phase"] = run(
+                        "sample_ours", {**base, "k": k, "decode_phases": False})
+                    print(f"ours k={k}, one phase: {one}", flush=True)
                 if "sampling" in only:
                     theirs = raw[f"sample_tunix_k{k}"] = run("sample_tunix", {**base, "k": k})
                     print(f"tunix k={k}: {theirs}", flush=True)
@@ -218,12 +222,13 @@ def roofline_lines(roof: dict, ours: dict, params: int, args) -> str:
         bw = step_bytes * one["decode_steps_s"]
         out.append(f"k = 1 decode: {one['decode_steps_s']:.1f} steps/s x {step_bytes / 1e6:.0f} MB (weights + KV) "
                    f"= {bw / 1e9:.2f} GB/s = **{bw / roof['bandwidth']:.2f} of the bandwidth roofline**")
-    big = ours.get(32, {})
-    if "decode_steps_s" in big:
-        step_flops = 32 * (2 * params + 4 * layers * heads * dh * ctx)
-        fl = step_flops * big["decode_steps_s"]
-        out.append(f"k = 32 decode: {big['decode_steps_s']:.1f} steps/s x {step_flops / 1e9:.2f} GFLOP "
-                   f"= {fl / 1e9:.1f} GFLOP/s = **{fl / roof['matmul_flops']:.2f} of the matmul roofline**")
+    for key, label in ((32, "k = 32 decode"), ("32, one phase", "k = 32 decode in one phase (decode_phases=False)")):
+        big = ours.get(key, {})
+        if "decode_steps_s" in big:
+            step_flops = 32 * (2 * params + 4 * layers * heads * dh * ctx)
+            fl = step_flops * big["decode_steps_s"]
+            out.append(f"{label}: {big['decode_steps_s']:.1f} steps/s x {step_flops / 1e9:.2f} GFLOP "
+                       f"= {fl / 1e9:.1f} GFLOP/s = **{fl / roof['matmul_flops']:.2f} of the matmul roofline**")
     return "\n".join(out)
 
 

@@ -74,7 +74,8 @@ def sample_ours(args):
     model = from_pretrained(args["path"])
     prompt = args["prompt"]
     run = lambda k, new, seed: sampling.sample(model, [prompt], num_samples=k, max_new_tokens=new,  # noqa: E731
-                                               temperature=args["temperature"], seed=seed, progress=False)
+                                               temperature=args["temperature"], seed=seed, progress=False,
+                                               decode_phases=args.get("decode_phases"))
     return three_calls(run, args["k"], args["new"], args.get("ttft", True))
 
 

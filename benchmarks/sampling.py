@@ -4,6 +4,7 @@
     python benchmarks/sampling.py --quick              # a smaller setting for a smoke run
     python benchmarks/sampling.py --smollm2            # adds a row for the real SmolLM2-135M weights
     python benchmarks/sampling.py --sharded            # per-device memory on 8 fake CPU devices vs 1 device
+    python benchmarks/sampling.py --phases             # decode_phases on vs off, k = 32, rounds interleaved
 
 --sharded runs the same two GRM-shaped calls in a fresh process per mesh (1 device; fsdp=8; data=2 x fsdp=4 on 8
 fake CPU devices, weights in the partition rules' layout): a cache-dominated call (256 rows of 16-token prompts,
@@ -109,18 +110,54 @@ def sharded_rows() -> list[tuple]:
     return rows
 
 
+def phases_rows(model, prompt, k, new, rounds):
+    """Decode steps/s with decode_phases on and off: (256-token call - 1-token call) / 255 per round, the two
+    settings alternating within each round so that the machine's drift hits both alike."""
+    times = {True: [], False: []}
+    for phased in (True, False):  # compile both programs first
+        for n in (new, 1):
+            sampling.sample(model, [prompt], num_samples=k, max_new_tokens=n, temperature=1.0, seed=0,
+                            decode_phases=phased, progress=False)
+    for r in range(rounds):
+        for phased in (True, False):
+            spent = []
+            for n in (new, 1):
+                t0 = time.perf_counter()
+                sampling.sample(model, [prompt], num_samples=k, max_new_tokens=n, temperature=1.0, seed=r + 1,
+                                decode_phases=phased, progress=False)
+                spent.append(time.perf_counter() - t0)
+            times[phased].append((new - 1) / (spent[0] - spent[1]))
+    return times
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--smollm2", action="store_true")
     ap.add_argument("--sharded", action="store_true")
     ap.add_argument("--ks", default="1,8,32")
+    ap.add_argument("--phases", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5, help="--phases: interleaved rounds")
     args = ap.parse_args()
     if args.sharded:
         print("| call | mesh | compiled MB / device | vs 1 device | peak RSS MB | vs 1 device | tokens identical |")
         print("|---|---|---|---|---|---|---|")
         for call, mesh, comp, comp_r, rss, rss_r, same in sharded_rows():
             print(f"| {call} | {mesh} | {comp / 1e6:.1f} | {comp_r:.3f} | {rss / 1e6:.0f} | {rss_r:.2f} | {same} |")
+        return
+    if args.phases:
+        cfg = ModelConfig(family="llama", vocab_size=32_000, hidden_size=512, intermediate_size=1408, num_layers=8,
+                          num_heads=8, num_kv_heads=4, head_dim=64, tie_embeddings=True, pad_token_id=0)
+        model, k, new = init_model(cfg, seed=0), 32, 256
+        prompt = np.random.default_rng(0).integers(3, cfg.vocab_size, 1000).tolist()
+        times = phases_rows(model, prompt, k, new, args.rounds)
+        print(f"k = {k}, prompt 1000, {new} new tokens, decode steps/s per round (phases "
+              f"{sampling.decode_phases_for(True, new, True, None)} vs one phase):")
+        for phased in (True, False):
+            print(f"  {'phases   ' if phased else 'one phase'}: median {np.median(times[phased]):.2f}, "
+                  f"rounds {[round(x, 2) for x in times[phased]]}")
+        ratios = [a / b for a, b in zip(times[True], times[False])]
+        print(f"  phases / one phase: median {np.median(ratios):.3f}, per round {[round(x, 3) for x in ratios]}")
         return
     import torch
     import transformers

@@ -75,6 +75,25 @@ def test_scanned_cache_path_equals_unrolled():
     assert outs[0][1].shape == (5, 3, 2, 8, 8)  # [L, B, K, S, Dh]
 
 
+def test_grown_cache_keeps_its_slots_and_adds_empty_ones():
+    """KVCache.grow (the sampler's decode phases), stacked and split per layer: written slots and their numbers
+    unchanged, the new ones zero and not valid; a shrink is refused."""
+    model = init_model(LLAMA, seed=0)
+    ids, mask = _batch(LLAMA, t=5)
+    _, cache = model.extend(ids, mask, model.init_cache(3, 5))
+    for c in (cache, cache.split_layers()):
+        grown = c.grow(9)
+        assert grown.max_len == 9 and grown.split == c.split and grown.length == c.length
+        k, old = (np.stack(x.k) if x.split else np.asarray(x.k) for x in (grown, c))
+        np.testing.assert_array_equal(k[:, :, :, :5], old)  # [L, B, K, S, Dh]
+        assert not k[:, :, :, 5:].any()
+        np.testing.assert_array_equal(np.asarray(grown.valid[:, :5]), np.asarray(c.valid))
+        assert not np.asarray(grown.valid[:, 5:]).any()
+        assert c.grow(5) is c
+        with pytest.raises(ValueError, match="shrink"):
+            c.grow(4)
+
+
 def _dots(cfg: ModelConfig, scan: bool) -> int:
     """dot_general equations in the program of forward + backward, every nested jaxpr counted where it occurs
     (a scan body once, however many steps it runs)."""

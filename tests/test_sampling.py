@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -206,6 +207,34 @@ def test_identical_prompts_share_one_prefix_and_sample_the_same_tokens(copies, n
     assert shared.tokens == plain.tokens
     np.testing.assert_allclose(np.concatenate([np.ravel(x) for r in shared.logprobs for x in r]),
                                np.concatenate([np.ravel(x) for r in plain.logprobs for x in r]), atol=1e-6)
+
+
+@pytest.mark.parametrize("decode_layers, fan_out", [("split", True), ("split", False), ("scan", True)])
+def test_decode_phases_sample_exactly_what_one_phase_samples(decode_layers, fan_out):
+    """Growing the own slots between phases (64, then 128 for 70 new tokens) against one loop over all 128: shared
+    prefixes and re-prefill, per-layer and stacked caches, Gemma-2's window, rows stopping in both phases."""
+    assert sampling.decode_phases_for(True, 128, True, None) == (64, 128)
+    model = init_model(GEMMA5, seed=3)
+    prompts = _prompts([13, 4, 16, 9], seed=7)
+    kw = dict(num_samples=3, max_new_tokens=70, temperature=0.9, seed=4, fan_out=fan_out, stop_tokens=range(3, 8),
+              decode_layers=decode_layers)
+    phased = sampling.sample(model, prompts, decode_phases=True, **kw)
+    one = sampling.sample(model, prompts, decode_phases=False, **kw)
+    lengths = sorted(len(t) for row in phased.tokens for t in row)
+    assert lengths[0] < 64 and lengths[-1] > 64  # rows end in both phases
+    assert phased.tokens == one.tokens
+    np.testing.assert_allclose(np.concatenate([np.ravel(x) for r in phased.logprobs for x in r]),
+                               np.concatenate([np.ravel(x) for r in one.logprobs for x in r]), atol=1e-6)
+
+
+def test_decode_phases_default_one_cpu_device_long_generations_only():
+    assert sampling.decode_phases_for(None, 256, True, None) == (128, 256)
+    assert sampling.decode_phases_for(None, 128, True, None) == ()  # short: one loop body to compile
+    assert sampling.decode_phases_for(True, 32, True, None) == ()  # too short to split
+    assert sampling.decode_phases_for(None, 256, False, None) == ()  # the stacked (TPU) layout
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    assert sampling.decode_phases_for(None, 256, True, mesh) == ()  # a mesh: no growth transient
+    assert sampling.decode_phases_for(True, 256, False, mesh) == (128, 256)
 
 
 def test_decode_layers_default_per_backend_and_rejects_unknown(tiny):

@@ -104,6 +104,24 @@ class KVCache:
                                                                        v=cut(self.prefix.v))
         return dataclasses.replace(self, k=cut(self.k), v=cut(self.v), prefix=prefix)
 
+    def grow(self, slots: int) -> "KVCache":
+        """The same cache with room for `slots` slots of its own: empty ones appended after the last (k, v zero,
+        not valid), so every written slot keeps its number. The sampler's decode loop grows the rows' own slots
+        in phases (sampling/loop.py) so that early steps attend over fewer of them.
+
+            before  [ x1 x2 x3 x4 ]                  own slots 0..3, all written
+            after   [ x1 x2 x3 x4  .  .  .  . ]      slots 4..7 empty: masked until a step writes them
+        """
+        extra = slots - self.max_len
+        if extra < 0:
+            raise ValueError(f"cannot shrink a cache of {self.max_len} slots to {slots}")
+        if extra == 0:
+            return self
+        axis = 2 if self.split else 3  # the slot axis of [B, K, S, Dh] (split) or [L, B, K, S, Dh]
+        pad = lambda a: jnp.pad(a, [(0, 0)] * axis + [(0, extra), (0, 0)])  # noqa: E731
+        k, v = (tuple(map(pad, a)) if self.split else pad(a) for a in (self.k, self.v))
+        return dataclasses.replace(self, k=k, v=v, valid=jnp.pad(self.valid, ((0, 0), (0, extra))))
+
     def take(self, rows: jax.Array) -> "KVCache":
         """Fan out: new row r is a copy of old row rows[r] (e.g. [0,0,0,1,1,1] gives each prompt 3 rows).
 

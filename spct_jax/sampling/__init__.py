@@ -29,15 +29,17 @@ One concept per module:
     api.py          `sample`, `compile_call`, `Samples`: options, calls, cutting rows at their stop token
     layout.py       prompts -> calls -> row shards (`plan_call`), the mesh layout (`Layout`), `bucket`
     prefill.py      the chunked prompt pass and the fan-out of its cache to the decode rows
-    loop.py         the jitted program: prefill, then the decode `while_loop` over a named `DecodeState`
+    loop.py         the jitted program: prefill, then the decode `while_loop` over a named `DecodeState` (in
+                    phases over growing own slots for long generations on CPU)
     strategies.py   Greedy, Temperature, TopK, TopP: one token per row (inverse-CDF draw, bisection top-p)
 """
-from spct_jax.sampling.api import DECODE_LAYERS, Samples, compile_call, decode_layers_for, sample
+from spct_jax.sampling.api import (DECODE_LAYERS, Samples, compile_call, decode_layers_for, decode_phases_for,
+                                   sample)
 from spct_jax.sampling.layout import Layout, bucket, length_bucketed_batches
 from spct_jax.sampling.loop import DecodeState, compile_count
 from spct_jax.sampling.prefill import PREFILL_CHUNK
 from spct_jax.sampling.strategies import Greedy, Strategy, Temperature, TopK, TopP
 
 __all__ = ["DECODE_LAYERS", "PREFILL_CHUNK", "DecodeState", "Greedy", "Layout", "Samples", "Strategy", "Temperature",
-           "TopK", "TopP", "bucket", "compile_call", "compile_count", "decode_layers_for", "length_bucketed_batches",
-           "sample"]
+           "TopK", "TopP", "bucket", "compile_call", "compile_count", "decode_layers_for", "decode_phases_for",
+           "length_bucketed_batches", "sample"]

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from spct_jax.models.transformer import Decoder
 from spct_jax.parallel.compilation import compile_phase
 from spct_jax.sampling import layout as lay
-from spct_jax.sampling.loop import Static, jitted_generate
+from spct_jax.sampling.loop import Static, jitted_generate, own_phases_for
 from spct_jax.sampling.strategies import Strategy, from_options
 
 
@@ -57,14 +57,31 @@ def decode_layers_for(choice: str, mesh: jax.sharding.Mesh | None = None) -> str
     return "split" if platform == "cpu" else "scan"
 
 
+PHASED_FROM = 256  # decode_phases=None: new-token buckets from this size decode in phases
+
+
+def decode_phases_for(choice: bool | None, new_bucket: int, split: bool, mesh: jax.sharding.Mesh | None) -> tuple:
+    """The decode loop's own-slot phases (loop.own_phases_for). None (auto): on for one device's split-layer loop
+    (the CPU sampler) from PHASED_FROM new tokens, where a step reads every own slot it holds at memory speed and
+    a long generation pays for the second loop body's compile; off on a mesh, where
+    growing the cache briefly holds the old and the new own slots at once, a transient the pod memory plan does
+    not budget. True / False force it either way (True from 64 new tokens)."""
+    on = (split and mesh is None and new_bucket >= PHASED_FROM) if choice is None else choice
+    return own_phases_for(new_bucket) if on else ()
+
+
 def _static(model: Decoder, num_samples: int, max_new_tokens: int, stop_tokens: Sequence[int],
-            fan_out: bool, decode_layers: str = "auto", mesh: jax.sharding.Mesh | None = None) -> Static:
+            fan_out: bool, decode_layers: str = "auto", mesh: jax.sharding.Mesh | None = None,
+            decode_phases: bool | None = None) -> Static:
     if num_samples < 1 or max_new_tokens < 1:
         raise ValueError("num_samples and max_new_tokens must be >= 1")
     pad = model.config.pad_token_id
-    return Static(num_samples=num_samples, new_bucket=lay.bucket(max_new_tokens),
+    split = decode_layers_for(decode_layers, mesh) == "split"
+    new_bucket = lay.bucket(max_new_tokens)
+    return Static(num_samples=num_samples, new_bucket=new_bucket,
                   stop_tokens=tuple(sorted(set(int(t) for t in stop_tokens))), pad_id=pad if pad is not None else 0,
-                  fan_out=fan_out, split_layers=decode_layers_for(decode_layers, mesh) == "split")
+                  fan_out=fan_out, split_layers=split,
+                  own_phases=decode_phases_for(decode_phases, new_bucket, split, mesh))
 
 
 def _for_call(st: Static, call: lay.Call) -> Static:
@@ -101,7 +118,8 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
            stop_tokens: Sequence[int] = (), seed: int = 0, max_batch_rows: int = 256,
            mesh: jax.sharding.Mesh | None = None, data_axis: str | Sequence[str] | None = None,
            fan_out: bool = True, prompt_seeds: Sequence[int] | None = None,
-           progress: bool | None = None, decode_layers: str = "auto", share_identical: bool = True) -> Samples:
+           progress: bool | None = None, decode_layers: str = "auto", share_identical: bool = True,
+           decode_phases: bool | None = None) -> Samples:
     """Sample `num_samples` continuations of each prompt; temperature 0 is greedy.
 
     Prompts are grouped by length bucket (at most `max_batch_rows` = prompts x num_samples per call, at least one
@@ -119,11 +137,13 @@ def sample(model: Decoder, prompts: Sequence[Sequence[int]], *, num_samples: int
     tokens do not depend on the mesh, the batching or the number of processes.
 
     `decode_layers` ("auto", "scan", "split": see `decode_layers_for`) changes speed and memory, not tokens.
+    `decode_phases` (None = auto, see `decode_phases_for`): decode in two phases, over N/2 then N own slots
+    (sampling/loop.py); it changes speed, memory and compile time, not tokens.
     `share_identical`: a prompt passed several times (one sample each with its own `prompt_seeds`, as the GRM
     scorer does) is prefilled once and its rows read one prefix when that adds no rows (layout.plan_call); it
     changes speed, not tokens.
     """
-    st = _static(model, num_samples, max_new_tokens, stop_tokens, fan_out, decode_layers, mesh)
+    st = _static(model, num_samples, max_new_tokens, stop_tokens, fan_out, decode_layers, mesh, decode_phases)
     strategy = from_options(temperature, top_k, top_p, model.config.vocab_size)
     prompts = _check_prompts(model, prompts)
     if prompt_seeds is None:
@@ -163,14 +183,14 @@ def compile_call(model: Decoder, prompts: Sequence[Sequence[int]], *, num_sample
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  stop_tokens: Sequence[int] = (), max_batch_rows: int = 256, mesh: jax.sharding.Mesh | None = None,
                  data_axis: str | Sequence[str] | None = None, fan_out: bool = True, abstract: bool = False,
-                 decode_layers: str = "auto"):
+                 decode_layers: str = "auto", decode_phases: bool | None = None):
     """The compiled program of `sample`'s FIRST sampler call for these arguments, without running it:
     `compile_call(...).memory_analysis()` is XLA's own per-device account of that call's memory (arguments,
     outputs, temporaries), the figure the planner and the benchmarks compare with.
 
     `abstract=True` lowers from input shapes only, for a model whose parameters are abstract too
     (jax.ShapeDtypeStruct with shardings, e.g. on a TPU topology's devices that this process cannot write to)."""
-    st = _static(model, num_samples, max_new_tokens, stop_tokens, fan_out, decode_layers, mesh)
+    st = _static(model, num_samples, max_new_tokens, stop_tokens, fan_out, decode_layers, mesh, decode_phases)
     strategy: Strategy = from_options(temperature, top_k, top_p, model.config.vocab_size)
     prompts = _check_prompts(model, prompts)
     layout = lay.layout_for(mesh, data_axis)
