@@ -164,7 +164,9 @@ MEMORY = textwrap.dedent("""
             graphdef, state = nnx.split(model)
             model = nnx.merge(graphdef, jax.device_put(state, param_shardings(mesh, state)))
         for call, (prompts, new) in calls.items():
-            m = sampling.compile_call(model, prompts, max_new_tokens=new, mesh=mesh).memory_analysis()
+            # one phase everywhere: the same program on every mesh (a mesh never grows its cache in phases)
+            m = sampling.compile_call(model, prompts, max_new_tokens=new, mesh=mesh,
+                                      decode_phases=False).memory_analysis()
             total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
             out[f"{name} {call}"] = total
     print(json.dumps(out))

@@ -233,7 +233,7 @@ def test_decode_phases_default_one_cpu_device_long_generations_only():
     assert sampling.decode_phases_for(True, 32, True, None) == ()  # too short to split
     assert sampling.decode_phases_for(None, 256, False, None) == ()  # the stacked (TPU) layout
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    assert sampling.decode_phases_for(None, 256, True, mesh) == ()  # a mesh: no growth transient
+    assert sampling.decode_phases_for(None, 256, True, mesh) == ()  # a mesh keeps the measured programs
     assert sampling.decode_phases_for(True, 256, False, mesh) == (128, 256)
 
 
