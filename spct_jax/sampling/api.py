@@ -63,8 +63,8 @@ PHASED_FROM = 256  # decode_phases=None: new-token buckets from this size decode
 def decode_phases_for(choice: bool | None, new_bucket: int, split: bool, mesh: jax.sharding.Mesh | None) -> tuple:
     """The decode loop's own-slot phases (loop.own_phases_for). None (auto): on for one device's split-layer loop
     (the CPU sampler) from PHASED_FROM new tokens, where a step reads every own slot it holds at memory speed and
-    a long generation pays for the second loop body's compile (there XLA's memory account is lower, not higher:
-    the per-layer split happens at N/2 slots). Off on a mesh, where neither speed nor memory was measured with
+    a long generation pays for the second loop body's compile (XLA's memory account there is lower with phases,
+    not higher: docs/performance.md). Off on a mesh, where neither speed nor memory was measured with
     phases, so sharded programs stay the ones the memory plan and the sharded tests check. True / False force it
     either way (True from 64 new tokens)."""
     on = (split and mesh is None and new_bucket >= PHASED_FROM) if choice is None else choice
