@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from spct_jax.models import ModelConfig, init_model
+from spct_jax.models import ModelConfig, count_params, init_model
 from spct_jax.sampling.prefill import fill
 from spct_jax.sampling.strategies import from_options
 cfg = ModelConfig(family="llama", vocab_size=32_000, hidden_size=512, intermediate_size=1408, num_layers=8,
@@ -107,7 +107,7 @@ if __name__ == "__main__":
     sq = jax.jit(lambda u: u @ u)
     x = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     peak = 2 * n ** 3 / min(once(sq, x) for _ in range(5))
-    params = sum(int(v.size) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    params = count_params(cfg)
     mm_flops = R * 2 * params  # every weight once per row (the tied embedding as the LM head)
     ctx = ids.shape[1] + STEPS / 2
     step_flops = mm_flops + R * 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * ctx

@@ -37,6 +37,11 @@ from spct_jax import sampling
 from spct_jax.models import ModelConfig, from_pretrained, init_model, save_pretrained
 
 
+# The random Llama-shaped model of the sampler rows: 8 layers of d = 512 plus a 32k vocabulary, ~40M parameters.
+RANDOM_40M = ModelConfig(family="llama", vocab_size=32_000, hidden_size=512, intermediate_size=1408, num_layers=8,
+                         num_heads=8, num_kv_heads=4, head_dim=64, tie_embeddings=True, pad_token_id=0)
+
+
 def bench_ours(model, prompt, k, new, fan_out=True, decode_layers="auto"):
     kw = dict(num_samples=k, max_new_tokens=new, temperature=1.0, fan_out=fan_out, decode_layers=decode_layers)
     t0 = time.perf_counter()
@@ -147,8 +152,7 @@ def main():
             print(f"| {call} | {mesh} | {comp / 1e6:.1f} | {comp_r:.3f} | {rss / 1e6:.0f} | {rss_r:.2f} | {same} |")
         return
     if args.phases:
-        cfg = ModelConfig(family="llama", vocab_size=32_000, hidden_size=512, intermediate_size=1408, num_layers=8,
-                          num_heads=8, num_kv_heads=4, head_dim=64, tie_embeddings=True, pad_token_id=0)
+        cfg = RANDOM_40M
         model, k, new = init_model(cfg, seed=0), 32, 256
         prompt = np.random.default_rng(0).integers(3, cfg.vocab_size, 1000).tolist()
         times = phases_rows(model, prompt, k, new, args.rounds)
@@ -165,9 +169,7 @@ def main():
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     prompt_len, new = (256, 64) if args.quick else (1024, 256)
-    # ~50M params: 8 layers of d=512 plus a 32k vocabulary.
-    cfg = ModelConfig(family="llama", vocab_size=32_000, hidden_size=512, intermediate_size=1408, num_layers=8,
-                      num_heads=8, num_kv_heads=4, head_dim=64, tie_embeddings=True, pad_token_id=0)
+    cfg = RANDOM_40M
     model = init_model(cfg, seed=0)
     with tempfile.TemporaryDirectory() as d:
         save_pretrained(model, d)

@@ -55,9 +55,9 @@ class Static:
     own_phases: tuple[int, ...] = ()  # own slots per decode phase, increasing, the last = new_bucket; () = one
 
     @property
-    def first_slots(self) -> int:
-        """Own slots the prompt pass allocates per row: the first phase's."""
-        return self.own_phases[0] if self.own_phases else self.new_bucket
+    def phases(self) -> tuple[int, ...]:
+        """Own slots per row in each decode phase; the prompt pass allocates the first phase's."""
+        return self.own_phases or (self.new_bucket,)
 
 
 def own_phases_for(new_bucket: int) -> tuple[int, ...]:
@@ -113,12 +113,9 @@ def decode(model: Decoder, state: DecodeState, row_keys: jax.Array, max_new: jax
         return DecodeState(step=s.step + 1, tokens=pin(toks), logprobs=pin(lps), done=pin(done),
                            cache=pin(cache, "cache"), logits=pin(logits[:, -1]))
 
-    phases = st.own_phases or (st.new_bucket,)
-    own = phases[0]  # the slots the prompt pass allocated (Static.first_slots)
-    for end in phases:
-        if end > own:  # room for this phase's steps: slots own..end-1, empty until written
-            state = state.replace(cache=pin(state.cache.grow(state.cache.max_len + end - own), "cache"))
-            own = end
+    state = jax.lax.while_loop(running_until(st.phases[0]), step, state)
+    for prev, end in zip(st.phases, st.phases[1:]):  # room for the next phase's steps: own slots prev..end-1
+        state = state.replace(cache=pin(state.cache.grow(state.cache.max_len + end - prev), "cache"))
         state = jax.lax.while_loop(running_until(end), step, state)
     return state
 
@@ -139,7 +136,7 @@ def generate(graphdef, state, ids, mask, prompt_src, row_key_data, max_new, stra
     row_keys = jax.random.wrap_key_data(row_key_data)  # [R]
     shards = 1 if layout is None else layout.shards
     pin = no_pin if layout is None else layout.pin
-    cache, logits = fill(model, ids, mask, prompt_src, rows_per_slot=st.num_samples, new_slots=st.first_slots,
+    cache, logits = fill(model, ids, mask, prompt_src, rows_per_slot=st.num_samples, new_slots=st.phases[0],
                          shards=shards, fan_out=st.fan_out, pin=pin, prefix_slots=st.prefix_slots)
     out = decode(model, DecodeState.start(cache, logits, st.new_bucket, st.pad_id, pin), row_keys, max_new,
                  strategy, st, pin)
